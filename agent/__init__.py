@@ -1,0 +1,1 @@
+"""The agent loop: prompts, action parsing, self-consistent action generation, model clients."""

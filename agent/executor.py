@@ -1,0 +1,103 @@
+"""The executor interface: where the agent's code runs.
+
+An `Executor` opens one `ExecutionSession` per agent run. A session keeps Python state
+across steps. For self-consistent action generation (SAG) the agent runs the N
+candidate codes of a step with `try_candidates` - each against the same committed
+state, isolated from each other - then `commit`s the one it keeps (its state continues
+the run) or `discard`s them all. Implementations: `agent.local_executor.LocalExecutor`
+(plain subprocess, development) and `sandbox.executor.SandboxExecutor` (nsjail,
+copy-on-write forks).
+
+Tools (web_search, ...) are host-side async callables; code inside the session calls
+them by name and the session proxies the call to the host. `final_answer(x)` is built
+into every session: it stops the code and reports `is_final` with a JSON-safe value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+ToolFn = Callable[..., Awaitable[str]]
+"""A host-side tool: called with the keyword/positional arguments the code passed."""
+
+ErrorKind = Literal[
+    "exception",  # the code raised (traceback trimmed to the user's code)
+    "syntax",  # the code does not compile
+    "forbidden_import",  # import outside the allow-list
+    "timeout",  # wall or CPU time limit
+    "memory",  # memory limit
+    "output",  # output size limit
+    "pids",  # process limit
+    "crash",  # the worker died for another reason
+    "tool",  # a tool call failed in a way the code could not catch
+]
+
+
+@dataclass
+class ToolCallRecord:
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class ExecutionResult:
+    stdout: str = ""
+    value_repr: str | None = None
+    """repr() of the value of the last expression statement, None if there is none."""
+    error: str | None = None
+    error_kind: ErrorKind | None = None
+    is_final: bool = False
+    final_answer: Any = None
+    """JSON-safe value given to final_answer (str() of it when not JSON-safe)."""
+    duration_s: float = 0.0
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    state_lost: bool = False
+    """The worker died and was replaced: variables of earlier steps are gone."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+class ExecutionSession(Protocol):
+    async def run(self, code: str) -> ExecutionResult:
+        """Run `code` against the session state and keep its effects."""
+        ...
+
+    async def try_candidates(self, codes: Sequence[str]) -> list[ExecutionResult]:
+        """Run each code against the current state in isolation; keep nothing yet.
+
+        Results are in the order of `codes`. Identical tool calls within one step are
+        made once (cached). The caller must then `commit(i)` or `discard()`.
+        """
+        ...
+
+    async def commit(self, index: int) -> None:
+        """Adopt candidate `index`'s state from the last `try_candidates`; drop the rest."""
+        ...
+
+    async def discard(self) -> None:
+        """Drop every candidate of the last `try_candidates`; the state stays as before."""
+        ...
+
+    async def close(self) -> None:
+        """Kill every process of this session. Idempotent."""
+        ...
+
+
+class Executor(Protocol):
+    async def open_session(self, tools: Mapping[str, ToolFn]) -> ExecutionSession: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Jailed Python workers (nsjail): persistent state per run, forkable, tool calls proxied to the host."""

@@ -1,0 +1,1 @@
+"""The HTTP gateway (FastAPI), its settings, and the distillery CLI."""

@@ -1,0 +1,1 @@
+"""Teacher trajectories (first-thought prefix), filtering, SFT/LoRA, export for vLLM."""
