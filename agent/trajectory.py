@@ -76,6 +76,8 @@ class Trajectory:
     """The chat transcript: system, task, then per step the kept assistant turn and its observation."""
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    error_type: str | None = None
+    """Exception class name behind `error` (e.g. "ModelUnavailable"), for callers that map it."""
     config: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
     """Unix time."""
@@ -147,6 +149,7 @@ class Trajectory:
             messages=d.get("messages", []),
             usage=_usage(d.get("usage")),
             error=d.get("error"),
+            error_type=d.get("error_type"),
             config=d.get("config", {}),
             started_at=d.get("started_at", 0.0),
             total_s=d.get("total_s", 0.0),
