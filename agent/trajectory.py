@@ -49,7 +49,7 @@ class Step:
     request: ModelRequest
     candidates: list[Candidate]
     chosen: int | None
-    """Index of the kept candidate; None when no candidate was valid (candidate 0's error is shown)."""
+    """Index of the kept candidate; None when none was valid (candidate 0's error is shown)."""
     observation: str
     """The user turn fed back to the model after this step."""
     usage: Usage = field(default_factory=Usage)
@@ -73,7 +73,7 @@ class Trajectory:
     finish_reason: FinishReason = "error"
     steps: list[Step] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
-    """The chat transcript: system, task, then per step the kept assistant turn and its observation."""
+    """The chat transcript: system, task, then per step the kept assistant turn and observation."""
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
     error_type: str | None = None
@@ -163,4 +163,6 @@ class Trajectory:
 def _usage(d: dict[str, Any] | None) -> Usage:
     if not d:
         return Usage()
-    return Usage(prompt_tokens=d.get("prompt_tokens", 0), completion_tokens=d.get("completion_tokens", 0))
+    return Usage(
+        prompt_tokens=d.get("prompt_tokens", 0), completion_tokens=d.get("completion_tokens", 0)
+    )

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     # --- model ---------------------------------------------------------------
     model_url: str | None = Field(
-        None, description="OpenAI-compatible base URL (e.g. http://vllm:8000/v1); unset = embedded engine"
+        None,
+        description="OpenAI-compatible base URL (http://vllm:8000/v1); unset = embedded engine",
     )
     model: str | None = Field(None, description="Served model name at model_url")
     model_path: Path | None = Field(None, description="Local HF folder for the in-process engine")
@@ -58,8 +59,18 @@ class Settings(BaseSettings):
     sandbox_output_max_bytes: int = Field(1_000_000, ge=1024)
     sandbox_allowed_imports: list[str] = Field(
         default_factory=lambda: [
-            "math", "statistics", "itertools", "collections", "re", "datetime", "fractions",
-            "decimal", "json", "random", "numpy", "sympy",
+            "math",
+            "statistics",
+            "itertools",
+            "collections",
+            "re",
+            "datetime",
+            "fractions",
+            "decimal",
+            "json",
+            "random",
+            "numpy",
+            "sympy",
         ]
     )
 
@@ -73,7 +84,9 @@ class Settings(BaseSettings):
 
     # --- data / cache ----------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    data_dir: Path = Field(Path("../shared/data"), description="Benchmark question sets and wiki corpus")
+    data_dir: Path = Field(
+        Path("../shared/data"), description="Benchmark question sets and wiki corpus"
+    )
 
     # --- service ---------------------------------------------------------------
     host: str = "127.0.0.1"
