@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Shared fixtures from tests/helpers (imported so every area can use them by name).
+from tests.helpers.scripted_server import scripted_server, scripted_server_session  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Nothing may reach a model hub at test time.

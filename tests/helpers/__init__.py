@@ -1,0 +1,1 @@
+"""Test helpers shared across areas (scripted model server, tiny models, vLLM server)."""
