@@ -13,6 +13,9 @@ import sys
 
 COMMAND_MODULES = [
     "service.solve_cmd",  # solve
+    "service.serve_cmd",  # serve
+    "retrieval.cli",  # index build|search
+    "training.cli",  # generate, train build-data|sft, export
 ]
 
 

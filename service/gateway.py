@@ -1,0 +1,283 @@
+"""The state every route shares (settings, components, admission, metrics) and how runs execute.
+
+A request becomes one or more agent runs (`RunGroup`): each run is an asyncio task around
+`run_agent`, its steps and its result arrive on one queue, so the same code serves the
+plain JSON answer, /v1/solve's event stream and OpenAI streaming chunks. Cancelling the
+group (client gone, deadline, shutdown) cancels the tasks; `run_agent` then closes its
+execution session, which kills the sandbox processes. The request's run slot is released
+only when every task has really finished, so a slot never outlives or undercounts a sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+from agent.trajectory import Step, Trajectory
+from service.errors import APIError
+from service.limits import AdmissionController, Slot
+from service.metrics import Metrics
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.agent import AgentConfig
+    from service.components import Components
+
+log = logging.getLogger("distillery.runs")
+
+# Extra time past a run's own deadline before the gateway gives up on it (504): the agent
+# normally ends a late run itself with finish_reason "timeout".
+HARD_DEADLINE_GRACE_S = 5.0
+KEEPALIVE_S = 15.0
+INT64_MAX = 2**63 - 1
+
+
+@dataclass
+class RunSpec:
+    question: str
+    config: AgentConfig
+    run_id: str
+
+
+@dataclass
+class StepEvent:
+    index: int
+    step: Step
+
+
+@dataclass
+class DoneEvent:
+    index: int
+    trajectory: Trajectory
+
+
+@dataclass
+class FailedEvent:
+    index: int
+    error: BaseException
+
+
+RunEvent = StepEvent | DoneEvent | FailedEvent
+
+
+def new_run_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class Gateway:
+    """Shared by all routes through `app.state.gateway`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.admission = AdmissionController(
+            settings.max_concurrency, settings.max_queue, metrics
+        )
+        self.components: Components | None = None
+        self.startup_error: str | None = None
+        self.started_at = time.time()
+
+    # -- components ----------------------------------------------------------------
+    def require_components(self) -> Components:
+        if self.components is None:
+            why = self.startup_error or "components are still loading"
+            raise APIError(
+                503,
+                f"service not ready: {why}; see GET /readyz",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
+        return self.components
+
+    @property
+    def model_name(self) -> str:
+        if self.components is not None:
+            return self.components.model.model_name
+        return self.settings.model or "distillery"
+
+    # -- requests ------------------------------------------------------------------
+    def deadline(self, requested_s: float | None) -> float:
+        """Absolute (monotonic) deadline: the request's timeout capped by the server's."""
+        limit = self.settings.request_timeout_s
+        if requested_s is not None:
+            limit = min(limit, requested_s)
+        return time.monotonic() + limit
+
+    def agent_config(self, **overrides: Any) -> AgentConfig:
+        from service.components import agent_config
+
+        base = agent_config(self.settings)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    async def admit(self, deadline: float) -> Slot:
+        return await self.admission.acquire(timeout_s=max(0.0, deadline - time.monotonic()))
+
+    def start(
+        self, specs: list[RunSpec], slot: Slot, deadline: float, endpoint: str
+    ) -> RunGroup:
+        components = self.require_components()
+        return RunGroup(self, components, specs, slot, deadline, endpoint)
+
+
+class RunGroup:
+    """One request's agent runs, running concurrently; see the module docstring."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        components: Components,
+        specs: list[RunSpec],
+        slot: Slot,
+        deadline: float,
+        endpoint: str,
+    ) -> None:
+        self.gateway = gateway
+        self.components = components
+        self.endpoint = endpoint
+        self.deadline = deadline
+        self.queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self.admitted_at = time.monotonic()
+        self.tasks = [asyncio.create_task(self._run(i, s)) for i, s in enumerate(specs)]
+        everything = asyncio.gather(*self.tasks, return_exceptions=True)
+        self._all_done = everything
+
+        def _finished(_: asyncio.Future[Any]) -> None:
+            slot.release()
+            gateway.admission.record_run(time.monotonic() - self.admitted_at)
+
+        everything.add_done_callback(_finished)
+
+    async def _run(self, index: int, spec: RunSpec) -> Trajectory:
+        from agent.agent import run_agent
+
+        remaining = self.deadline - time.monotonic()
+        config = spec.config
+        if config.timeout_s is None or config.timeout_s > remaining:
+            config = replace(config, timeout_s=max(0.001, remaining))
+
+        async def on_step(step: Step) -> None:
+            self.queue.put_nowait(StepEvent(index, step))
+
+        metrics = self.gateway.metrics
+        t0 = time.perf_counter()
+        try:
+            traj = await asyncio.wait_for(
+                run_agent(
+                    spec.question,
+                    model=self.components.model,
+                    executor=self.components.executor,
+                    tools=self.components.tools_for_run(),
+                    config=config,
+                    on_step=on_step,
+                    run_id=spec.run_id,
+                ),
+                timeout=max(0.001, remaining) + HARD_DEADLINE_GRACE_S,
+            )
+        except TimeoutError:
+            metrics.runs.labels(self.endpoint, "deadline").inc()
+            err = APIError(504, "the run did not finish by the request deadline; retry later")
+            self.queue.put_nowait(FailedEvent(index, err))
+            raise err from None
+        except asyncio.CancelledError:
+            metrics.runs.labels(self.endpoint, "cancelled").inc()
+            log.info("run cancelled", extra={"fields": {"event": "run_cancelled",
+                                                         "run_id": spec.run_id}})
+            raise
+        except Exception as e:
+            metrics.runs.labels(self.endpoint, "crashed").inc()
+            log.exception("run crashed", extra={"fields": {"run_id": spec.run_id}})
+            self.queue.put_nowait(FailedEvent(index, e))
+            raise
+        elapsed = time.perf_counter() - t0
+        metrics.run_latency.labels(self.endpoint).observe(elapsed)
+        metrics.observe_trajectory(traj, self.endpoint)
+        log.info(
+            "run finished",
+            extra={
+                "fields": {
+                    "event": "run_finished",
+                    "run_id": spec.run_id,
+                    "finish_reason": traj.finish_reason,
+                    "steps": len(traj.steps),
+                    "tokens": traj.usage.total_tokens,
+                    "run_s": round(elapsed, 4),
+                    "error_type": traj.error_type,
+                }
+            },
+        )
+        self.queue.put_nowait(DoneEvent(index, traj))
+        return traj
+
+    @property
+    def done(self) -> bool:
+        return self._all_done.done()
+
+    def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+
+    async def events(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[RunEvent | None]:
+        """Steps and ends of every run as they happen; None every `keepalive_s` of silence."""
+        remaining = len(self.tasks)
+        while remaining:
+            try:
+                ev = await asyncio.wait_for(self.queue.get(), keepalive_s)
+            except TimeoutError:
+                yield None
+                continue
+            if isinstance(ev, DoneEvent | FailedEvent):
+                remaining -= 1
+            yield ev
+
+    async def results(self, request: Request | None = None) -> list[Trajectory]:
+        """Every run's trajectory, in order. With `request`, a client disconnect cancels
+        the runs (raises APIError 499); any run failure is raised."""
+        waiter = asyncio.ensure_future(asyncio.gather(*self.tasks))
+        watcher = (
+            asyncio.ensure_future(wait_for_disconnect(request.receive))
+            if request is not None
+            else None
+        )
+        try:
+            pending: set[asyncio.Future[Any]] = {waiter}
+            if watcher is not None:
+                pending.add(watcher)
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return list(waiter.result())
+            raise APIError(499, "client closed the connection; run cancelled",
+                           code="client_closed_request")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if not waiter.done():
+                self.cancel()
+                waiter.cancel()
+            # Consume the gather's outcome so no "exception never retrieved" is logged.
+            waiter.add_done_callback(_swallow)
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client goes away (the ASGI server reports http.disconnect)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def retry_after_for_model_outage(settings: Settings) -> str:
+    return str(max(1, math.ceil(min(30.0, settings.model_timeout_s / 4))))

@@ -1,0 +1,100 @@
+"""The outermost middleware: request id, access log line, request metrics, last-resort 500.
+
+Pure ASGI (no BaseHTTPMiddleware) so that streaming and disconnect detection pass through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_bytes
+from service.metrics import Metrics
+from service.request_context import choose_request_id, reset_request_id, set_request_id
+
+log = logging.getLogger("distillery.access")
+error_log = logging.getLogger("distillery.error")
+
+# Routes are labelled by their template; anything unmatched shares one label.
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client_id = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                client_id = value.decode("latin-1")
+                break
+        request_id = choose_request_id(client_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = set_request_id(request_id)
+        started = time.perf_counter()
+        status = 0
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if not response_started:
+                status = 500
+                body = error_bytes(500, "internal error; the server log has the details "
+                                   f"(request id {request_id})", code="internal_error")
+                await send_wrapper(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or UNMATCHED_ROUTE
+            status_label = str(status or 499)
+            self.metrics.requests.labels(scope["method"], route, status_label).inc()
+            self.metrics.request_latency.labels(scope["method"], route).observe(elapsed)
+            if route not in ("/healthz", "/readyz", "/metrics") or status >= 400:
+                client = scope.get("client")
+                log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope["path"],
+                    status_label,
+                    extra={
+                        "fields": {
+                            "event": "http_request",
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "route": route,
+                            "status": status or 499,
+                            "duration_ms": round(elapsed * 1000, 2),
+                            "client": f"{client[0]}:{client[1]}" if client else None,
+                        }
+                    },
+                )
+            reset_request_id(token)

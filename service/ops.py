@@ -1,0 +1,157 @@
+"""Operations routes: liveness, readiness (with per-component details), Prometheus metrics.
+
+/readyz checks, concurrently and each within a few seconds:
+  model     GET <model_url>/models lists the configured model (in-process engine: loaded)
+  sandbox   executor.ping() when it has one, else a session runs `1 + 1` and closes
+  retriever retriever.ping() (backend, index, document count); "disabled" without one
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from service.gateway import Gateway
+from service.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["operations"])
+
+CHECK_TIMEOUT_S = 5.0
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    uptime_s: float
+
+
+class CheckResult(BaseModel):
+    ok: bool
+    latency_ms: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, CheckResult]
+    in_flight: int
+    queued: int
+
+
+def _gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process serves HTTP")
+async def healthz(request: Request) -> Health:
+    return Health(uptime_s=round(time.time() - _gateway(request).started_at, 3))
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: model server, sandbox and retriever reachable",
+    responses={503: {"model": Readiness, "description": "Some component is not usable"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    gw = _gateway(request)
+    checks: dict[str, CheckResult]
+    if gw.components is None:
+        why = gw.startup_error or "components are still loading"
+        checks = {"components": CheckResult(ok=False, latency_ms=0.0, error=why)}
+    else:
+        names = ["model", "sandbox", "retriever"]
+        results = await asyncio.gather(
+            _timed(_check_model(gw)), _timed(_check_sandbox(gw)), _timed(_check_retriever(gw))
+        )
+        checks = dict(zip(names, results, strict=True))
+    ready = all(c.ok for c in checks.values())
+    body = Readiness(
+        status="ready" if ready else "not_ready",
+        checks=checks,
+        in_flight=gw.admission.active,
+        queued=gw.admission.queued,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                     "description": "Prometheus text exposition format"}},
+)
+async def metrics(request: Request) -> Response:
+    return Response(_gateway(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _timed(check: Any) -> CheckResult:
+    t0 = time.perf_counter()
+    try:
+        detail = await asyncio.wait_for(check, CHECK_TIMEOUT_S)
+        return CheckResult(ok=True, latency_ms=_ms(t0), detail=detail)
+    except TimeoutError:
+        return CheckResult(ok=False, latency_ms=_ms(t0), error=f"no answer in {CHECK_TIMEOUT_S}s")
+    except Exception as e:  # a failed check is a result, not a server error
+        return CheckResult(ok=False, latency_ms=_ms(t0), error=f"{type(e).__name__}: {e}")
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+async def _check_model(gw: Gateway) -> dict[str, Any]:
+    assert gw.components is not None
+    model = gw.components.model
+    base_url = getattr(model, "base_url", None)
+    if not base_url:
+        return {"kind": "in-process", "model": model.model_name}
+    headers = {}
+    key = gw.settings.model_api_key
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+    # One quick request, no retries: readiness must answer fast and say why.
+    async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S - 1) as client:
+        resp = await client.get(f"{base_url}/models", headers=headers)
+    if resp.status_code != 200:
+        raise RuntimeError(f"GET {base_url}/models answered HTTP {resp.status_code}")
+    served = [str(m.get("id")) for m in resp.json().get("data", [])]
+    if model.model_name not in served:
+        raise RuntimeError(
+            f"model server {base_url} does not serve {model.model_name!r} (it serves {served})"
+        )
+    return {"kind": "openai", "url": base_url, "model": model.model_name}
+
+
+async def _check_sandbox(gw: Gateway) -> dict[str, Any]:
+    assert gw.components is not None
+    executor = gw.components.executor
+    ping = getattr(executor, "ping", None)
+    if ping is not None:
+        detail = await ping()
+        return dict(detail) if isinstance(detail, dict) else {"detail": str(detail)}
+    session = await executor.open_session({})
+    try:
+        result = await session.run("1 + 1")
+    finally:
+        await session.close()
+    if not result.ok:
+        raise RuntimeError(f"sandbox could not run `1 + 1`: {result.error}")
+    return {"kind": type(executor).__name__, "value": result.value_repr}
+
+
+async def _check_retriever(gw: Gateway) -> dict[str, Any]:
+    assert gw.components is not None
+    retriever = gw.components.retriever
+    if retriever is None:
+        return {"kind": "disabled"}
+    return dict(await retriever.ping())

@@ -1,0 +1,135 @@
+"""OpenAI-compatible request/response models: chat completions (and chunks) and models.
+
+Only what the gateway honours is typed strictly; fields of the OpenAI API that make no
+sense for an agent are accepted and ignored (documented per field) or rejected with a
+400 by the serving code. Unknown fields are rejected (400), like the OpenAI API does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.protocol_solve import StepOut, UsageOut
+
+INT64 = 2**63 - 1
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Only 'text' parts are supported")
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # extra="allow": clients replay whole histories (tool_calls, tool_call_id, ...); only
+    # the last user message is read.
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"model": "MODEL", "messages": [{"role": "user", "content": "2+2?"}]}]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256, description="Must be the served model id")
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=512, description="The last user message is the task"
+    )
+    n: int = Field(1, ge=1, le=8, description="Independent agent runs, one choice each")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Per model call")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Per model call")
+    max_tokens: int | None = Field(None, ge=1, le=32768, description="Per model call (step)")
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768, description="= max_tokens")
+    seed: int | None = Field(None, ge=-INT64 - 1, le=INT64, description="Choice i uses seed+i")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, description="Accepted and ignored")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Ignored")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Ignored")
+    user: str | None = Field(None, max_length=256, description="Ignored")
+    metadata: dict[str, str] | None = Field(None, description="Ignored")
+    store: bool | None = Field(None, description="Ignored")
+    parallel_tool_calls: bool | None = Field(None, description="Ignored")
+    logprobs: bool | None = Field(None, description="Only false is supported")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0 is supported")
+    logit_bias: dict[str, float] | None = Field(None, description="Only empty is supported")
+    response_format: dict[str, Any] | None = Field(None, description="Only type 'text'")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Not supported (the agent brings its own tools); only empty"
+    )
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'none' or 'auto'")
+    functions: list[dict[str, Any]] | None = Field(None, description="Not supported")
+    function_call: str | dict[str, Any] | None = Field(None, description="Not supported")
+    # --- distillery extensions (send with the SDK's extra_body) -------------------------
+    max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
+    samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
+    policy: Literal["first", "majority"] | None = Field(None, description="Extension: SAG policy")
+    timeout_s: float | None = Field(
+        None, gt=0, le=86400, description="Extension: request deadline (capped by the server)"
+    )
+    steps_detail: Literal["none", "kept", "all"] = Field(
+        "kept",
+        description="Extension: steps in the `distillery` field (non-streaming) or one chunk "
+        "per step (streaming): none, kept candidate only, or all candidates",
+    )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class RunInfo(BaseModel):
+    id: str
+    finish_reason: Literal["answer", "max_steps", "error", "timeout"]
+    error: str | None = None
+    steps_count: int
+    steps: list[StepOut] | None = None
+
+
+class DistilleryExtension(BaseModel):
+    runs: list[RunInfo] = Field(description="One per choice, in choice order")
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageOut
+    system_fingerprint: str | None = None
+    distillery: DistilleryExtension
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "distillery"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

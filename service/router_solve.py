@@ -1,0 +1,36 @@
+"""Routes of the agent API: `POST /v1/solve`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.errors import error_responses
+from service.protocol_solve import SolveRequest, SolveResponse
+from service.serving_solve import SolveService
+
+router = APIRouter(tags=["agent"])
+
+_SSE_DOC = {
+    "schema": {"type": "string"},
+    "description": "With stream=true: events `start`, `step` (one per step), `result` "
+    "(the SolveResponse) or `error`; each `data:` line is one JSON object.",
+}
+
+
+@router.post(
+    "/v1/solve",
+    response_model=None,
+    summary="Solve a task with the agent (thought -> code -> observation)",
+    responses={
+        200: {
+            "model": SolveResponse,
+            "description": "The run's result (JSON), or its event stream when stream=true",
+            "content": {"text/event-stream": _SSE_DOC},
+        },
+        **error_responses(400, 413, 422, 429, 503, 504),
+    },
+)
+async def solve(body: SolveRequest, request: Request) -> Response:
+    service: SolveService = request.app.state.solve_service
+    return await service.solve(body, request)

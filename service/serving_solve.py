@@ -1,0 +1,114 @@
+"""`POST /v1/solve`: one agent run per request, as one JSON body or as server-sent events.
+
+Events with `stream: true` (each `data:` is one JSON object on one line):
+    event: start   {"id", "model", "created"}
+    event: step    a StepOut, as each step completes
+    event: result  the SolveResponse (same body as without streaming)
+    event: error   the error shape, if the run could not produce a result
+plus `: keep-alive` comments during long steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import APIError, api_error_payload, error_payload
+from service.gateway import (
+    DoneEvent,
+    FailedEvent,
+    Gateway,
+    RunGroup,
+    RunSpec,
+    StepEvent,
+    new_run_id,
+    retry_after_for_model_outage,
+)
+from service.protocol_solve import SolveRequest, SolveResponse, StepOut
+from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
+
+ENDPOINT = "solve"
+
+
+class SolveService:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def solve(self, req: SolveRequest, request: Request) -> Response:
+        gw = self.gateway
+        arrived = time.monotonic()
+        gw.require_components()  # 503 before queueing when not ready
+        deadline = gw.deadline(req.timeout_s)
+        slot = await gw.admit(deadline)
+        queue_s = time.monotonic() - arrived
+        gw.metrics.queue_wait.observe(queue_s)
+        try:
+            config = gw.agent_config(
+                max_steps=req.max_steps,
+                samples=req.samples,
+                policy=req.policy,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                max_tokens=req.max_tokens,
+                seed=req.seed,
+            )
+            spec = RunSpec(req.question, config, new_run_id("solve"))
+            group = gw.start([spec], slot, deadline, ENDPOINT)
+        except BaseException:
+            slot.release()
+            raise
+        if req.stream:
+            return RunStreamingResponse(
+                self._events(group, spec.run_id, req, arrived, queue_s), on_close=group.cancel
+            )
+        [traj] = await group.results(request)
+        if traj.finish_reason == "error" and traj.error_type == "ModelUnavailable":
+            raise APIError(
+                503,
+                traj.error or "the model server is unreachable",
+                code="model_unavailable",
+                headers={"Retry-After": retry_after_for_model_outage(gw.settings)},
+            )
+        body = SolveResponse.of(
+            traj,
+            queue_s=queue_s,
+            total_s=time.monotonic() - arrived,
+            include_candidates=req.include_candidates,
+        )
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    async def _events(
+        self, group: RunGroup, run_id: str, req: SolveRequest, arrived: float, queue_s: float
+    ) -> AsyncIterator[bytes]:
+        yield sse_json(
+            {"id": run_id, "model": self.gateway.model_name, "created": int(time.time())},
+            "start",
+        )
+        try:
+            async for ev in group.events():
+                if ev is None:
+                    yield KEEPALIVE
+                elif isinstance(ev, StepEvent):
+                    step = StepOut.of(ev.step, include_candidates=req.include_candidates)
+                    yield sse_event(step.model_dump_json(), "step")
+                elif isinstance(ev, DoneEvent):
+                    result = SolveResponse.of(
+                        ev.trajectory,
+                        queue_s=queue_s,
+                        total_s=time.monotonic() - arrived,
+                        include_candidates=req.include_candidates,
+                    )
+                    yield sse_event(result.model_dump_json(), "result")
+                elif isinstance(ev, FailedEvent):
+                    yield sse_json(_failure_payload(ev.error), "error")
+        finally:
+            group.cancel()
+
+
+def _failure_payload(error: BaseException) -> dict[str, object]:
+    if isinstance(error, APIError):
+        return api_error_payload(error)
+    return error_payload(500, f"the run failed: {type(error).__name__}", code="internal_error")
