@@ -1,0 +1,181 @@
+"""`distillery index build|search`: build a passage index, search it by hand.
+
+Defaults come from Settings (DISTILLERY_ES_URL, DISTILLERY_ES_INDEX, DISTILLERY_INDEX_DIR,
+...): with an Elasticsearch URL the backend is `es`, otherwise the embedded index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("index", help="build or search the Wikipedia passage index")
+    sub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
+
+    b = sub.add_parser(
+        "build",
+        help="build (or resume) an index from a passage corpus",
+        description=(
+            'Stream a JSONL(.gz) corpus of passages ({"id", "contents": "\\"Title\\"\\ntext"} '
+            'or {"id", "title", "text"}) into an index. Rerunning an interrupted build '
+            "resumes it; a finished one is only verified."
+        ),
+    )
+    b.add_argument(
+        "--corpus",
+        required=True,
+        help="JSONL or JSONL.gz passage file, or 'demo' for the bundled demo corpus",
+    )
+    _backend_args(b)
+    b.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="passages per commit/bulk request (default: 20000 embedded, 2000 es)",
+    )
+    b.add_argument(
+        "--on-bad-line",
+        choices=["skip", "abort"],
+        default="skip",
+        help="skip invalid lines (reported with line numbers) or stop at the first",
+    )
+    b.add_argument(
+        "--rebuild", action="store_true", help="delete the existing index and build from the start"
+    )
+    b.add_argument("--shards", type=int, default=1, help="es: number of primary shards")
+    b.add_argument("--replicas", type=int, default=0, help="es: number of replicas")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_build)
+
+    s = sub.add_parser("search", help="search the index and print what web_search returns")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=None, help="passages to return (default: search_k, 3)")
+    _backend_args(s)
+    s.add_argument("--json", action="store_true", help="print passages as JSON lines")
+    s.set_defaults(func=_search)
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["es", "embedded"],
+        default=None,
+        help="default: es when an Elasticsearch URL is configured, else embedded",
+    )
+    p.add_argument("--es-url", default=None, help="Elasticsearch URL (DISTILLERY_ES_URL)")
+    p.add_argument("--index", default=None, help="Elasticsearch index name (DISTILLERY_ES_INDEX)")
+    p.add_argument(
+        "--index-dir", type=Path, default=None, help="embedded index folder (DISTILLERY_INDEX_DIR)"
+    )
+
+
+class _Target:
+    def __init__(self, args: argparse.Namespace):
+        from service.settings import Settings
+
+        st = Settings()
+        self.es_url: str | None = args.es_url or st.es_url
+        self.backend: str = args.backend or ("es" if self.es_url else "embedded")
+        self.index: str = args.index or st.es_index
+        self.index_dir: Path = args.index_dir or st.index_dir
+        self.api_key = st.es_api_key.get_secret_value() if st.es_api_key else None
+        self.timeout_s = st.search_timeout_s
+        self.k: int = st.search_k
+        if self.backend == "es" and not self.es_url:
+            raise SystemExit("distillery index: --backend es needs --es-url or DISTILLERY_ES_URL")
+
+
+def _err(msg: str) -> int:
+    print(f"distillery index: {msg}", file=sys.stderr)
+    return 1
+
+
+def _build(args: argparse.Namespace) -> int:
+    from retrieval.ingest import FileSource, IngestError, ingest
+    from retrieval.retriever import RetrievalError
+
+    t = _Target(args)
+    try:
+        if args.corpus == "demo" and not Path("demo").exists():
+            from retrieval.demo_corpus import demo_source
+
+            source: Any = demo_source()
+        else:
+            source = FileSource(Path(args.corpus))
+        sink: Any
+        if t.backend == "es":
+            from retrieval.elastic import ElasticIndexWriter
+
+            assert t.es_url
+            sink = ElasticIndexWriter(
+                t.es_url, t.index, api_key=t.api_key, shards=args.shards, replicas=args.replicas
+            )
+        else:
+            from retrieval.embedded import EmbeddedIndexWriter
+
+            sink = EmbeddedIndexWriter(t.index_dir)
+        try:
+            report = ingest(
+                source,
+                sink,
+                batch_size=args.batch_size,
+                on_bad_line=args.on_bad_line,
+                rebuild=args.rebuild,
+                progress=not args.no_progress,
+            )
+        finally:
+            sink.close()
+    except (IngestError, RetrievalError, ValueError) as e:
+        return _err(str(e))
+    print(report.summary())
+    if report.bad_lines:
+        print(f"bad lines (first {len(report.bad_lines)} of {report.bad}):", file=sys.stderr)
+        for n, why in report.bad_lines:
+            print(f"  line {n}: {why}", file=sys.stderr)
+    if not report.count_ok:
+        return _err(
+            f"count check failed: the corpus has {report.passages} valid passages but the index "
+            f"holds {report.indexed} (duplicate ids in the corpus, or another writer?); "
+            "rebuild with --rebuild"
+        )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from retrieval.factory import open_retriever
+    from retrieval.retriever import RetrievalError
+    from retrieval.tool import format_documents, no_results
+
+    t = _Target(args)
+    k = args.k or t.k
+    retriever = open_retriever(
+        es_url=t.es_url if t.backend == "es" else None,
+        es_index=t.index,
+        index_dir=t.index_dir,
+        es_api_key=t.api_key,
+        timeout_s=t.timeout_s,
+    )
+
+    async def go() -> list[Any]:
+        try:
+            return await retriever.search(args.query, k)
+        finally:
+            await retriever.aclose()
+
+    try:
+        passages = asyncio.run(go())
+    except (RetrievalError, ValueError) as e:
+        return _err(str(e))
+    if args.json:
+        for p in passages:
+            print(json.dumps(p.__dict__, ensure_ascii=False))
+    else:
+        print(format_documents(passages) if passages else no_results(args.query))
+    return 0

@@ -1,0 +1,103 @@
+"""The `web_search(query: str) -> str` tool the agent's code calls (protocol in DESIGN.md).
+
+Output (top-k passages, similarity = the backend's relevance score with 3 decimals):
+
+    \\nRetrieved documents:\\n
+    \\n===== Document 1, similarity: 14.237 =====\\n"Title"\\ntext\\n
+    \\n===== Document 2, similarity: 12.010 =====\\n"Title"\\ntext\\n
+
+Title and text are the stored passage strings, byte for byte. A search that matches
+nothing, an unusable query and every retrieval failure (timeout, backend down, index
+missing) come back as a short text the model can act on; the tool never raises.
+
+`make_web_search` makes a new tool per agent run: it holds that run's cache, so a query
+repeated in the run (SAG candidates often repeat it) hits the backend once, and
+concurrent identical calls share one search. Failures are not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from agent.executor import ToolFn
+from retrieval.analysis import prepare_query
+from retrieval.retriever import Passage, RetrievalError, Retriever
+
+HEADER = "\nRetrieved documents:\n"
+MAX_QUERY_CHARS = 2000
+
+
+def format_documents(passages: Sequence[Passage]) -> str:
+    """The protocol's observation text for `passages` (in rank order)."""
+    parts = [HEADER]
+    for i, p in enumerate(passages, start=1):
+        parts.append(f"\n===== Document {i}, similarity: {p.score:.3f} =====\n")
+        parts.append(f'"{p.title}"\n{p.text}\n')
+    return "".join(parts)
+
+
+def no_results(query: str) -> str:
+    return (
+        f"{HEADER}\nNo documents matched the query {query!r}. "
+        "Try fewer, different or more general keywords.\n"
+    )
+
+
+def make_web_search(retriever: Retriever, k: int = 3, timeout_s: float = 10.0) -> ToolFn:
+    """A fresh `web_search` tool for one agent run (holds that run's result cache)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be > 0")
+    cache: dict[str, asyncio.Future[str]] = {}
+
+    async def run_search(query: str) -> str:
+        try:
+            passages = await asyncio.wait_for(retriever.search(query, k), timeout_s)
+        except TimeoutError:
+            raise RetrievalError(
+                f"the search took longer than {timeout_s:g} s; retry, or use a shorter query"
+            ) from None
+        return format_documents(passages) if passages else no_results(query)
+
+    async def web_search(*args: Any, **kwargs: Any) -> str:
+        """Search Wikipedia; returns the top passages as text. web_search(query: str) -> str"""
+        if len(args) + len(kwargs) != 1 or (kwargs and "query" not in kwargs):
+            return (
+                "Error: web_search takes exactly one argument, the query string: "
+                'web_search("Eiffel Tower height")'
+            )
+        query = args[0] if args else kwargs["query"]
+        if not isinstance(query, str):
+            return (
+                f"Error: web_search expects the query as a string, got {type(query).__name__}; "
+                'call it like web_search("Eiffel Tower height")'
+            )
+        query = query.strip()[:MAX_QUERY_CHARS]
+        if not prepare_query(query):
+            return (
+                "Error: the search query is empty (it has no letters or digits); "
+                'pass keywords, e.g. web_search("Eiffel Tower height")'
+            )
+        fut = cache.get(query)
+        if fut is None:
+            fut = asyncio.ensure_future(run_search(query))
+            cache[query] = fut
+        try:
+            return await asyncio.shield(fut)
+        except RetrievalError as e:
+            cache.pop(query, None)
+            return f"Error: web_search failed: {e}"
+        except asyncio.CancelledError:
+            if not fut.done():  # our caller was cancelled, the shared search goes on
+                raise
+            cache.pop(query, None)
+            return "Error: web_search was cancelled; retry the search"
+        except Exception as e:  # a bug or an unexpected backend failure: still not fatal
+            cache.pop(query, None)
+            return f"Error: web_search failed unexpectedly ({type(e).__name__}: {e}); retry later"
+
+    web_search.__name__ = "web_search"
+    return web_search
