@@ -1,0 +1,183 @@
+"""LocalExecutor: a real worker subprocess, forks per candidate, tool proxying, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.local_executor import ExecutorError, LocalExecutor, LocalSession
+
+
+class CountingSearch:
+    """A host tool that counts its calls (stands in for retrieval's web_search)."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.calls: list[str] = []
+        self.delay_s = delay_s
+
+    async def __call__(self, query: str) -> str:
+        self.calls.append(query)
+        await asyncio.sleep(self.delay_s)
+        if query == "boom":
+            raise ConnectionError("index unreachable")
+        return f"docs about {query}"
+
+
+@pytest.fixture
+async def search() -> CountingSearch:
+    return CountingSearch()
+
+
+@pytest.fixture
+async def session(search: CountingSearch) -> AsyncIterator[LocalSession]:
+    ex = LocalExecutor(step_timeout_s=1.0, max_output_chars=2000)
+    s = await ex.open_session({"web_search": search})
+    try:
+        yield s
+    finally:
+        await ex.aclose()
+
+
+async def test_state_persists_and_outputs(session: LocalSession) -> None:
+    r = await session.run("import math\nx = 41\nprint('x is', x)\nx + 1")
+    assert r.ok and r.stdout == "x is 41\n" and r.value_repr == "42"
+    r = await session.run("y = math.sqrt(x + 8)\nprint(y)")
+    assert r.ok and r.stdout == "7.0\n" and r.value_repr == "None"  # print() returns None
+    r = await session.run("for i in range(3):\n    pass")
+    assert r.ok and r.value_repr is None
+
+
+async def test_candidates_are_isolated(session: LocalSession) -> None:
+    await session.run("items = [1]\nn = 0")
+    results = await session.try_candidates(
+        [
+            "items.append('rejected')\nn = 100\nleak = True",  # valid, but not chosen
+            "items.append(2)\nn += 1\nn",
+            "items.append('x')\nraise ValueError('nope')",
+        ]
+    )
+    assert [r.ok for r in results] == [True, True, False]
+    assert results[1].value_repr == "1"
+    await session.commit(1)
+    r = await session.run("(items, n, 'leak' in globals())")
+    assert r.value_repr == "([1, 2], 1, False)"
+    # discard keeps the state exactly as before
+    await session.try_candidates(["items.clear()\nn = -1"])
+    await session.discard()
+    assert (await session.run("(items, n)")).value_repr == "([1, 2], 1)"
+    with pytest.raises(ExecutorError, match="cannot be committed"):
+        await session.commit(0)
+
+
+async def test_errors_are_trimmed_to_user_code(session: LocalSession) -> None:
+    code = "import json\ndef parse(s):\n    return json.loads(s)\n\nparse('not json')"
+    r = (await session.try_candidates([code]))[0]
+    assert r.error_kind == "exception"
+    assert r.error is not None
+    assert r.error.startswith("Traceback (most recent call last):\n")
+    assert 'File "<code>", line 5' in r.error and 'File "<code>", line 3, in parse' in r.error
+    assert "json/decoder.py" not in r.error and "JSONDecodeError" in r.error
+    r = (await session.try_candidates(["print(1 +"]))[0]
+    assert r.error_kind == "syntax" and "SyntaxError" in (r.error or "")
+    r = (await session.try_candidates(["import sys\nsys.exit(3)"]))[0]
+    assert r.error_kind == "exception" and "final_answer" in (r.error or "")
+
+
+async def test_final_answer_is_json_safe(session: LocalSession) -> None:
+    rs = await session.try_candidates(
+        [
+            "final_answer({'a': [1, 2]})\nprint('not reached')",
+            "final_answer({1, 2})",
+            "try:\n    final_answer(7)\nexcept Exception:\n    pass",
+        ]
+    )
+    assert rs[0].is_final and rs[0].final_answer == {"a": [1, 2]} and rs[0].stdout == ""
+    assert rs[1].final_answer == "{1, 2}"
+    assert rs[2].is_final and rs[2].final_answer == 7  # `except Exception` does not swallow it
+
+
+async def test_tool_calls_are_proxied_and_cached_per_step(
+    session: LocalSession, search: CountingSearch
+) -> None:
+    code = "r = web_search('eiffel tower')\nprint(r)"
+    rs = await session.try_candidates([code, code, "web_search(query='eiffel tower')"])
+    assert [r.stdout for r in rs[:2]] == ["docs about eiffel tower\n"] * 2
+    assert search.calls == ["eiffel tower", "eiffel tower"]  # positional vs keyword: 2 keys
+    recs = [r.tool_calls for r in rs]
+    assert [len(x) for x in recs] == [1, 1, 1]
+    assert sorted(x[0].cached for x in recs[:2]) == [False, True]
+    assert recs[0][0].result == "docs about eiffel tower" and recs[0][0].args == ["eiffel tower"]
+    assert recs[2][0].kwargs == {"query": "eiffel tower"}
+    await session.commit(0)
+    # a new step makes the call again (the cache is per step)
+    await session.run("web_search('eiffel tower')")
+    assert len(search.calls) == 3
+    # a failing tool raises inside the code, where it can be caught
+    r = await session.run("try:\n    web_search('boom')\nexcept Exception as e:\n    print(e)")
+    assert r.ok and "index unreachable" in r.stdout
+    r = await session.run("web_search('boom')")
+    assert not r.ok and "ToolError" in (r.error or "") and r.tool_calls[0].error
+
+
+async def test_tool_time_does_not_count_against_the_step(search: CountingSearch) -> None:
+    search.delay_s = 0.6
+    ex = LocalExecutor(step_timeout_s=0.5)
+    s = await ex.open_session({"web_search": search})
+    try:
+        r = await s.run("a = web_search('x')\nb = web_search('y')\nlen(a + b)")
+        assert r.ok and r.value_repr == str(len("docs about x" * 2))
+    finally:
+        await ex.aclose()
+
+
+async def test_timeout_kills_only_the_candidate(session: LocalSession) -> None:
+    await session.run("keep = 'still here'")
+    rs = await session.try_candidates(["while True:\n    pass", "1 + 1"])
+    assert rs[0].error_kind == "timeout" and not rs[0].state_lost
+    assert rs[1].ok
+    with pytest.raises(ExecutorError):
+        await session.commit(0)
+    await session.commit(1)
+    assert (await session.run("keep")).value_repr == "'still here'"
+
+
+async def test_worker_death_restarts_with_state_lost(session: LocalSession) -> None:
+    await session.run("keep = 1")
+    r = await session.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert not r.ok and r.state_lost and r.error_kind == "crash"
+    r = await session.run("'keep' in globals()")
+    assert r.ok and r.value_repr == "False" and not r.state_lost
+
+
+async def test_candidate_crash_is_reported(session: LocalSession) -> None:
+    rs = await session.try_candidates(["import os\nos._exit(7)", "2"])
+    assert rs[0].error_kind == "crash" and "exit status 7" in (rs[0].error or "")
+    assert rs[1].value_repr == "2"
+
+
+async def test_channel_cannot_be_corrupted(session: LocalSession) -> None:
+    r = await session.run("import os\nos.write(1, b'garbage\\n')\nprint('ok')\ninput()")
+    assert "EOFError" in (r.error or "") and r.stdout == "ok\n"
+    r = await session.run("print('x' * 5000)")
+    assert len(r.stdout) < 2200 and "output limit reached" in r.stdout
+    assert (await session.run("40 + 2")).value_repr == "42"
+
+
+async def test_close_leaves_no_process(search: CountingSearch) -> None:
+    ex = LocalExecutor(step_timeout_s=1.0)
+    s = await ex.open_session({"web_search": search})
+    await s.run("x = 1")
+    await s.try_candidates(["x = 2", "x = 3"])  # live forks waiting for a verdict
+    pgid, workdir = s.pgid, s._workdir
+    assert pgid is not None and workdir is not None
+    await s.close()
+    await s.close()  # idempotent
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert not Path(workdir).exists()
+    with pytest.raises(ExecutorError, match="closed"):
+        await s.try_candidates(["1"])
