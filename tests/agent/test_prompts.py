@@ -77,3 +77,29 @@ def test_tool_specs() -> None:
     assert render_tool_list([]).startswith("- final_answer(")
     with pytest.raises(ValueError, match="identifier"):
         tool_specs(["not a name"])
+
+
+def test_teacher_search_observations_match_the_real_tool_format() -> None:
+    """The worked examples show web_search output exactly as retrieval.tool formats it."""
+    from retrieval.retriever import Passage
+    from retrieval.tool import format_documents
+
+    text = load_prompt_template("teacher")
+    docs = [
+        Passage(
+            "1",
+            "Gerlachovský štít",
+            "Gerlachovský štít is the highest peak in the High Tatras, in Slovakia, and in the "
+            "whole Carpathian range, at 2,655 metres above sea level.",
+            0.861,
+        ),
+        Passage(
+            "2",
+            "Tatra Mountains",
+            "The Tatra Mountains are a mountain range that forms a natural border between "
+            "Slovakia and Poland.",
+            0.804,
+        ),
+    ]
+    printed = format_documents(docs) + "\n"  # print() adds the newline
+    assert f"Execution logs:\n{printed}Last output from code snippet:\nNone" in text
