@@ -103,9 +103,13 @@ async def run_agent(
     on_step: StepCallback | None = None,
     run_id: str | None = None,
 ) -> Trajectory:
-    """Solve `question`; see the module docstring. Never raises for model or executor
-    failures (finish_reason 'error' / 'timeout'); raises ValueError for bad input;
-    cancellation closes the execution session and propagates."""
+    """Solve `question`; see the module docstring.
+
+    Never raises for model, executor or tool failures, nor for an exception from
+    `on_step`: the trajectory ends with finish_reason 'error' (error, error_type set) or
+    'timeout', keeping the steps so far. Raises ValueError for bad input (empty question,
+    invalid config, unknown prompt). Cancellation closes the execution session and
+    propagates."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
     config.validate()

@@ -211,7 +211,7 @@ async def test_timeout(
     config = AgentConfig(samples=2, timeout_s=0.8)
     traj = await solve(model, executor, config=config)
     assert traj.finish_reason == "timeout" and traj.error_type == "TimeoutError"
-    assert len(traj.steps) == 1 and traj.total_s < 2.5
+    assert len(traj.steps) == 1 and traj.total_s < 2.9  # the reply would take 3 s
     assert not executor._sessions
 
 
@@ -220,8 +220,9 @@ async def test_cancellation_closes_the_session(
 ) -> None:
     scripted_server.script([act("x = 1")] * 4, Reply([act("x = 2")] * 4, delay_s=5))
     task = asyncio.create_task(solve(model, executor))
-    while len(scripted_server.requests) < 2:
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(30):
+        while len(scripted_server.requests) < 2:
+            await asyncio.sleep(0.02)
     pgids = [s.pgid for s in executor._sessions]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

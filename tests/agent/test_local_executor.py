@@ -124,8 +124,8 @@ async def test_tool_calls_are_proxied_and_cached_per_step(
 
 
 async def test_tool_time_does_not_count_against_the_step(search: CountingSearch) -> None:
-    search.delay_s = 0.6
-    ex = LocalExecutor(step_timeout_s=0.5)
+    search.delay_s = 0.6  # two calls: 1.2 s of tool time in a 1 s step
+    ex = LocalExecutor(step_timeout_s=1.0)
     s = await ex.open_session({"web_search": search})
     try:
         r = await s.run("a = web_search('x')\nb = web_search('y')\nlen(a + b)")
