@@ -1,0 +1,116 @@
+"""`distillery solve` as a user runs it: a subprocess, real HTTP to the scripted model server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.scripted_server import ScriptedServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+STEP1 = (
+    "Thought: Add the numbers.\nCode:\n```py\n"
+    "total = sum(range(1, 11))\nprint(total)\n```<end_code>"
+)
+BAD = "Thought: I will just say it.\nThe answer is 55."
+RAISES = "Thought: Divide.\nCode:\n```py\nx = 1 / 0\n```<end_code>"
+FINAL = "Thought: Done.\nCode:\n```py\nfinal_answer(total)\n```<end_code>"
+
+
+def _solve(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DISTILLERY_EXECUTOR": "local", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "solve", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_solve_json_prints_trajectory_with_candidates(scripted_server: ScriptedServer) -> None:
+    scripted_server.script([BAD, RAISES, STEP1], [FINAL, FINAL, FINAL])
+    proc = _solve(
+        "What is 1 + 2 + ... + 10?",
+        "--model-url",
+        scripted_server.url,
+        "--model",
+        scripted_server.model,
+        "--samples",
+        "3",
+        "--no-search",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    traj = json.loads(proc.stdout)
+    assert traj["answer"] == 55
+    assert traj["finish_reason"] == "answer"
+    first = traj["steps"][0]
+    assert [c["valid"] for c in first["candidates"]] == [False, False, True]
+    assert first["chosen"] == 2
+    assert first["candidates"][0]["parse_error"]
+    assert "ZeroDivisionError" in first["candidates"][1]["execution"]["error"]
+    assert "55" in first["observation"]
+    assert traj["usage"]["completion_tokens"] > 0
+    # one request per step, with n = --samples and the protocol's stop strings
+    bodies = scripted_server.chat_requests
+    assert [b["n"] for b in bodies] == [3, 3]
+    assert "<end_code>" in bodies[0]["stop"]
+
+
+def test_solve_prints_steps_for_humans(scripted_server: ScriptedServer) -> None:
+    scripted_server.script([STEP1], [FINAL])
+    proc = _solve(
+        "Sum 1..10",
+        "--model-url",
+        scripted_server.url,
+        "--model",
+        scripted_server.model,
+        "--samples",
+        "1",
+        "--no-search",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "step 1" in out and "Thought: Add the numbers." in out
+    assert "total = sum(range(1, 11))" in out
+    assert "Last output from code snippet:" in out or "Execution logs:" in out
+    assert out.strip().endswith("Final answer: 55")
+
+
+def test_unreachable_model_exits_nonzero_with_one_line_reason() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _solve(
+        "anything",
+        "--model-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--model",
+        "m",
+        "--no-search",
+        "--json",
+        env_extra={"DISTILLERY_MODEL_RETRIES": "0"},
+    )
+    assert proc.returncode == 3
+    traj = json.loads(proc.stdout)  # the record of the failed run is still printed
+    assert traj["finish_reason"] == "error"
+    assert traj["error_type"] == "ModelUnavailable"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("distillery: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
+def test_bad_options_are_rejected_clearly() -> None:
+    proc = _solve("q", "--samples", "0", "--model-url", "http://x/v1", "--model", "m")
+    assert proc.returncode == 2
+    assert "samples" in proc.stderr
+    proc = _solve("q", "--model-url", "http://x/v1")  # no --model
+    assert proc.returncode == 2
+    assert "--model" in proc.stderr
