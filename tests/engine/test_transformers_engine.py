@@ -218,7 +218,9 @@ async def test_concurrent_calls_are_served_one_at_a_time(tiny_engine: Transforme
     assert len({r.choices[0].text for r in results}) == 4
 
 
-async def test_cancelling_a_call_stops_its_generation(fresh_tiny_engine: TransformersEngine) -> None:
+async def test_cancelling_a_call_stops_its_generation(
+    fresh_tiny_engine: TransformersEngine,
+) -> None:
     engine = fresh_tiny_engine
     with GenerateSpy(engine) as spy:
         task = asyncio.create_task(engine.complete(CHAT, params(max_tokens=3000)))
