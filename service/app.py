@@ -23,6 +23,7 @@ from service.gateway import Gateway
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.openapi_docs import install_openapi_extras
 from service.serving_openai import ChatService
 from service.serving_solve import SolveService
 from service.settings import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.state.solve_service = SolveService(gateway)
     app.state.chat_service = ChatService(gateway)
     install_error_handlers(app)
+    install_openapi_extras(app)
 
     keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     protected: dict = {}

@@ -133,3 +133,36 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- streaming (documented in the OpenAPI schema; the server writes these as JSON directly) ---
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChunkStep(BaseModel):
+    run_index: int = Field(description="The choice whose run took this step")
+    step: StepOut
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: UsageOut | None = Field(
+        None, description="Only with stream_options.include_usage: null, then the last chunk's"
+    )
+    distillery: ChunkStep | None = Field(
+        None, description="Extension, on step chunks (empty delta) unless steps_detail='none'"
+    )

@@ -21,7 +21,10 @@ class SolveRequest(BaseModel):
     )
 
     question: str = Field(
-        min_length=1, max_length=MAX_QUESTION_CHARS, description="The task, in plain text"
+        min_length=1,
+        max_length=MAX_QUESTION_CHARS,
+        pattern=r"\S",
+        description="The task, in plain text (not only whitespace)",
     )
     max_steps: int | None = Field(
         None, ge=1, le=50, description="Steps before the final-answer call (default: server's)"
@@ -173,6 +176,14 @@ class StepOut(BaseModel):
             exec_s=s.exec_s,
             total_s=s.total_s,
         )
+
+
+class SolveStart(BaseModel):
+    """The first event of a streamed run."""
+
+    id: str
+    model: str
+    created: int
 
 
 class Timings(BaseModel):

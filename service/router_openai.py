@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import error_responses
+from service.openapi_docs import CHAT_EVENT
 from service.protocol_openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -15,12 +16,6 @@ from service.protocol_openai import (
 from service.serving_openai import ChatService
 
 router = APIRouter(tags=["openai"])
-
-_SSE_DOC = {
-    "schema": {"type": "string"},
-    "description": "With stream=true: `data:` lines of chat.completion.chunk objects, "
-    "ending with `data: [DONE]` (or `data: {\"error\": ...}` if the run fails)",
-}
 
 
 def _service(request: Request) -> ChatService:
@@ -36,7 +31,7 @@ def _service(request: Request) -> ChatService:
         200: {
             "model": ChatCompletionResponse,
             "description": "The completion (JSON), or chunks when stream=true",
-            "content": {"text/event-stream": _SSE_DOC},
+            "content": {"text/event-stream": CHAT_EVENT},
         },
         **error_responses(400, 404, 413, 429, 502, 503, 504),
     },

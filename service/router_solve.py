@@ -6,16 +6,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import error_responses
+from service.openapi_docs import SOLVE_EVENT
 from service.protocol_solve import SolveRequest, SolveResponse
 from service.serving_solve import SolveService
 
 router = APIRouter(tags=["agent"])
-
-_SSE_DOC = {
-    "schema": {"type": "string"},
-    "description": "With stream=true: events `start`, `step` (one per step), `result` "
-    "(the SolveResponse) or `error`; each `data:` line is one JSON object.",
-}
 
 
 @router.post(
@@ -26,7 +21,7 @@ _SSE_DOC = {
         200: {
             "model": SolveResponse,
             "description": "The run's result (JSON), or its event stream when stream=true",
-            "content": {"text/event-stream": _SSE_DOC},
+            "content": {"text/event-stream": SOLVE_EVENT},
         },
         **error_responses(400, 413, 422, 429, 503, 504),
     },

@@ -27,7 +27,7 @@ from service.gateway import (
     new_run_id,
     retry_after_for_model_outage,
 )
-from service.protocol_solve import SolveRequest, SolveResponse, StepOut
+from service.protocol_solve import SolveRequest, SolveResponse, SolveStart, StepOut
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 
 ENDPOINT = "solve"
@@ -83,10 +83,8 @@ class SolveService:
     async def _events(
         self, group: RunGroup, run_id: str, req: SolveRequest, arrived: float, queue_s: float
     ) -> AsyncIterator[bytes]:
-        yield sse_json(
-            {"id": run_id, "model": self.gateway.model_name, "created": int(time.time())},
-            "start",
-        )
+        start = SolveStart(id=run_id, model=self.gateway.model_name, created=int(time.time()))
+        yield sse_event(start.model_dump_json(), "start")
         try:
             async for ev in group.events():
                 if ev is None:
