@@ -13,6 +13,7 @@ import sys
 
 COMMAND_MODULES = [
     "service.solve_cmd",  # solve
+    "service.model_cmd",  # model prepare
     "service.serve_cmd",  # serve
     "retrieval.cli",  # index build|search
     "training.cli",  # generate, train build-data|sft, export

