@@ -1,1 +1,1 @@
-"""Jailed Python workers (nsjail): persistent state per run, forkable, tool calls proxied to the host."""
+"""Jailed Python workers (nsjail): per-run state, copy-on-write forks, proxied tools."""

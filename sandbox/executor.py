@@ -1,0 +1,115 @@
+"""SandboxExecutor: the agent's Executor backed by jailed, forkable Python workers.
+
+    executor = SandboxExecutor(SandboxConfig())
+    await executor.start()                      # optional: fill the worker pool now
+    session = await executor.open_session({"web_search": web_search})
+    result = await session.run("x = 6 * 7\nx")  # result.value_repr == "42"
+    await session.close(); await executor.aclose()
+
+Use one executor from one event loop. Construction checks the machine (nsjail present,
+cgroups creatable, interpreter layout) and raises SandboxSetupError saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import keyword
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from agent.executor import ToolFn
+from sandbox.cgroups import ensure_parents
+from sandbox.config import SandboxConfig
+from sandbox.jail import locate_nsjail
+from sandbox.pool import WorkerPool
+from sandbox.probe import probe_interpreter
+from sandbox.process import WorkerProcess
+from sandbox.session import SandboxSession
+
+log = logging.getLogger(__name__)
+
+UNJAILED_WARNING = (
+    "SANDBOX IS UNJAILED (SandboxConfig.unjailed=True): model-written code runs as a plain "
+    "subprocess with this service's user, files and network. Development only - never "
+    "serve untrusted traffic like this."
+)
+
+
+class SandboxExecutor:
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config if config is not None else SandboxConfig()
+        self.config.validate()
+        self._nsjail: str | None = None
+        if self.config.unjailed:
+            log.warning(UNJAILED_WARNING)
+        else:
+            self._nsjail = locate_nsjail(self.config.nsjail)
+            controllers = ("memory", "pids") + (("cpu",) if self.config.cpu_ms_per_sec else ())
+            ensure_parents(self.config.cgroup_root, self.config.cgroup_parent, controllers)
+        modules = tuple(dict.fromkeys([*self.config.allowed_imports, *self.config.preload]))
+        self.layout = probe_interpreter(self.config.python, modules)
+        if self.layout.missing:
+            log.warning(
+                "sandbox: allowed modules not installed for %s: %s",
+                self.layout.executable,
+                ", ".join(self.layout.missing),
+            )
+        self.pool = WorkerPool(self._start_worker, self.config.pool_size)
+        self._sessions: set[SandboxSession] = set()
+        self._closed = False
+
+    @property
+    def jailed(self) -> bool:
+        return self._nsjail is not None
+
+    async def _start_worker(self) -> WorkerProcess:
+        if self.config.unjailed:
+            log.warning("starting an UNJAILED sandbox worker (development only)")
+        return await WorkerProcess.start(self.config, self.layout, self._nsjail)
+
+    async def start(self) -> None:
+        """Fill the worker pool (otherwise the first session starts its own worker)."""
+        await self.pool.fill()
+
+    async def open_session(self, tools: Mapping[str, ToolFn]) -> SandboxSession:
+        if self._closed:
+            raise RuntimeError("the sandbox executor is closed")
+        for name, fn in tools.items():
+            if not name.isidentifier() or keyword.iskeyword(name) or name == "final_answer":
+                raise ValueError(f"invalid tool name {name!r}")
+            if not callable(fn):
+                raise TypeError(f"tool {name!r} is not callable")
+        session = SandboxSession(self.pool.acquire, self.config, tools, self._sessions.discard)
+        self._sessions.add(session)
+        try:
+            await session.start()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for session in list(self._sessions):
+            await session.close()
+        await self.pool.close()
+
+    async def __aenter__(self) -> SandboxExecutor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        s = self.pool.stats
+        return {
+            "jailed": self.jailed,
+            "pool_size": self.pool.size,
+            "pool_ready": self.pool.ready,
+            "pool_hits": s.hits,
+            "pool_misses": s.misses,
+            "pool_hit_rate": s.hit_rate,
+            "workers_started": s.started,
+            "worker_start_failures": s.start_failures,
+            "open_sessions": len(self._sessions),
+        }

@@ -1,0 +1,397 @@
+"""One agent run's execution session on a jailed worker (implements ExecutionSession).
+
+Every execution runs in a fresh copy-on-write fork of the state process: `run` keeps the
+fork (promotes it) unless it was killed, so a step that hits a limit leaves the state as
+it was before the step; `try_candidates` runs N forks, up to `fork_width` at a time, and
+`commit(i)` promotes fork i (the others die). When the state process itself dies the
+worker is replaced and the next result says so (`state_lost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, get_args
+
+from agent.executor import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
+from sandbox.config import SandboxConfig
+from sandbox.errors import WorkerDied
+from sandbox.process import Fork, SpawnFailed, WorkerProcess
+from sandbox.protocol import Message, ProtocolError
+from sandbox.toolcache import ToolCache
+
+log = logging.getLogger(__name__)
+
+ERROR_KINDS = frozenset(get_args(ErrorKind))
+EXIT_WAIT_S = 1.0
+
+
+class SandboxSession:
+    def __init__(
+        self,
+        acquire: Callable[[], Awaitable[WorkerProcess]],
+        config: SandboxConfig,
+        tools: Mapping[str, ToolFn],
+        on_close: Callable[[SandboxSession], None] | None = None,
+    ) -> None:
+        self._acquire = acquire
+        self.config = config
+        self.tools = dict(tools)
+        self._on_close = on_close
+        self._worker: WorkerProcess | None = None
+        self._pending: list[Fork | None] | None = None
+        self._lock = asyncio.Lock()
+        self._has_state = False  # something was committed on the current worker
+        self._lost_notice = False  # the next results must say the state was lost
+        self._closed = False
+        self.workers_started = 0
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        return self._worker
+
+    async def start(self) -> None:
+        await self._ensure_worker()
+
+    async def _ensure_worker(self) -> WorkerProcess:
+        if self._closed:
+            raise RuntimeError("the execution session is closed")
+        if self._worker is not None and not self._worker.dead:
+            return self._worker
+        if self._worker is not None:
+            log.warning("sandbox worker died; replacing it (the run's state is lost)")
+            await self._worker.close()
+            self._worker = None
+            if self._has_state:
+                self._lost_notice = True
+        worker = await self._acquire()
+        if self._closed:  # closed while we waited for a worker
+            await worker.close()
+            raise RuntimeError("the execution session is closed")
+        self._worker = worker
+        self.workers_started += 1
+        self._has_state = False
+        if self.tools:
+            await worker.set_tools(sorted(self.tools))
+        return worker
+
+    def _apply_lost_notice(self, results: list[ExecutionResult]) -> None:
+        if not self._lost_notice:
+            return
+        self._lost_notice = False
+        for r in results:
+            _mark_lost(r)
+
+    # --- ExecutionSession --------------------------------------------------------------
+
+    async def run(self, code: str) -> ExecutionResult:
+        result = (await self.try_candidates([code]))[0]
+        async with self._lock:
+            pending = self._pending
+            fork = pending[0] if pending else None
+            if fork is not None and fork.usable:
+                await self._commit_locked(0)
+            else:
+                await self._discard_locked()
+                worker = self._worker
+                if worker is not None and worker.dead and self._has_state:
+                    # this step killed the state process: say so now, not on the next step
+                    _mark_lost(result)
+                    self._has_state = False
+        return result
+
+    async def try_candidates(self, codes: Sequence[str]) -> list[ExecutionResult]:
+        codes = list(codes)
+        for c in codes:
+            if not isinstance(c, str):
+                raise TypeError(f"code must be str, not {type(c).__name__}")
+        if len(codes) + 2 > self.config.pids:
+            raise ValueError(
+                f"{len(codes)} candidates need more than the sandbox's pids limit "
+                f"({self.config.pids}); raise SandboxConfig.pids (DISTILLERY_SANDBOX_PIDS)"
+            )
+        async with self._lock:
+            if self._pending is not None:
+                log.warning("try_candidates() before commit()/discard(): discarding the last ones")
+                await self._discard_locked()
+            if not codes:
+                return []
+            worker = await self._ensure_worker()
+            pairs = await self._run_round(worker, codes)
+            if all(r is _NOT_STARTED for r, _ in pairs):
+                # the worker died before any code ran (e.g. between steps): nothing was
+                # executed, so run the step again on a fresh worker
+                worker = await self._ensure_worker()
+                pairs = await self._run_round(worker, codes)
+            pairs = [(_worker_died() if r is _NOT_STARTED else r, f) for r, f in pairs]
+            self._pending = [fork for _, fork in pairs]
+            results = [r for r, _ in pairs]
+            if worker.dead and not any(f is not None and f.usable for f in self._pending):
+                # nothing can carry the state on: it is gone
+                if self._has_state:
+                    for r in results:
+                        _mark_lost(r)
+                    self._has_state = False
+            self._apply_lost_notice(results)
+            return results
+
+    async def _run_round(
+        self, worker: WorkerProcess, codes: list[str]
+    ) -> list[tuple[ExecutionResult, Fork | None]]:
+        cache = ToolCache(self.tools)
+        width = asyncio.Semaphore(self.config.fork_width)
+
+        async def one(code: str) -> tuple[ExecutionResult, Fork | None]:
+            async with width:
+                return await self._run_candidate(worker, code, cache)
+
+        try:
+            return await asyncio.gather(*(one(c) for c in codes))
+        finally:
+            cache.close()
+
+    async def commit(self, index: int) -> None:
+        async with self._lock:
+            await self._commit_locked(index)
+
+    async def discard(self) -> None:
+        async with self._lock:
+            await self._discard_locked()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pending, self._pending = self._pending, None
+        for fork in pending or []:
+            if fork is not None:
+                fork.channel.close()
+        if self._worker is not None:
+            await self._worker.close()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    # --- commit / discard --------------------------------------------------------------
+
+    async def _commit_locked(self, index: int) -> None:
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("commit() without a preceding try_candidates()")
+        if not 0 <= index < len(pending):
+            raise IndexError(f"candidate index {index} out of range 0..{len(pending) - 1}")
+        chosen = pending[index]
+        if chosen is None or not chosen.usable or self._worker is None:
+            # it died (limit, crash): nothing to adopt, the state stays as before the step
+            await self._discard_locked()
+            return
+        self._pending = None
+        for fork in pending:
+            if fork is not None and fork is not chosen:
+                fork.channel.close()  # parked forks exit on end-of-file (and get swept)
+        try:
+            await self._worker.promote(chosen)
+            self._has_state = True
+        except (OSError, TimeoutError, WorkerDied) as e:
+            log.warning("sandbox: promoting candidate %d failed: %s", index, e)
+            chosen.channel.close()
+            await self._worker.close()
+
+    async def _discard_locked(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        for fork in pending:
+            if fork is not None:
+                fork.channel.close()
+        worker = self._worker
+        if worker is not None and not worker.dead:
+            with contextlib.suppress(WorkerDied):
+                await worker.discard()
+
+    # --- one candidate -----------------------------------------------------------------
+
+    async def _run_candidate(
+        self, worker: WorkerProcess, code: str, cache: ToolCache
+    ) -> tuple[ExecutionResult, Fork | None]:
+        t0 = time.perf_counter()
+        oom0, pids0 = worker.oom_kills(), worker.pids_limit_hits()
+        try:
+            fork = await worker.spawn(code)
+        except SpawnFailed as e:
+            kind: ErrorKind = "pids" if e.errno == errno.EAGAIN else "crash"
+            return _failure(f"The sandbox could not start the code: {e}", kind, t0), None
+        except WorkerDied:
+            return _NOT_STARTED, None
+        records: list[ToolCallRecord] = []
+        try:
+            async with asyncio.timeout(self.config.step_timeout_s):
+                result = await self._converse(fork, cache, records)
+        except TimeoutError:
+            worker.kill(fork)
+            result = _failure(
+                f"Timeout: the code ran longer than {self.config.step_timeout_s:g} s "
+                "(wall-clock limit) and was stopped.",
+                "timeout",
+                t0,
+            )
+        except ProtocolError as e:
+            worker.kill(fork)
+            result = _failure(
+                f"The sandbox process broke the protocol and was killed: {e}", "crash", t0
+            )
+        except BaseException:
+            worker.kill(fork)
+            raise
+        if result is None:  # the process died without a result
+            fork.dead = True
+            fork.channel.close()
+            result = await self._explain_death(worker, fork, oom0, pids0, t0)
+        else:
+            if fork.dead:
+                worker.kill(fork)
+            if result.error_kind == "exception" and worker.pids_limit_hits() > pids0:
+                result.error_kind = "pids"
+                result.error = (
+                    f"{result.error}\n(the sandbox's limit of {self.config.pids} processes and "
+                    "threads was reached)"
+                )
+        result.duration_s = time.perf_counter() - t0
+        result.tool_calls = records
+        return result, (None if fork.dead else fork)
+
+    async def _converse(
+        self, fork: Fork, cache: ToolCache, records: list[ToolCallRecord]
+    ) -> ExecutionResult | None:
+        """Serve the candidate's tool calls until its result (None: it died)."""
+        while True:
+            msg = await fork.channel.recv_msg()
+            if msg is None:
+                return None
+            op = msg["op"]
+            if op == "result":
+                result = parse_result(msg)
+                if msg.get("keep") is False:  # it cannot carry the state on
+                    fork.dead = True
+                return result
+            if op != "tool":
+                raise ProtocolError(f"unexpected frame {op!r} from a candidate")
+            call_id, name, args, kwargs = parse_tool_call(msg)
+            if len(records) >= self.config.max_tool_calls:
+                reply: Message = {
+                    "op": "tool_error",
+                    "id": call_id,
+                    "error": f"too many tool calls (the limit is {self.config.max_tool_calls})",
+                }
+            else:
+                record = await cache.call(name, args, kwargs)
+                records.append(record)
+                if record.error is None:
+                    reply = {"op": "tool_result", "id": call_id, "result": record.result}
+                else:
+                    reply = {"op": "tool_error", "id": call_id, "error": record.error}
+            await fork.channel.send(reply)
+
+    async def _explain_death(
+        self, worker: WorkerProcess, fork: Fork, oom0: int, pids0: int, t0: float
+    ) -> ExecutionResult:
+        status = await worker.exit_status(fork.pid, EXIT_WAIT_S)
+        sig = status.signal if status else None
+        cfg = self.config
+        if sig == signal.SIGXCPU:
+            return _failure(
+                f"Timeout: the code used more than {cfg.cpu_s} s of CPU time and was stopped.",
+                "timeout",
+                t0,
+            )
+        if worker.oom_kills() > oom0:
+            return _failure(
+                f"Memory limit exceeded: the code needed more than {cfg.memory_mb} MB and was "
+                "killed.",
+                "memory",
+                t0,
+            )
+        if worker.pids_limit_hits() > pids0:
+            return _failure(
+                f"Process limit exceeded: the code started more than {cfg.pids} processes or "
+                "threads and was killed.",
+                "pids",
+                t0,
+            )
+        if sig is not None:
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+            detail = f"was killed by signal {name}"
+        elif status is not None and status.code is not None:
+            detail = f"exited with status {status.code}"
+        else:
+            detail = "died"
+        if worker.dead:
+            detail += " (the sandbox worker died with it)"
+        return _failure(f"The sandbox process {detail} before finishing the code.", "crash", t0)
+
+
+# --- validation of what the jail sends --------------------------------------------------
+
+
+def _opt_str(msg: Message, key: str) -> str | None:
+    value = msg.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"result field {key!r} must be a string")
+    return value
+
+
+def parse_result(msg: Message) -> ExecutionResult:
+    stdout = msg.get("stdout")
+    if not isinstance(stdout, str):
+        raise ProtocolError("result field 'stdout' must be a string")
+    kind = msg.get("error_kind")
+    if kind is not None and kind not in ERROR_KINDS:
+        raise ProtocolError(f"unknown error kind {kind!r}")
+    is_final = msg.get("is_final")
+    if not isinstance(is_final, bool):
+        raise ProtocolError("result field 'is_final' must be a boolean")
+    error = _opt_str(msg, "error")
+    if (error is None) != (kind is None):
+        raise ProtocolError("result fields 'error' and 'error_kind' must come together")
+    return ExecutionResult(
+        stdout=stdout,
+        value_repr=_opt_str(msg, "value_repr"),
+        error=error,
+        error_kind=kind,
+        is_final=is_final,
+        final_answer=msg.get("final_answer") if is_final else None,
+    )
+
+
+def parse_tool_call(msg: Message) -> tuple[int, str, list[Any], dict[str, Any]]:
+    call_id, name = msg.get("id"), msg.get("name")
+    args, kwargs = msg.get("args"), msg.get("kwargs")
+    if not isinstance(call_id, int) or not isinstance(name, str):
+        raise ProtocolError("tool call needs an integer 'id' and a string 'name'")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ProtocolError("tool call needs a list 'args' and an object 'kwargs'")
+    return call_id, name, args, kwargs
+
+
+_NOT_STARTED = ExecutionResult(error="not started", error_kind="crash")
+
+
+def _worker_died() -> ExecutionResult:
+    return ExecutionResult(
+        error="The sandbox worker died before it could run the code.", error_kind="crash"
+    )
+
+
+def _failure(error: str, kind: ErrorKind, t0: float) -> ExecutionResult:
+    return ExecutionResult(error=error, error_kind=kind, duration_s=time.perf_counter() - t0)
+
+
+def _mark_lost(result: ExecutionResult) -> None:
+    # the agent's observation states the loss (agent.observation renders `state_lost`)
+    result.state_lost = True

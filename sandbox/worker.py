@@ -1,0 +1,553 @@
+"""The Python worker that runs inside the jail (standard library only).
+
+Started as `python -E -s -S -B worker.py FD` with FD an AF_UNIX socket to the host. Three
+roles, all this file:
+
+- init: the first process (pid 1 of the jail's pid namespace). It forks the state
+  process and then only reaps orphans, so that the state can move between processes.
+- state: holds the run's variables. It never runs model code itself: for every step it
+  forks a candidate (copy-on-write), hands the host the candidate's own socket
+  (SCM_RIGHTS), and reports candidates' exit statuses.
+- candidate: runs one code string against a copy of the state, proxies tool calls over
+  its socket, sends the result, then waits. `promote` makes it the new state process
+  (it kills every other process of the jail first); end-of-file makes it exit.
+
+Limits that need no privileges are applied here (per-candidate CPU rlimit, output cap);
+the jail (nsjail) applies the rest. The import allow-list is a policy for well-behaved
+code, not a security boundary: the jail is the boundary.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import errno
+import gc
+import io
+import json
+import linecache
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox import protocol
+else:  # inside the jail: protocol.py is mounted beside this file (sys.path[0])
+    import protocol
+
+FILENAME = "<code>"
+PR_SET_CHILD_SUBREAPER = 36
+FORK_RETRIES = 40  # x 5 ms
+
+
+class FinalAnswerSignal(BaseException):
+    def __init__(self, value: Any) -> None:
+        super().__init__("final_answer")
+        self.value = value
+
+
+class OutputLimitExceeded(BaseException):
+    pass
+
+
+class ForbiddenImportError(ImportError):
+    pass
+
+
+class ToolError(Exception):
+    """A host-side tool failed; the message says why. Code may catch it."""
+
+
+# --- per-candidate context ---------------------------------------------------------------
+
+
+class Candidate:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.seq = 0
+
+
+CURRENT: list[Candidate | None] = [None]
+
+
+def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    cand = CURRENT[0]
+    if cand is None or os.getpid() != cand.pid:
+        raise RuntimeError(f"{name}() can only be called from the sandbox's main process")
+    try:
+        json.dumps([args, kwargs], allow_nan=False)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name}() arguments must be JSON values (str, int, float, bool, None, list, dict)"
+        ) from None
+    cand.seq += 1
+    protocol.send_blocking(
+        cand.sock,
+        {"op": "tool", "id": cand.seq, "name": name, "args": list(args), "kwargs": kwargs},
+    )
+    reply = protocol.recv_blocking(cand.sock)
+    if reply is None:  # the host went away
+        os._exit(0)
+    if reply.get("op") == "tool_result" and reply.get("id") == cand.seq:
+        result = reply.get("result")
+        return result if isinstance(result, str) else str(result)
+    raise ToolError(str(reply.get("error") or f"{name}() failed"))
+
+
+def make_tool(name: str) -> Any:
+    def tool(*args: Any, **kwargs: Any) -> str:
+        return call_tool(name, args, kwargs)
+
+    tool.__name__ = tool.__qualname__ = name
+    return tool
+
+
+def final_answer(answer: Any) -> None:
+    """Give the final answer and stop."""
+    raise FinalAnswerSignal(answer)
+
+
+def make_import_guard(allowed: list[str]) -> Any:
+    real_import = builtins.__import__
+    names = sorted(set(allowed))
+
+    def is_allowed(name: str) -> bool:
+        return any(name == a or name.startswith(a + ".") for a in names)
+
+    def guarded_import(
+        name: str,
+        globals: Any = None,
+        locals: Any = None,
+        fromlist: Any = (),
+        level: int = 0,
+    ) -> Any:
+        if level or not is_allowed(name):
+            shown = "." * level + name
+            raise ForbiddenImportError(
+                f"Import of {shown} is not allowed. Authorized imports are: {names}"
+            )
+        return real_import(name, globals, locals, fromlist, level)
+
+    return guarded_import
+
+
+# --- running one code string -----------------------------------------------------------------
+
+
+class Capture(io.TextIOBase):
+    """sys.stdout/sys.stderr of a candidate: keeps at most `limit` bytes, then raises."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[str] = []
+        self.exceeded = False
+
+    def write(self, s: str) -> int:  # type: ignore[override]
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if self.exceeded:
+            raise OutputLimitExceeded()
+        n = len(s.encode("utf-8", "replace"))
+        if self.size + n > self.limit:
+            room = self.limit - self.size
+            self.parts.append(s.encode("utf-8", "replace")[:room].decode("utf-8", "ignore"))
+            self.size = self.limit
+            self.exceeded = True
+            raise OutputLimitExceeded()
+        self.parts.append(s)
+        self.size += n
+        return len(s)
+
+    def writable(self) -> bool:
+        return True
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+
+def user_traceback(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_list(frames))
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines).rstrip("\n")
+
+
+def truncate(s: str, limit: int) -> str:
+    if len(s) <= limit:
+        return s
+    return s[:limit] + f"... [truncated {len(s) - limit} characters]"
+
+
+def json_safe(value: Any, limit: int) -> Any:
+    try:
+        if len(json.dumps(value, allow_nan=False)) <= limit:
+            return value
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        text = str(value)
+    except Exception as e:  # a broken __str__
+        text = f"<unprintable {type(value).__name__}: {e!r}>"
+    return truncate(text, limit)
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, ForbiddenImportError):
+        return "forbidden_import"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, ToolError):
+        return "tool"
+    return "exception"
+
+
+def execute(code: str, ns: dict[str, Any], limit: int) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "op": "result",
+        "stdout": "",
+        "value_repr": None,
+        "error": None,
+        "error_kind": None,
+        "is_final": False,
+        "final_answer": None,
+        "exec_s": 0.0,
+        "keep": True,
+    }
+    t0 = time.perf_counter()
+    try:
+        tree = ast.parse(code, FILENAME, "exec")
+        last = None
+        tail = tree.body[-1] if tree.body else None
+        if isinstance(tail, ast.Expr):
+            tree.body.pop()
+            last = compile(ast.Expression(tail.value), FILENAME, "eval")
+        body = compile(tree, FILENAME, "exec")
+    except (SyntaxError, ValueError) as e:
+        res["error"] = "".join(traceback.format_exception_only(type(e), e)).rstrip("\n")
+        res["error_kind"] = "syntax"
+        return res
+    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    out = Capture(limit)
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = out
+    try:
+        exec(body, ns)
+        if last is not None:
+            value = eval(last, ns)
+            try:
+                text = repr(value)
+            except Exception as e:
+                text = f"<repr() failed: {type(e).__name__}: {e}>"
+            res["value_repr"] = truncate(text, limit)
+    except FinalAnswerSignal as f:
+        res["is_final"] = True
+        res["final_answer"] = json_safe(f.value, limit)
+    except OutputLimitExceeded:
+        pass
+    except BaseException as e:
+        res["error"] = truncate(user_traceback(e), limit)
+        res["error_kind"] = classify(e)
+    finally:
+        sys.stdout, sys.stderr = saved
+        res["stdout"] = out.getvalue()
+        res["exec_s"] = time.perf_counter() - t0
+    if out.exceeded:
+        res["error"] = f"Output limit exceeded: the code printed more than {limit} bytes."
+        res["error_kind"] = "output"
+        res["is_final"] = False
+        res["final_answer"] = None
+    return res
+
+
+# --- process management ---------------------------------------------------------------------
+
+
+def set_subreaper() -> None:
+    """Outside a pid namespace (unjailed mode) orphans must still come back to init."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def sweep(init_pid: int) -> None:
+    """SIGKILL every process of the jail except init and the caller."""
+    me = os.getpid()
+    if init_pid == 1:  # own pid namespace: kill(-1) reaches exactly the jail's processes
+        for _ in range(3):
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+    else:
+        for _ in range(3):
+            victims = [p for p in descendants(init_pid) if p != me]
+            if not victims:
+                return
+            for p in victims:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class State:
+    """The state process: owns the namespace, forks candidates, reports their exits."""
+
+    def __init__(self, conn: socket.socket, init_pid: int) -> None:
+        self.init_pid = init_pid
+        self.cfg: dict[str, Any] = {"output_max_bytes": 1_000_000, "cpu_s": 10}
+        self.ns: dict[str, Any] = {}
+        self.children: dict[int, int] = {}
+        self.conn = conn
+        self.wake_r = self.wake_w = -1
+        self._arm()
+
+    def _arm(self) -> None:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def _disarm(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def become(self, conn: socket.socket) -> None:
+        """Called in a promoted candidate: its socket is the new control channel."""
+        self.conn = conn
+        self.children = {}
+        self._arm()
+
+    def send(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        try:
+            protocol.send_blocking(self.conn, msg, fds)
+        except OSError:
+            os._exit(0)  # the host is gone
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.children.pop(pid, None) is not None:
+                sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+                self.send({"op": "exited", "pid": pid, "code": code, "signal": sig})
+
+    def serve(self) -> tuple[socket.socket, dict[str, Any]]:
+        """Serve the host. Returns only in a freshly forked candidate."""
+        while True:
+            self.reap()
+            try:
+                watched: list[Any] = [self.conn, self.wake_r]
+                ready, _, _ = select.select(watched, [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                try:
+                    os.read(self.wake_r, 512)
+                except BlockingIOError:
+                    pass
+            if self.conn not in ready:
+                continue
+            msg = protocol.recv_blocking(self.conn)
+            if msg is None:
+                os._exit(0)  # the host closed the session
+            child = self.handle(msg)
+            if child is not None:
+                return child
+
+    def handle(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
+        op = msg["op"]
+        if op == "spawn":
+            return self.spawn(msg)
+        if op == "kill":
+            pid = msg.get("pid")
+            if isinstance(pid, int) and pid in self.children:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        elif op == "discard":
+            sweep(self.init_pid)
+            self.reap()
+            self.children.clear()
+        elif op == "ping":
+            self.send({"op": "pong"})
+        elif op == "config":
+            self.configure(msg)
+        elif op == "tools":
+            for name in msg.get("names", []):
+                self.ns[name] = make_tool(name)
+        return None
+
+    def configure(self, msg: dict[str, Any]) -> None:
+        self.cfg = msg
+        for d in msg.get("site_dirs", []):
+            if d not in sys.path:
+                sys.path.append(d)
+        safe = dict(builtins.__dict__)
+        safe["__import__"] = make_import_guard(msg.get("allowed_imports", []))
+        for name in ("breakpoint", "input", "help", "exit", "quit", "copyright", "credits"):
+            safe.pop(name, None)
+        self.ns.clear()
+        self.ns.update({"__name__": "__main__", "__builtins__": safe, "final_answer": final_answer})
+        loaded, errors = [], []
+        for mod in msg.get("preload", []):
+            try:
+                __import__(mod)
+                loaded.append(mod)
+            except Exception as e:
+                errors.append(f"{mod}: {type(e).__name__}: {e}")
+        self.send({"op": "ready", "preloaded": loaded, "errors": errors})
+
+    def spawn(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
+        cid = msg.get("cid")
+        parent_end, child_end = socket.socketpair()
+        rnd = sys.modules.get("random")
+        rnd_state = rnd.getstate() if rnd is not None else None
+        gc.freeze()  # the child's collector then leaves the shared objects (and pages) alone
+        pid = -1
+        for attempt in range(FORK_RETRIES):
+            try:
+                pid = os.fork()
+                break
+            except OSError as e:
+                # at the pids limit: processes just killed free their slots once init has
+                # reaped them, so wait a little before giving up
+                if e.errno != errno.EAGAIN or attempt == FORK_RETRIES - 1:
+                    parent_end.close()
+                    child_end.close()
+                    self.send({"op": "spawn_failed", "cid": cid, "error": str(e), "errno": e.errno})
+                    return None
+                time.sleep(0.005)
+        if pid == 0:
+            parent_end.close()
+            self.conn.close()
+            self._disarm()
+            if rnd is not None:  # `random` reseeds itself in forked children: undo that
+                rnd.setstate(rnd_state)
+            return child_end, msg
+        child_end.close()
+        self.children[pid] = cid if isinstance(cid, int) else -1
+        try:
+            self.send({"op": "spawned", "cid": cid, "pid": pid, "fd": True}, (parent_end.fileno(),))
+        finally:
+            parent_end.close()
+        return None
+
+
+def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> None:
+    """In a forked candidate: run the code, report, park; return only when promoted."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    cpu = int(state.cfg.get("cpu_s", 10))
+    soft = cpu if hard == resource.RLIM_INFINITY else min(cpu, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    me = os.getpid()
+    CURRENT[0] = Candidate(sock)
+    limit = int(state.cfg.get("output_max_bytes", 1_000_000))
+    result = execute(str(msg.get("code", "")), state.ns, limit)
+    CURRENT[0] = None
+    if os.getpid() != me:  # a process the code forked finished the code: it has no say
+        os._exit(0)
+    threads = len(sys._current_frames()) - 1
+    if threads > 0:
+        # threads do not survive the next fork: this process cannot carry the state on
+        note = (
+            f"The code left {threads} thread(s) running; background threads are not "
+            "supported in the sandbox, so this step's changes were not kept."
+        )
+        result["error"] = f"{result['error']}\n{note}" if result["error"] else note
+        result["error_kind"] = result["error_kind"] or "exception"
+        result["is_final"], result["final_answer"] = False, None
+        result["keep"] = False
+    try:
+        protocol.send_blocking(sock, result)
+        while True:
+            reply = protocol.recv_blocking(sock)
+            if reply is None or reply.get("op") == "exit":
+                os._exit(0)
+            if reply.get("op") == "promote":
+                break
+    except (OSError, protocol.ProtocolError):
+        os._exit(0)
+    sweep(state.init_pid)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+    state.become(sock)
+
+
+def state_main(conn: socket.socket, init_pid: int) -> None:
+    state = State(conn, init_pid)
+    state.send({"op": "hello", "pid": os.getpid(), "python": sys.version.split()[0]})
+    while True:
+        sock, msg = state.serve()
+        run_candidate(state, sock, msg)
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)  # nothing next to the worker is importable by user code
+    conn = socket.socket(fileno=fd)
+    init_pid = os.getpid()
+    if init_pid != 1:
+        set_subreaper()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            state_main(conn, init_pid)
+        finally:
+            os._exit(1)
+    conn.close()
+    while True:  # init: reap until no process of the jail is left
+        try:
+            os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+
+
+if __name__ == "__main__":
+    main()
