@@ -128,6 +128,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         502: "The model server rejected the request",
         503: "The model server (or a component) is unreachable, or the service is not ready",
         504: "The request deadline passed before the run could finish",
+        500: "The agent run failed unexpectedly; the server log has the request id",
     }
     return {s: {"model": ErrorResponse, "description": descriptions[s]} for s in statuses}
 

@@ -281,3 +281,43 @@ async def wait_for_disconnect(receive: Receive) -> None:
 
 def retry_after_for_model_outage(settings: Settings) -> str:
     return str(max(1, math.ceil(min(30.0, settings.model_timeout_s / 4))))
+
+
+# Error types (Trajectory.error_type) that mean a component is down, not that this run failed.
+SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied", "ExecutorError"}
+MODEL_ERRORS = {"ModelError", "ModelRequestError"}
+
+
+def outage_error(traj: Trajectory, settings: Settings) -> APIError | None:
+    """503 when a run ended in error because the model server or the sandbox is unusable."""
+    if traj.finish_reason != "error":
+        return None
+    if traj.error_type == "ModelUnavailable":
+        return APIError(
+            503,
+            traj.error or "the model server is unreachable",
+            code="model_unavailable",
+            headers={"Retry-After": retry_after_for_model_outage(settings)},
+        )
+    if traj.error_type in SANDBOX_OUTAGES:
+        return APIError(
+            503,
+            f"the sandbox is unusable: {traj.error}; see GET /readyz",
+            code="sandbox_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    return None
+
+
+def run_error(traj: Trajectory, settings: Settings) -> APIError | None:
+    """For APIs without a place for a failed run (chat): every error becomes a status."""
+    if traj.finish_reason != "error":
+        return None
+    outage = outage_error(traj, settings)
+    if outage is not None:
+        return outage
+    if traj.error_type in MODEL_ERRORS:
+        return APIError(502, f"the model server rejected the request: {traj.error}",
+                        code="model_error")
+    return APIError(500, f"the agent run failed: {traj.error or traj.error_type}",
+                    code="agent_error", type="server_error")

@@ -49,6 +49,9 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                # time in the server until the response starts (all of it for JSON bodies)
+                dur_ms = (time.perf_counter() - started) * 1000
+                headers.append((b"server-timing", f"app;dur={dur_ms:.3f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

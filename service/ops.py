@@ -146,7 +146,11 @@ async def _check_sandbox(gw: Gateway) -> dict[str, Any]:
         await session.close()
     if not result.ok:
         raise RuntimeError(f"sandbox could not run `1 + 1`: {result.error}")
-    return {"kind": type(executor).__name__, "value": result.value_repr}
+    detail: dict[str, Any] = {"kind": type(executor).__name__, "value": result.value_repr}
+    stats = getattr(executor, "stats", None)
+    if callable(stats):
+        detail["stats"] = stats()
+    return detail
 
 
 async def _check_retriever(gw: Gateway) -> dict[str, Any]:

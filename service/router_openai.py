@@ -33,7 +33,7 @@ def _service(request: Request) -> ChatService:
             "description": "The completion (JSON), or chunks when stream=true",
             "content": {"text/event-stream": CHAT_EVENT},
         },
-        **error_responses(400, 404, 413, 429, 502, 503, 504),
+        **error_responses(400, 404, 413, 429, 500, 502, 503, 504),
     },
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

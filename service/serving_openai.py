@@ -31,7 +31,7 @@ from service.gateway import (
     RunGroup,
     RunSpec,
     StepEvent,
-    retry_after_for_model_outage,
+    run_error,
 )
 from service.protocol_openai import (
     AssistantMessage,
@@ -294,17 +294,6 @@ class ChatService:
 
 
 def _raise_for_run_error(traj: Trajectory, gw: Gateway) -> None:
-    if traj.finish_reason != "error":
-        return
-    if traj.error_type == "ModelUnavailable":
-        raise APIError(
-            503,
-            traj.error or "the model server is unreachable",
-            code="model_unavailable",
-            headers={"Retry-After": retry_after_for_model_outage(gw.settings)},
-        )
-    raise APIError(
-        502,
-        f"the agent run failed: {traj.error or traj.error_type or 'unknown error'}",
-        code="agent_error",
-    )
+    error = run_error(traj, gw.settings)
+    if error is not None:
+        raise error

@@ -25,7 +25,7 @@ from service.gateway import (
     RunSpec,
     StepEvent,
     new_run_id,
-    retry_after_for_model_outage,
+    outage_error,
 )
 from service.protocol_solve import SolveRequest, SolveResponse, SolveStart, StepOut
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
@@ -65,13 +65,9 @@ class SolveService:
                 self._events(group, spec.run_id, req, arrived, queue_s), on_close=group.cancel
             )
         [traj] = await group.results(request)
-        if traj.finish_reason == "error" and traj.error_type == "ModelUnavailable":
-            raise APIError(
-                503,
-                traj.error or "the model server is unreachable",
-                code="model_unavailable",
-                headers={"Retry-After": retry_after_for_model_outage(gw.settings)},
-            )
+        outage = outage_error(traj, gw.settings)
+        if outage is not None:
+            raise outage
         body = SolveResponse.of(
             traj,
             queue_s=queue_s,
