@@ -304,6 +304,9 @@ class WorkerProcess:
         self.control = fork.channel
         self.state_pid = fork.pid
         self._exits.clear()
+        # the old state process may have died already (code can kill it): the fork carries
+        # the state on, so the worker lives as long as the jail does
+        self._dead = self._closed or self.popen.poll() is not None
         self._reader = asyncio.create_task(self._control_loop(fork.channel))
         if old_reader is not None:
             old_reader.cancel()
