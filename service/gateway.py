@@ -121,6 +121,16 @@ class Gateway:
     async def admit(self, deadline: float) -> Slot:
         return await self.admission.acquire(timeout_s=max(0.0, deadline - time.monotonic()))
 
+    async def admit_unless_gone(self, deadline: float, request: Request) -> Slot:
+        """A slot, unless the client left while queued (then no run starts for it)."""
+        slot = await self.admit(deadline)
+        if await request.is_disconnected():
+            slot.release()
+            self.metrics.rejected.labels("client_gone").inc()
+            raise APIError(499, "client closed the connection while queued",
+                           code="client_closed_request")
+        return slot
+
     def start(
         self, specs: list[RunSpec], slot: Slot, deadline: float, endpoint: str
     ) -> RunGroup:

@@ -152,7 +152,7 @@ class ChatService:
         check_supported(req)
         task = task_of(req)
         deadline = gw.deadline(req.timeout_s)
-        slot = await gw.admit(deadline)
+        slot = await gw.admit_unless_gone(deadline, request)
         gw.metrics.queue_wait.observe(time.monotonic() - arrived)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         try:

@@ -42,7 +42,7 @@ class SolveService:
         arrived = time.monotonic()
         gw.require_components()  # 503 before queueing when not ready
         deadline = gw.deadline(req.timeout_s)
-        slot = await gw.admit(deadline)
+        slot = await gw.admit_unless_gone(deadline, request)
         queue_s = time.monotonic() - arrived
         gw.metrics.queue_wait.observe(queue_s)
         try:

@@ -138,3 +138,38 @@ def test_disconnect_cancels_a_chat_stream(
         started.update(descendants() - before)
     _check_after(slow_gateway, scripted_server, started)
     assert _cancelled(slow_gateway, "chat") == 2
+
+
+def test_client_gone_while_queued_never_runs(
+    scripted_server: ScriptedServer, index_dir: Path
+) -> None:
+    from tests.helpers.scripted_server import Reply
+
+    settings = make_settings(scripted_server, index_dir, max_concurrency=1, max_queue=4,
+                             sandbox_pool_size=0)
+    slow = reply("final_answer(1)")
+    scripted_server.handler = lambda body: Reply([slow] * int(body.get("n") or 1), delay_s=1.0)
+    with GatewayServer(settings) as gw:
+        admission = gw.gateway.admission
+
+        async def scenario() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+                first = asyncio.create_task(client.post("/v1/solve", json={"question": "a"}))
+                await _until(lambda: admission.active == 1)
+                second = asyncio.create_task(client.post("/v1/solve", json={"question": "b"}))
+                await _until(lambda: admission.queued == 1)
+                second.cancel()  # the client leaves while queued
+                with pytest.raises(asyncio.CancelledError):
+                    await second
+                return await first
+
+        first = asyncio.run(scenario())
+        assert first.status_code == 200
+        deadline = time.monotonic() + 10
+        while admission.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert admission.active == 0 and admission.queued == 0
+        assert len(scripted_server.chat_requests) == 1  # the queued request never ran
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert metric_value(metrics, "distillery_rejected_total", reason="client_gone") == 1
+        assert _cancelled(gw, "solve") == 0  # no run was started only to be cancelled
