@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "math",
@@ -96,3 +97,20 @@ class SandboxConfig:
     def max_frame_bytes(self) -> int:
         """Largest frame the host accepts from the jail (JSON may escape text up to 6x)."""
         return 12 * self.output_max_bytes + (1 << 16)
+
+
+def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
+    """SandboxConfig from an object with `sandbox_<field>` attributes (service Settings).
+
+    Every field the object has is taken (sandbox_memory_mb -> memory_mb, ...); the rest keep
+    their defaults; `overrides` win over both.
+    """
+    values: dict[str, Any] = {}
+    for f in fields(SandboxConfig):
+        if hasattr(settings, f"sandbox_{f.name}"):
+            value = getattr(settings, f"sandbox_{f.name}")
+            values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+    values.update(overrides)
+    config = SandboxConfig(**values)
+    config.validate()
+    return config

@@ -12,14 +12,17 @@ cgroups creatable, interpreter layout) and raises SandboxSetupError saying how t
 
 from __future__ import annotations
 
+import asyncio
 import keyword
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from agent.executor import ToolFn
 from sandbox.cgroups import ensure_parents
 from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxError
 from sandbox.jail import locate_nsjail
 from sandbox.pool import WorkerPool
 from sandbox.probe import probe_interpreter
@@ -87,6 +90,22 @@ class SandboxExecutor:
             await session.close()
             raise
         return session
+
+    async def selfcheck(self, timeout_s: float = 30.0) -> float:
+        """Run `1 + 1` in a fresh session (readiness probes): seconds taken, or SandboxError."""
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                session = await self.open_session({})
+                try:
+                    result = await session.run("1 + 1")
+                finally:
+                    await session.close()
+        except TimeoutError as e:
+            raise SandboxError(f"the sandbox self-check took longer than {timeout_s} s") from e
+        if result.value_repr != "2":
+            raise SandboxError(f"the sandbox self-check failed: {result.error or result}")
+        return time.perf_counter() - t0
 
     async def aclose(self) -> None:
         self._closed = True

@@ -49,7 +49,8 @@ class ProtocolError(Exception):
 
 
 def encode(msg: Message) -> bytes:
-    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate (print("\ud800")) becomes "?" instead of failing the frame
+    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
     return HEADER.pack(len(body)) + body
 
 

@@ -443,7 +443,10 @@ class State:
         parent_end, child_end = socket.socketpair()
         rnd = sys.modules.get("random")
         rnd_state = rnd.getstate() if rnd is not None else None
-        gc.freeze()  # the child's collector then leaves the shared objects (and pages) alone
+        # collect the last step's garbage, then freeze: the child's collector leaves the
+        # shared objects (and so their pages) alone
+        gc.collect()
+        gc.freeze()
         pid = -1
         for attempt in range(FORK_RETRIES):
             try:

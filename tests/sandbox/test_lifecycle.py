@@ -227,3 +227,19 @@ def test_default_executor_is_jailed() -> None:
     # never a silent fallback: the default config builds a jailed executor or raises
     ex = SandboxExecutor(fast_config())
     assert ex.jailed
+
+
+def test_config_from_settings() -> None:
+    from sandbox.config import config_from_settings
+    from service.settings import Settings
+
+    settings = Settings.model_validate({"sandbox_memory_mb": 300, "sandbox_pool_size": 0})
+    cfg = config_from_settings(settings, nice=5)
+    assert (cfg.memory_mb, cfg.pool_size, cfg.nice, cfg.pids) == (300, 0, 5, 32)
+    assert cfg.allowed_imports == SandboxConfig().allowed_imports
+
+
+async def test_selfcheck(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(fast_config(pool_size=1))
+    assert 0 < await ex.selfcheck() < 30
+    assert ex.stats()["open_sessions"] == 0

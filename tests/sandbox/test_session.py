@@ -196,3 +196,10 @@ async def test_value_repr_and_output_truncation_markers(open_session: Opener) ->
     r = await s.run("list(range(5000))")
     assert r.ok and r.value_repr is not None and "[truncated" in r.value_repr
     assert len(r.value_repr) < 2100
+
+
+async def test_odd_text_survives_the_protocol(open_session: Opener) -> None:
+    s = await open_session()
+    r = await s.run("print('\\ud800 lone surrogate', 'é', '\\x00')\n'\\udfff'")
+    assert r.ok and r.stdout == "? lone surrogate é \x00\n", r
+    assert r.value_repr == "'\\udfff'"
