@@ -76,8 +76,10 @@ trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 say "smoke: distillery --help"
 buildah run --user 10001 "$ctr" -- distillery --help >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-health=$(buildah inspect --format '{{range .Docker.Config.Healthcheck.Test}}{{.}}{{"\n"}}{{end}}' \
-  "$IMAGE" | sed -n '3p')
+# The HEALTHCHECK's argv (Test = ["CMD", argv...]), run as is inside the container below.
+mapfile -t health < <(buildah inspect \
+  --format '{{range .Docker.Config.Healthcheck.Test}}{{.}}{{"\n"}}{{end}}' "$IMAGE" | tail -n +2)
+[ "${#health[@]}" -gt 0 ] || { say "the image has no HEALTHCHECK"; exit 1; }
 say "smoke: distillery serve on port $port, then the HEALTHCHECK command"
 # No model server, Elasticsearch or jail privileges here: /healthz only says the process is up.
 buildah run --user 10001 --env DISTILLERY_PORT="$port" --env DISTILLERY_EXECUTOR=local \
@@ -86,9 +88,9 @@ buildah run --user 10001 --env DISTILLERY_PORT="$port" --env DISTILLERY_EXECUTOR
     distillery serve --host 127.0.0.1 --port "$DISTILLERY_PORT" & pid=$!
     ok=0
     for _ in $(seq 60); do
-      if python -c "$1" 2>/dev/null; then ok=1; break; fi
+      if "$@" 2>/dev/null; then ok=1; break; fi
       sleep 1
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    [ "$ok" = 1 ]' smoke "$health"
+    [ "$ok" = 1 ]' smoke "${health[@]}"
 say "ok: $IMAGE answers /healthz"
