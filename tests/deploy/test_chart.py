@@ -440,3 +440,34 @@ def test_helm_sees_no_dependency_in_the_plain_chart() -> None:
     text = (CHART / "Chart.yaml").read_text()
     assert "\ndependencies:" not in text, "helm/distillery/Chart.yaml must render offline"
 
+
+
+# --- the commands the chart runs exist -----------------------------------------------------
+
+ALL_JOBS = {"jobs": {name: {"enabled": True} for name in
+                     ("index", "generate", "build-data", "train", "export")},
+            "retrieval": {"backend": "elasticsearch", "elasticsearch": {
+                "url": "http://es:9200", "networkPolicyPeers": [{"podSelector": {}}]}},
+            "persistence": {"data": {"enabled": True}}}
+
+
+@pytest.mark.parametrize("case", ["default-jobs", "gpu-production.yaml", "external-es.yaml"])
+def test_rendered_commands_parse_with_the_distillery_cli(case: str) -> None:
+    """Every `distillery` argv the chart renders (gateway, Jobs) is accepted by the real CLI
+    parser: a renamed flag in service/, retrieval/ or training/ fails here, not in a cluster."""
+    from service.cli import build_parser
+
+    r = render(values=ALL_JOBS) if case == "default-jobs" else render([EXAMPLES / case])
+    parser = build_parser()
+    checked = 0
+    for obj in r.all("Deployment") + r.all("Job"):
+        c = container(obj)
+        if c.get("command", ["distillery"]) != ["distillery"] or "vllm" in c["image"]:
+            continue
+        try:
+            parser.parse_args([str(a) for a in c["args"]])
+        except SystemExit as exc:
+            pytest.fail(f"{r.where(obj)}: `distillery {' '.join(c['args'])}` is rejected "
+                        f"by the CLI (exit {exc.code})")
+        checked += 1
+    assert checked >= 2, f"{r.source}: found no distillery commands to check"
