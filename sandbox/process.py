@@ -375,11 +375,13 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     self.popen.kill()
                 await _wait_exit(self.popen, 2.0)
-            if self.cgroups is not None:
-                for _ in range(100):
+            if self.cgroups is not None:  # normally nsjail removed them already
+                for _ in range(300):
                     if self.cgroups.cleanup():
                         break
                     await asyncio.sleep(0.01)
+                else:
+                    log.warning("sandbox: cgroups of a closed worker remain: %s", self.cgroups.dirs)
         else:
             procs.kill_tree(self.popen.pid)
             await _wait_exit(self.popen, 2.0)
