@@ -264,3 +264,14 @@ appArmorProfile:
 {{- $sb := .Values.sandbox -}}
 {{- if and $sb.enabled (eq $sb.securityMode "capabilities") $sb.hostCgroupfs -}}true{{- end -}}
 {{- end -}}
+
+{{/* Container resources as YAML with `count` GPUs of `name` added to requests and limits. */}}
+{{- define "distillery.resourcesWithGpu" -}}
+{{- $resources := deepCopy (.resources | default dict) -}}
+{{- if gt (int .count) 0 -}}
+{{- $gpu := dict .name (int .count) -}}
+{{- $_ := set $resources "limits" (merge (default (dict) $resources.limits) $gpu) -}}
+{{- $_ := set $resources "requests" (merge (default (dict) $resources.requests) $gpu) -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
