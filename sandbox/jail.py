@@ -136,14 +136,14 @@ def nsjail_argv(
     for dev in ("/dev/null", "/dev/zero", "/dev/urandom"):
         argv += ["-R", dev]
     argv += ["-m", f"none:/tmp:tmpfs:size={config.tmpfs_mb * mb},mode=1777"]
-    argv += ["--", *worker_argv(layout.executable, f"{WORKER_DIR}/worker.py", fd)]
+    argv += ["--", *worker_argv(layout.executable, f"{WORKER_DIR}/worker.py", fd, jailed=True)]
     return argv
 
 
-def worker_argv(python: str, worker_path: str, fd: int) -> list[str]:
+def worker_argv(python: str, worker_path: str, fd: int, *, jailed: bool) -> list[str]:
     # -E: ignore PYTHON* variables, -s: no user site, -S: no site (sys.path is set by the
     # worker), -B: write no .pyc
-    return [python, "-E", "-s", "-S", "-B", worker_path, str(fd)]
+    return [python, "-E", "-s", "-S", "-B", worker_path, str(fd), "jail" if jailed else "host"]
 
 
 def site_dirs_in_jail(layout: InterpreterLayout) -> list[str]:

@@ -98,7 +98,8 @@ class WorkerProcess:
         else:
             cwd = os.path.join(tmpdir, "work")
             os.mkdir(cwd)
-            argv = jail.worker_argv(layout.executable, str(jail.PACKAGE_DIR / "worker.py"), fd)
+            worker_path = str(jail.PACKAGE_DIR / "worker.py")
+            argv = jail.worker_argv(layout.executable, worker_path, fd, jailed=False)
             env = {**jail.JAIL_ENV, "HOME": cwd, "TMPDIR": cwd}
             site_dirs = list(layout.site_dirs)
         try:

@@ -147,10 +147,12 @@ class SandboxSession:
     ) -> list[tuple[ExecutionResult, Fork | None]]:
         cache = ToolCache(self.tools)
         width = asyncio.Semaphore(self.config.fork_width)
+        # the jail's limit counters before the round: a rise explains a failure
+        counters = worker.oom_kills(), worker.pids_limit_hits()
 
         async def one(code: str) -> tuple[ExecutionResult, Fork | None]:
             async with width:
-                return await self._run_candidate(worker, code, cache)
+                return await self._run_candidate(worker, code, cache, counters)
 
         try:
             return await asyncio.gather(*(one(c) for c in codes))
@@ -218,10 +220,10 @@ class SandboxSession:
     # --- one candidate -----------------------------------------------------------------
 
     async def _run_candidate(
-        self, worker: WorkerProcess, code: str, cache: ToolCache
+        self, worker: WorkerProcess, code: str, cache: ToolCache, counters: tuple[int, int]
     ) -> tuple[ExecutionResult, Fork | None]:
         t0 = time.perf_counter()
-        oom0, pids0 = worker.oom_kills(), worker.pids_limit_hits()
+        oom0, pids0 = counters
         try:
             fork = await worker.spawn(code)
         except SpawnFailed as e:

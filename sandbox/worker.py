@@ -75,6 +75,7 @@ class Candidate:
 
 
 CURRENT: list[Candidate | None] = [None]
+JAILED = [False]  # started by nsjail in its own pid namespace (argv[2] == "jail")
 
 
 def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -304,7 +305,7 @@ def descendants(root: int) -> list[int]:
 def sweep(init_pid: int) -> None:
     """SIGKILL every process of the jail except init and the caller."""
     me = os.getpid()
-    if init_pid == 1:  # own pid namespace: kill(-1) reaches exactly the jail's processes
+    if JAILED[0] and init_pid == 1:  # own pid namespace: kill(-1) reaches only the jail
         for _ in range(3):
             try:
                 os.kill(-1, signal.SIGKILL)
@@ -530,6 +531,7 @@ def state_main(conn: socket.socket, init_pid: int) -> None:
 
 def main() -> None:
     fd = int(sys.argv[1])
+    JAILED[0] = sys.argv[2:3] == ["jail"]
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)  # nothing next to the worker is importable by user code
     conn = socket.socket(fileno=fd)
