@@ -74,12 +74,16 @@ class TransformersEngine:
         model_name: str | None = None,
         dtype: str | None = None,
         device: str | None = None,
+        threads: int | None = None,
     ) -> TransformersEngine:
         """Load an HF folder (safetensors + config + tokenizer with a chat template).
 
         dtype: "float32" | "bfloat16" | "float16" | "auto" (the folder's) | None (the
         folder's dtype if this CPU computes it natively, else float32).
         device: None = "cuda" when available, else "cpu".
+        threads: torch's intra-op CPU threads (process-wide; None = torch's default, one
+        per core). On a machine shared with other busy processes, 1 can be several times
+        faster than 2: torch's threads wait for each other at every operation.
         """
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
@@ -97,6 +101,10 @@ class TransformersEngine:
             ) from exc
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if threads is not None:
+            if threads < 1:
+                raise ModelError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             model: Any = AutoModelForCausalLM.from_pretrained(
