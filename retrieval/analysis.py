@@ -2,18 +2,23 @@
 
 Tokens are maximal runs of letters and digits (Unicode L and N; combining marks split words,
 as in the ES-API test server, which lacks \\p{M}: Wikipedia text is NFC, so Latin accents are
-precomposed letters, but some Indic vowel signs split words); tokens are lowercased,
-ASCII-folded ("Café" matches "cafe": small models often drop diacritics), tokens of 100+
-bytes are dropped, and the rest are stemmed with Snowball English (Porter2). No stop words:
-BM25's IDF already discounts them, and names such as "The Who" keep their terms.
+precomposed letters, but some Indic vowel signs split words); tokens are lowercased, the 33
+English stop words of Lucene's classic list are dropped, the rest ASCII-folded ("Café"
+matches "cafe": small models often drop diacritics), tokens of 100+ bytes are dropped, and
+the rest are stemmed with Snowball English (Porter2).
+
+Stop words: questions are full of "the", "of", "in", which occur in nearly every passage.
+Scoring them barely changes rankings but costs the most (their posting lists are the
+longest): on a 1M-passage corpus they made top-3 queries several times slower.
 
 The embedded index builds this chain with tantivy's analyzer builder; Elasticsearch gets the
-equivalent custom analyzer (pattern tokenizer, lowercase, asciifolding, length, snowball).
+equivalent custom analyzer (pattern tokenizer, lowercase, stop, asciifolding, length,
+snowball).
 
 BM25 k1/b: tantivy's BM25 is fixed at k1=1.2, b=0.75 (Lucene's defaults). The
 Elasticsearch mapping uses the same values so both backends rank alike; a sweep over
-k1/b on the demo questions (benchmarks/bench_retrieval.py --sweep) found no setting
-that is clearly better on these short passages (see README, Retrieval).
+k1/b on the demo questions (benchmarks/bench_retrieval.py) found no setting that is
+clearly better on these short passages (see README, Retrieval).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import unicodedata
 from typing import Any
 
 ANALYZER_NAME = "wiki_en"
-ANALYZER_VERSION = 1
+ANALYZER_VERSION = 2
 """Bumped whenever the analysis changes: an index built with another version is refused."""
 
 TOKEN_PATTERN = r"[\p{L}\p{N}]+"
@@ -34,6 +39,13 @@ MAX_QUERY_WORDS = 128
 
 SEARCH_FIELDS = ("title", "text")
 
+STOP_WORDS = (
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is",
+    "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there",
+    "these", "they", "this", "to", "was", "will", "with",
+)  # fmt: skip
+"""Lucene's classic English stop set (Elasticsearch's `_english_`), spelled out for both."""
+
 
 def tantivy_analyzer() -> Any:
     """The analyzer for the embedded index (register it under ANALYZER_NAME on every open)."""
@@ -42,6 +54,7 @@ def tantivy_analyzer() -> Any:
     return (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
         .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.custom_stopword(list(STOP_WORDS)))
         .filter(tantivy.Filter.ascii_fold())
         .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
         .filter(tantivy.Filter.stemmer("english"))
@@ -58,6 +71,7 @@ def es_analysis_settings() -> dict[str, Any]:
             },
             "filter": {
                 # Elasticsearch counts characters, tantivy bytes: equal for ASCII tokens.
+                "wiki_stop": {"type": "stop", "stopwords": list(STOP_WORDS)},
                 "wiki_length": {"type": "length", "max": MAX_TOKEN_BYTES - 1},
                 "wiki_stem": {"type": "snowball", "language": "English"},
             },
@@ -65,7 +79,13 @@ def es_analysis_settings() -> dict[str, Any]:
                 ANALYZER_NAME: {
                     "type": "custom",
                     "tokenizer": "wiki_words",
-                    "filter": ["lowercase", "asciifolding", "wiki_length", "wiki_stem"],
+                    "filter": [
+                        "lowercase",
+                        "wiki_stop",
+                        "asciifolding",
+                        "wiki_length",
+                        "wiki_stem",
+                    ],
                 },
             },
         },

@@ -80,7 +80,7 @@ class _Target:
     def __init__(self, args: argparse.Namespace):
         from service.settings import Settings
 
-        st = Settings()
+        st = Settings(**{})  # (no pydantic mypy plugin: keyword form)
         self.es_url: str | None = args.es_url or st.es_url
         self.backend: str = args.backend or ("es" if self.es_url else "embedded")
         self.index: str = args.index or st.es_index

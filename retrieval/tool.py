@@ -18,6 +18,7 @@ concurrent identical calls share one search. Failures are not cached.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +85,8 @@ def make_web_search(retriever: Retriever, k: int = 3, timeout_s: float = 10.0) -
         fut = cache.get(query)
         if fut is None:
             fut = asyncio.ensure_future(run_search(query))
+            # mark a failure as seen even when every caller was cancelled meanwhile
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             cache[query] = fut
         try:
             return await asyncio.shield(fut)
@@ -100,4 +103,9 @@ def make_web_search(retriever: Retriever, k: int = 3, timeout_s: float = 10.0) -
             return f"Error: web_search failed unexpectedly ({type(e).__name__}: {e}); retry later"
 
     web_search.__name__ = "web_search"
+    signature = inspect.Signature(
+        [inspect.Parameter("query", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)],
+        return_annotation=str,
+    )
+    web_search.__signature__ = signature  # type: ignore[attr-defined]  # shows (query: str)
     return web_search
