@@ -11,7 +11,7 @@ def open_retriever(
     *,
     es_url: str | None,
     es_index: str,
-    index_dir: Path,
+    index_dir: Path | None,
     es_api_key: str | None = None,
     timeout_s: float = 10.0,
     retries: int = 3,
@@ -25,4 +25,6 @@ def open_retriever(
         )
     from retrieval.embedded import EmbeddedRetriever
 
+    if index_dir is None:
+        raise ValueError("the embedded backend needs an index folder (or set an Elasticsearch URL)")
     return EmbeddedRetriever(index_dir)

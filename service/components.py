@@ -103,31 +103,30 @@ def build_executor(settings: Settings) -> Executor:
     )
 
 
-def build_retriever(settings: Settings, *, prepare_demo: bool = True) -> Retriever | None:
-    """ES when es_url is set; else the embedded index at index_dir (the demo index is built
-    on first use when index_dir is the default and `prepare_demo`)."""
-    if settings.es_url:
-        from retrieval.elastic import ElasticRetriever
-
-        key = settings.es_api_key.get_secret_value() if settings.es_api_key else None
-        return ElasticRetriever(
-            settings.es_url, settings.es_index, api_key=key, timeout_s=settings.search_timeout_s
-        )
-    from retrieval.embedded import EmbeddedRetriever
+def build_retriever(settings: Settings) -> Retriever:
+    """ES when es_url is set; else the embedded index at index_dir; with no index_dir, the
+    demo index under cache_dir, built (or rebuilt when stale) on first use."""
+    from retrieval.factory import open_retriever
 
     index_dir = settings.index_dir
-    if not index_dir.exists():
-        default_dir = Settings.model_fields["index_dir"].get_default(call_default_factory=True)
-        if prepare_demo and index_dir == default_dir:
+    if not settings.es_url:
+        if index_dir is None:
             from retrieval.demo_corpus import ensure_demo_index
 
             index_dir = ensure_demo_index(settings.cache_dir)
-        else:
+        elif not index_dir.exists():
             raise ConfigError(
                 f"no search index at {index_dir}: build one with `distillery index build "
                 f"--corpus PATH.jsonl.gz` or set DISTILLERY_ES_URL"
             )
-    return EmbeddedRetriever(index_dir)
+    key = settings.es_api_key.get_secret_value() if settings.es_api_key else None
+    return open_retriever(
+        es_url=settings.es_url,
+        es_index=settings.es_index,
+        index_dir=index_dir,
+        es_api_key=key,
+        timeout_s=settings.search_timeout_s,
+    )
 
 
 def agent_config(settings: Settings) -> AgentConfig:

@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     es_url: str | None = Field(None, description="Elasticsearch URL; unset = embedded index")
     es_index: str = "wiki"
     es_api_key: SecretStr | None = None
-    index_dir: Path = Field(default_factory=lambda: default_cache_dir() / "index" / "demo")
+    index_dir: Path | None = Field(
+        None, description="Embedded index folder; unset = the demo index under cache_dir"
+    )
     search_k: int = Field(3, ge=1, le=50)
     search_timeout_s: float = Field(10.0, gt=0)
 
