@@ -4,15 +4,18 @@
 
 Rows (all on the real nsjail jail, default SandboxConfig limits, numpy preloaded):
 - fresh nsjail: the baseline - a new jail with the same mounts running `python -c pass`
-  (what a sandbox without persistent workers pays per step). Target ratio: warm step < 1/5.
+  (what a sandbox without persistent workers pays per step).
 - warm step: `session.run("x = 1")` round trip on a started session (fork of the state
   process, code, result, promotion). Target p50 < 3 ms.
 - N=8 forks: `try_candidates` of 8 trivial candidates + `commit`. Target < 15 ms.
+  These three are sampled interleaved (one fresh jail, ten warm steps, one N=8 round, ...)
+  so that their ratios compare them under the same machine load.
 - worker start: nsjail + interpreter + numpy import + handshake (what the pool hides).
 - first step, pool miss / pool hit: open_session + first `run` with pool_size 0 vs 2.
-- pool under load: C concurrent runs (open, 3 steps, close) against a pool of 2.
-- memory: peak cgroup memory of one worker after some steps, and its resident processes.
-Timings depend on machine load: the table prints the load average next to them.
+- pool under load: concurrent runs (open, 3 steps, close) against a pool of 2, without and
+  with 0.2 s of "model time" before each step (a real run spends seconds in the model).
+- memory: cgroup memory of one worker after some steps, and its resident processes.
+Timings depend on machine load: the header prints the load average.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sandbox.jail import nsjail_argv
 
 TARGET_STEP_MS = 3.0
 TARGET_FORKS_MS = 15.0
+N = 8
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -38,51 +42,37 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-def fresh_jail_ms(ex: SandboxExecutor, n: int) -> list[float]:
-    """A new jail per execution: the same mounts and limits, `python -c pass`."""
+async def interleaved(ex: SandboxExecutor, rounds: int) -> dict[str, list[float]]:
+    """fresh jail vs warm step vs N=8 forks, sampled alternately."""
     assert ex._nsjail is not None
-    out = []
+    out: dict[str, list[float]] = {"fresh": [], "step": [], "forks": []}
+    codes = [f"y = {i}\ny * 2" for i in range(N)]
+    session = await ex.open_session({})
+    for _ in range(3):  # warm-up
+        await session.run("x = 1")
+        await session.try_candidates(codes)
+        await session.commit(0)
     with tempfile.TemporaryDirectory() as tmp:
         r, w = os.pipe()
         argv = nsjail_argv(ex.config, ex.layout, ex._nsjail, w, os.path.join(tmp, "log"))
         argv = argv[: argv.index("--") + 1] + [ex.layout.executable, "-E", "-s", "-S", "-c", "pass"]
-        for _ in range(n):
+        for i in range(rounds):
             t0 = time.perf_counter()
             subprocess.run(argv, check=True, pass_fds=(w,), stdin=subprocess.DEVNULL)
-            out.append(time.perf_counter() - t0)
+            out["fresh"].append(time.perf_counter() - t0)
+            for _ in range(10):
+                t0 = time.perf_counter()
+                res = await session.run("x = 1")
+                out["step"].append(time.perf_counter() - t0)
+                assert res.ok, res.error
+            t0 = time.perf_counter()
+            results = await session.try_candidates(codes)
+            await session.commit(i % N)
+            out["forks"].append(time.perf_counter() - t0)
+            assert all(x.ok for x in results)
         os.close(r)
         os.close(w)
-    return out
-
-
-async def warm_steps(ex: SandboxExecutor, n: int) -> list[float]:
-    s = await ex.open_session({})
-    for _ in range(10):
-        await s.run("x = 1")
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = await s.run("x = 1")
-        out.append(time.perf_counter() - t0)
-        assert r.ok, r.error
-    await s.close()
-    return out
-
-
-async def fork_rounds(ex: SandboxExecutor, n: int, width: int = 8) -> list[float]:
-    s = await ex.open_session({})
-    codes = [f"y = {i}\ny * 2" for i in range(width)]
-    for _ in range(3):
-        await s.try_candidates(codes)
-        await s.commit(0)
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        rs = await s.try_candidates(codes)
-        await s.commit(i % width)
-        out.append(time.perf_counter() - t0)
-        assert all(r.ok for r in rs)
-    await s.close()
+    await session.close()
     return out
 
 
@@ -112,7 +102,9 @@ async def first_steps(config: SandboxConfig, n: int) -> list[float]:
     return out
 
 
-async def pool_under_load(config: SandboxConfig, clients: int, runs: int) -> dict[str, float]:
+async def pool_under_load(
+    config: SandboxConfig, clients: int, runs: int, think_s: float
+) -> dict[str, float]:
     ex = SandboxExecutor(config)
     await ex.start()
     waits: list[float] = []
@@ -125,6 +117,7 @@ async def pool_under_load(config: SandboxConfig, clients: int, runs: int) -> dic
             s = await ex.open_session({})
             waits.append(time.perf_counter() - t0)
             for code in ("import math\nx = 2", "y = math.sqrt(x)", "final_answer(y)"):
+                await asyncio.sleep(think_s)
                 await s.run(code)
             await s.close()
 
@@ -144,7 +137,7 @@ async def pool_under_load(config: SandboxConfig, clients: int, runs: int) -> dic
 async def worker_memory(ex: SandboxExecutor) -> tuple[int, int, int]:
     s = await ex.open_session({})
     await s.run("import numpy as np\na = np.arange(1000)\nimport math, json, re")
-    rs = await s.try_candidates([f"b = a * {i}" for i in range(8)])
+    rs = await s.try_candidates([f"b = a * {i}" for i in range(N)])
     assert all(r.ok for r in rs)
     await s.commit(0)
     w = s.worker
@@ -165,72 +158,67 @@ async def worker_memory(ex: SandboxExecutor) -> tuple[int, int, int]:
 
 
 async def main(quick: bool, nice: int) -> None:
-    n_steps, n_rounds, n_fresh, n_first = (100, 20, 10, 5) if quick else (1000, 100, 50, 20)
+    rounds, n_start, n_runs = (10, 5, 8) if quick else (60, 20, 24)
     base = SandboxConfig(pool_size=0, nice=nice)
     ex = SandboxExecutor(base)
-    load = os.getloadavg()[0]
     print(
         f"sandbox benchmark ({'quick' if quick else 'full'}), {os.cpu_count()} CPUs, "
-        f"load average {load:.1f}, niceness {os.nice(0)} (jail {nice}), "
+        f"load average {os.getloadavg()[0]:.1f}, niceness {os.nice(0)} (jail {nice}), "
         f"python {ex.layout.executable}"
     )
-    fresh = fresh_jail_ms(ex, n_fresh)
-    steps = await warm_steps(ex, n_steps)
-    rounds = await fork_rounds(ex, n_rounds)
+    samples = await interleaved(ex, rounds)
     current, peak, rss = await worker_memory(ex)
     await ex.aclose()
-    misses = await first_steps(replace(base, pool_size=0), n_first)
-    hits = await first_steps(replace(base, pool_size=2), n_first)
-    starts = await worker_starts(base, n_first)
-    load_rows = {
-        c: await pool_under_load(replace(base, pool_size=2), c, 8 if quick else 30) for c in (1, 4)
-    }
-
+    starts = await worker_starts(base, n_start)
+    misses = await first_steps(replace(base, pool_size=0), n_start)
+    hits = await first_steps(replace(base, pool_size=2), n_start)
+    loads = [
+        (c, think, await pool_under_load(replace(base, pool_size=2), c, n_runs, think))
+        for think in (0.0, 0.2)
+        for c in (1, 4)
+    ]
+    fresh, step, forks = samples["fresh"], samples["step"], samples["forks"]
     rows = [
-        ("fresh nsjail `python -c pass` (baseline)", pct(fresh, 0.5), pct(fresh, 0.99), ""),
-        ("warm step `x = 1`", pct(steps, 0.5), pct(steps, 0.99), f"target p50 < {TARGET_STEP_MS}"),
-        (
-            "N=8 forked candidates + commit",
-            pct(rounds, 0.5),
-            pct(rounds, 0.99),
-            f"target < {TARGET_FORKS_MS}",
-        ),
-        ("worker start (pool fill)", pct(starts, 0.5), pct(starts, 0.99), ""),
-        ("first step, pool miss (size 0)", pct(misses, 0.5), pct(misses, 0.99), ""),
-        ("first step, pool hit (size 2)", pct(hits, 0.5), pct(hits, 0.99), ""),
+        ("fresh nsjail `python -c pass` (baseline)", fresh, ""),
+        ("warm step `x = 1`", step, f"target p50 < {TARGET_STEP_MS:g}"),
+        (f"N={N} forked candidates + commit", forks, f"target < {TARGET_FORKS_MS:g}"),
+        ("worker start (hidden by the pool)", starts, ""),
+        ("first step, pool miss (size 0)", misses, "open_session + run"),
+        ("first step, pool hit (size 2)", hits, "open_session + run"),
     ]
     print(f"\n{'what':44} {'p50 ms':>9} {'p99 ms':>9}  note")
-    for name, p50, p99, note in rows:
-        print(f"{name:44} {p50:9.2f} {p99:9.2f}  {note}")
+    for name, xs, note in rows:
+        print(f"{name:44} {pct(xs, 0.5):9.2f} {pct(xs, 0.99):9.2f}  {note}")
     print(
-        f"\nwarm step / fresh jail (p50): {pct(steps, 0.5) / pct(fresh, 0.5):.3f} "
-        f"(fresh jail is {pct(fresh, 0.5) / pct(steps, 0.5):.1f}x slower)"
+        f"\nratios of p50s, same load: fresh jail / warm step = "
+        f"{pct(fresh, 0.5) / pct(step, 0.5):.1f}x; "
+        f"N={N} round / fresh jail = {pct(forks, 0.5) / pct(fresh, 0.5):.2f}"
     )
     print("\npool of 2 under load (runs of open + 3 steps + close):")
     print(
-        f"{'concurrent runs':>16} {'hit rate':>9} {'open p50 ms':>12} {'open p99 ms':>12} "
-        f"{'runs/s':>7}"
+        f"{'concurrent runs':>16} {'model s/step':>13} {'hit rate':>9} {'open p50 ms':>12} "
+        f"{'open p99 ms':>12} {'runs/s':>7}"
     )
-    for c, r in load_rows.items():
+    for c, think, r in loads:
         print(
-            f"{c:16d} {r['hit_rate']:9.2f} {r['open_p50_ms']:12.2f} {r['open_p99_ms']:12.2f} "
-            f"{r['runs_per_s']:7.1f}"
+            f"{c:16d} {think:13.1f} {r['hit_rate']:9.2f} {r['open_p50_ms']:12.2f} "
+            f"{r['open_p99_ms']:12.2f} {r['runs_per_s']:7.1f}"
         )
     print(
-        f"\nmemory of one worker (cgroup, numpy loaded): now {current / 2**20:.1f} MiB, "
-        f"peak {peak / 2**20:.1f} MiB; resident set of its processes {rss / 2**20:.1f} MiB"
+        f"\nmemory of one worker (cgroup, numpy loaded, after an N={N} step): "
+        f"now {current / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB; "
+        f"resident set of its processes {rss / 2**20:.1f} MiB"
     )
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~15 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~20 s)")
     parser.add_argument(
         "--nice",
         type=int,
         default=0,
-        help="niceness of the jailed processes; with `nice -n N` on this process it measures "
-        "with less interference from other load on a shared machine",
+        help="niceness of the jailed processes (run this process under `nice -n N` too)",
     )
     args = parser.parse_args()
     asyncio.run(main(args.quick, args.nice))
