@@ -1,0 +1,106 @@
+"""Fixtures for the training tests: a scripted arithmetic teacher behind the real-HTTP
+scripted server, question files, and the unjailed local executor (the training code is
+executor-agnostic; the sandbox has its own tests)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.local_executor import LocalExecutor
+
+# question -> (python expression, gold answer). The teacher computes the expression in
+# step 1 and calls final_answer(result) in step 2; the last gold is deliberately wrong.
+ARITH = {
+    "What is 17 * 23?": ("17 * 23", "391"),
+    "What is 2 ** 10?": ("2 ** 10", "1024"),
+    "What is 99 + 1?": ("99 + 1", "100"),
+    "What is 7 * 8?": ("7 * 8", "57"),
+}
+
+
+def write_questions(path: Path, questions: dict[str, tuple[str, str]] = ARITH) -> Path:
+    rows = [
+        {"id": f"q{i}", "question": q, "answer": gold, "task": "math"}
+        for i, (q, (_, gold)) in enumerate(questions.items())
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def question_of(body: dict[str, Any]) -> str:
+    """The question in an agent request (task message) or a CoT request (single user turn)."""
+    first_user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    for q in ARITH:
+        if q in first_user:
+            return q
+    raise AssertionError(f"unknown question in {first_user[:200]!r}")
+
+
+def is_cot_request(body: dict[str, Any]) -> bool:
+    return body["messages"][0]["role"] == "user" and len(body["messages"]) == 1
+
+
+def cot_reply(q: str) -> str:
+    expr, _ = ARITH[q]
+    value = eval(expr)  # noqa: S307 - our own constant expressions
+    return (
+        f"We need to evaluate {expr}.\n\nEvaluating it gives {value}.\n\n"
+        f"The answer is \\boxed{{{value}}}."
+    )
+
+
+def agent_reply(body: dict[str, Any]) -> str:
+    """Step 1: compute and print; step 2: final_answer. Continues a prefilled thought."""
+    q = question_of(body)
+    expr, _ = ARITH[q]
+    msgs = body["messages"]
+    prefilled = body.get("continue_final_message") and msgs[-1]["role"] == "assistant"
+    done_steps = sum(1 for m in msgs if m["role"] == "assistant") - (1 if prefilled else 0)
+    if done_steps == 0:
+        code = f"result = {expr}\nprint(result)"
+        thought = "I compute it with Python."
+    else:
+        code = "final_answer(result)"
+        m = re.search(r"Execution logs:\n(.*?)\n", msgs[-1]["content"])
+        thought = f"The result is {m.group(1) if m else '?'}."
+    if prefilled:
+        return f"Then: {thought}\nCode:\n```py\n{code}\n```<end_code>"
+    return f"Thought: {thought}\nCode:\n```py\n{code}\n```<end_code>"
+
+
+def arith_teacher(body: dict[str, Any]) -> str:
+    return cot_reply(question_of(body)) if is_cot_request(body) else agent_reply(body)
+
+
+@pytest.fixture
+def teacher(scripted_server: Any) -> Any:
+    """The session's scripted server answering as the arithmetic teacher."""
+    scripted_server.handler = arith_teacher
+    return scripted_server
+
+
+@pytest.fixture
+def questions_file(tmp_path: Path) -> Path:
+    return write_questions(tmp_path / "questions.jsonl")
+
+
+@pytest.fixture
+async def local_executor() -> AsyncIterator[LocalExecutor]:
+    ex = LocalExecutor(step_timeout_s=20.0)
+    try:
+        yield ex
+    finally:
+        await ex.aclose()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+Handler = Callable[[dict[str, Any]], Any]

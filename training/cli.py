@@ -1,0 +1,483 @@
+"""CLI commands of the training side: `distillery generate`, `distillery train build-data`,
+`distillery train sft`, `distillery export`.
+
+Batch-job friendly: every input and output is a path flag, the last line on stdout is a
+JSON summary (`{"ok": true, ...}` or `{"ok": false, "error": ...}`), and a failure exits
+non-zero with the reason on stderr. Heavy imports stay inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Exit statuses: 0 done, 1 failed (bad data, nothing usable), 2 usage/configuration error,
+# 3 the model (teacher) failed for every run, 130 interrupted (rerun the command to resume).
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130
+
+
+def _emit(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, ensure_ascii=False, default=str), flush=True)
+
+
+def _fail(msg: str, code: int, **extra: Any) -> int:
+    msg = " ".join(str(msg).split())
+    print(f"distillery: error: {msg}", file=sys.stderr, flush=True)
+    _emit({"ok": False, "error": msg, "exit_code": code, **extra})
+    return code
+
+
+def add_parser(sub: Any) -> None:
+    _add_generate(sub)
+    _add_train(sub)
+    _add_export(sub)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _add_generate(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="run a teacher agent over a question set (trajectories for training)",
+        description="Run a teacher model as an agent over questions; append one JSON record per "
+        "question to --out. Resumable: rerun the same command to finish an interrupted job.",
+    )
+    p.add_argument(
+        "--questions",
+        required=True,
+        help="question file (the paper's JSON or .jsonl) or gym:<dataset>?size=N&seed=S",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output JSONL (appended to)")
+    p.add_argument(
+        "--task", choices=["math", "factual"], help="answer checking (default: inferred)"
+    )
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    m = p.add_argument_group("teacher model")
+    m.add_argument("--model-url", help="OpenAI-compatible base URL of the teacher, e.g. vLLM")
+    m.add_argument("--model", help="served model name at --model-url")
+    m.add_argument("--model-path", type=Path, help="local HF folder run in-process instead")
+    m.add_argument("--api-key", help="API key for --model-url (or DISTILLERY_MODEL_API_KEY)")
+    g = p.add_argument_group("generation")
+    g.add_argument(
+        "--mode",
+        choices=["agent", "cot"],
+        default="agent",
+        help="agent trajectories (default) or plain chain-of-thought (CoT baseline)",
+    )
+    g.add_argument(
+        "--first-thought-prefix",
+        "--ftp",
+        dest="ftp",
+        action="store_true",
+        help="CoT pass first; its first paragraph starts the agent's first thought",
+    )
+    g.add_argument("--concurrency", "-j", type=int, default=4, help="runs in flight (default 4)")
+    g.add_argument("--samples", "-n", type=int, default=1, help="candidates per step (default 1)")
+    g.add_argument("--max-steps", type=int, default=5)
+    g.add_argument("--temperature", type=float, default=0.4)
+    g.add_argument("--top-p", type=float, default=0.8)
+    g.add_argument("--max-tokens", type=int, default=1024, help="per agent step")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--prompt", default="teacher", help="'teacher' (default), 'student' or a file")
+    g.add_argument("--run-timeout", type=float, help="seconds per question (default: none)")
+    g.add_argument("--cot-temperature", type=float, default=0.0)
+    g.add_argument("--cot-max-tokens", type=int, default=2048)
+    g.add_argument(
+        "--executor",
+        choices=["sandbox", "local"],
+        help="'sandbox' (nsjail, default) or 'local' (unjailed, development only)",
+    )
+    g.add_argument("--no-search", action="store_true", help="do not offer web_search")
+    g.add_argument("--judge-url", help="OpenAI-compatible URL of an LLM judge for factual answers")
+    g.add_argument("--judge-model", help="model name of the judge")
+    g.add_argument(
+        "--no-retry-errors",
+        action="store_true",
+        help="on resume, do not rerun questions whose last run failed",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+    from training.generate import GenerateConfig, GenerateError, generate
+    from training.questions import QuestionSetError, load_questions
+
+    if args.model_url and args.model_path:
+        return _fail("use either --model-url or --model-path, not both", EXIT_CONFIG)
+    if args.judge_url and not args.judge_model:
+        return _fail("--judge-url needs --judge-model", EXIT_CONFIG)
+    try:
+        questions = load_questions(args.questions, task=args.task, limit=args.limit)
+    except QuestionSetError as e:
+        return _fail(str(e), EXIT_CONFIG)
+    if not questions:
+        return _fail(f"no questions in {args.questions}", EXIT_CONFIG)
+    overrides = {
+        "model_url": args.model_url,
+        "model": args.model,
+        "model_path": args.model_path,
+        "model_api_key": args.api_key,
+        "executor": args.executor,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        return _fail(f"invalid option: {e.errors()[0]['msg']}", EXIT_CONFIG)
+
+    from agent.agent import AgentConfig
+
+    try:
+        agent_cfg = AgentConfig(
+            max_steps=args.max_steps,
+            samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            prompt=args.prompt,
+            observation_max_chars=settings.observation_max_chars,
+            timeout_s=args.run_timeout,
+        )
+    except (TypeError, ValueError) as e:
+        return _fail(f"invalid agent option: {e}", EXIT_CONFIG)
+    cfg = GenerateConfig(
+        mode=args.mode,
+        ftp=args.ftp,
+        concurrency=args.concurrency,
+        agent=agent_cfg,
+        cot_temperature=args.cot_temperature,
+        cot_max_tokens=args.cot_max_tokens,
+        retry_errors=not args.no_retry_errors,
+        progress=not args.no_progress,
+    )
+
+    async def main() -> dict[str, Any]:
+        from service.components import build_executor, build_model, build_retriever
+
+        components: list[Any] = []
+        try:
+            model = build_model(settings)
+            components.append(model)
+            executor = build_executor(settings) if args.mode == "agent" else None
+            if executor is not None:
+                components.append(executor)
+            retriever = None
+            if args.mode == "agent" and not args.no_search:
+                retriever = build_retriever(settings)
+                components.append(retriever)
+            judge = None
+            if args.judge_url:
+                from agent.openai_client import OpenAIChatClient
+
+                judge = OpenAIChatClient(args.judge_url, args.judge_model)
+                components.append(judge)
+
+            def tools() -> dict[str, Any]:
+                if retriever is None:
+                    return {}
+                from retrieval.tool import make_web_search
+
+                return {
+                    "web_search": make_web_search(
+                        retriever, k=settings.search_k, timeout_s=settings.search_timeout_s
+                    )
+                }
+
+            summary = await generate(
+                questions,
+                args.out,
+                model=model,
+                executor=executor if executor is not None else _NoExecutor(),
+                tools_factory=tools,
+                config=cfg,
+                judge=judge,
+            )
+            return summary.to_dict()
+        finally:
+            for c in reversed(components):
+                await c.aclose()
+
+    try:
+        summary = asyncio.run(main())
+    except GenerateError as e:
+        return _fail(str(e), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        return _fail(
+            f"interrupted; finished runs are in {args.out}: rerun the same command to resume",
+            EXIT_INTERRUPTED,
+        )
+    except Exception as e:  # start-up failures (config, model, index): one line, no traceback
+        from service.components import ConfigError
+
+        code = EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_MODEL
+        return _fail(f"{type(e).__name__}: {e}", code)
+    if summary["generated"] and summary["succeeded"] == 0:
+        kinds = ", ".join(f"{k} x{v}" for k, v in summary["error_types"].items())
+        return _fail(
+            f"every run failed ({kinds}); is the teacher reachable? see the 'error' field of the "
+            f"records in {args.out}",
+            EXIT_MODEL,
+            summary=summary,
+        )
+    _emit({**summary, "ok": True})
+    return 0
+
+
+class _NoExecutor:
+    """CoT mode runs no code: an executor that refuses to open sessions."""
+
+    async def open_session(self, tools: Any) -> Any:
+        raise RuntimeError("CoT mode runs no code")
+
+    async def aclose(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="build SFT data and fine-tune the student")
+    tsub = p.add_subparsers(dest="train_command", metavar="STEP")
+    p.set_defaults(func=lambda a: (p.print_help(), EXIT_CONFIG)[1])
+
+    b = tsub.add_parser(
+        "build-data",
+        help="filter teacher records and render them as student conversations",
+        description="Keep correct, fully parsed, answered trajectories; render them with the "
+        "student prompt; optionally tokenize and verify the loss mask.",
+    )
+    b.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        action="append",
+        type=Path,
+        help="generate output (repeatable)",
+    )
+    b.add_argument("--out", required=True, type=Path, help="conversations JSONL to write")
+    b.add_argument("--prompt", default="student", help="system prompt the student is trained on")
+    b.add_argument(
+        "--tools",
+        help="comma-separated tool names for the prompt (default: the "
+        "tools each record was generated with)",
+    )
+    b.add_argument("--regrade", action="store_true", help="grade again instead of using 'correct'")
+    b.add_argument(
+        "--keep-ungraded", action="store_true", help="keep records without a gold answer"
+    )
+    b.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="model folder or .gguf: tokenize, verify the loss mask, drop long ones",
+    )
+    b.add_argument("--max-length", type=int, default=10240)
+    b.set_defaults(func=run_build_data)
+
+    s = tsub.add_parser(
+        "sft",
+        help="supervised fine-tuning (LoRA or full) on built conversations",
+        description="TRL SFT with the paper's defaults (LoRA r=64 alpha=128 dropout 0.05 all "
+        "linear layers, lr 2e-4 linear, 2 epochs, effective batch 8, max length 10240). "
+        "Resumes from the last checkpoint in --output-dir.",
+    )
+    s.add_argument(
+        "--model",
+        required=True,
+        help="base model HF folder, or 'embedded' (Qwen2.5-Coder-0.5B-Instruct)",
+    )
+    s.add_argument(
+        "--data", required=True, action="append", type=Path, help="build-data output (repeatable)"
+    )
+    s.add_argument("--output-dir", required=True, type=Path)
+    s.add_argument("--method", choices=["lora", "full"], default="lora")
+    s.add_argument("--lora-r", type=int, default=64)
+    s.add_argument("--lora-alpha", type=int, default=128)
+    s.add_argument("--lora-dropout", type=float, default=0.05)
+    s.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=2e-4)
+    s.add_argument("--lr-scheduler", default="linear")
+    s.add_argument("--warmup-ratio", type=float, default=0.0)
+    s.add_argument("--epochs", type=float, default=2.0)
+    s.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides epochs)")
+    s.add_argument("--batch-size", type=int, default=1, help="per-device micro-batch")
+    s.add_argument("--effective-batch", type=int, default=8)
+    s.add_argument("--max-length", type=int, default=10240)
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for GPU, off for CPU",
+    )
+    s.add_argument("--save-steps", type=int, default=50)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="refuse to continue an existing run in --output-dir",
+    )
+    s.add_argument(
+        "--stop-after-steps",
+        type=int,
+        help="checkpoint and exit after N steps (time-boxed jobs; rerun to continue)",
+    )
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=run_sft)
+
+
+def run_build_data(args: argparse.Namespace) -> int:
+    from training.build_data import BuildDataError, build_data, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        tools = (
+            None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
+        )
+        summary = build_data(
+            args.input,
+            args.out,
+            prompt=args.prompt,
+            tool_names=tools,
+            regrade=args.regrade,
+            keep_ungraded=args.keep_ungraded,
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+        )
+    except (BuildDataError, OSError, ValueError) as e:
+        return _fail(str(e), EXIT_FAILED)
+    if summary["kept"] == 0:
+        return _fail(
+            f"no record passed the filter (dropped: {summary['dropped']}); check the teacher's "
+            "accuracy and the records' 'error' fields",
+            EXIT_FAILED,
+            summary=summary,
+        )
+    _emit({**summary, "ok": True})
+    return 0
+
+
+def _resolve_model(spec: str) -> Path:
+    if spec == "embedded":
+        from agent.embedded_model import ensure_embedded_model
+        from service.settings import Settings
+
+        return ensure_embedded_model(Settings(**{}).cache_dir)
+    return Path(spec)
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from training.sft import Interrupted, SFTError, SFTSettings, train_sft
+
+    try:
+        settings = SFTSettings(
+            model=_resolve_model(args.model),
+            data=list(args.data),
+            output_dir=args.output_dir,
+            method=args.method,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            learning_rate=args.lr,
+            lr_scheduler=args.lr_scheduler,
+            warmup_ratio=args.warmup_ratio,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            effective_batch=args.effective_batch,
+            max_length=args.max_length,
+            precision=args.precision,
+            device=args.device,
+            gradient_checkpointing=args.gradient_checkpointing,
+            save_steps=args.save_steps,
+            seed=args.seed,
+            resume=not args.no_resume,
+            stop_after_steps=args.stop_after_steps,
+            progress=not args.no_progress,
+        )
+
+        def log(rec: dict[str, Any]) -> None:
+            if "loss" in rec:
+                print(
+                    f"distillery: step {rec['step']}/{rec['max_steps']} loss {rec['loss']:.4f} "
+                    f"lr {rec.get('learning_rate', 0):.2e} ({rec['elapsed_s']:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        summary = train_sft(settings, on_log=log if args.no_progress else None)
+    except Interrupted as e:
+        return _fail(str(e), EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        return _fail(
+            f"interrupted; rerun the same command to resume from the last checkpoint in "
+            f"{args.output_dir / 'checkpoints'}",
+            EXIT_INTERRUPTED,
+        )
+    except SFTError as e:
+        return _fail(str(e), EXIT_CONFIG)
+    except Exception as e:  # noqa: BLE001 - torch/transformers failures: one line with the type
+        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
+    _emit({**summary, "ok": True})
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a trained student as a servable HF folder (merged or adapter)",
+        description="Merge the LoRA adapter into the base (default) or keep it for vLLM's "
+        "--lora-modules; writes safetensors, tokenizer + chat template and a model card.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a finished `distillery train sft` --output-dir")
+    src.add_argument("--adapter", type=Path, help="a LoRA adapter folder")
+    p.add_argument("--base", type=Path, help="base model folder (default: from the run)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--mode", choices=["merge", "adapter"], default="merge")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype (auto: the base model's)",
+    )
+    p.add_argument("--name", help="model name for the card (default: the folder name)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_model
+
+    try:
+        summary = export_model(
+            args.out,
+            run_dir=args.run,
+            adapter=args.adapter,
+            base=args.base,
+            mode=args.mode,
+            dtype=args.dtype,
+            name=args.name,
+            overwrite=args.overwrite,
+        )
+    except ExportError as e:
+        return _fail(str(e), EXIT_CONFIG)
+    except Exception as e:  # noqa: BLE001 - load/merge failures: one line with the type
+        return _fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
+    _emit({**summary, "ok": True})
+    return 0

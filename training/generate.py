@@ -1,0 +1,344 @@
+"""Teacher trajectories (`distillery generate`): the teacher runs as an agent over a question set.
+
+The teacher goes through the same loop as the served student (`agent.agent.run_agent`),
+with a bounded pool of concurrent runs. Output is append-only JSONL, one record per
+finished question, flushed as it completes: an interrupted job loses only the runs in
+flight, and running the same command again skips the ids already done (failed runs are
+retried). Per-run failures (model outage, timeout, executor crash) are recorded in the
+file, never fatal.
+
+Modes:
+- agent (default): thought -> code -> observation trajectories;
+- agent with first-thought prefix (`ftp=True`): a plain chain-of-thought answer first,
+  whose first paragraph is prefilled as the start of the agent's first thought;
+- cot: the chain-of-thought answer alone (the CoT-distillation baseline's data).
+
+A record: {"id", "question", "gold", "task", "source", "mode", "ftp", "status": "ok"|"error",
+"prediction", "correct", "grade", "trajectory" (agent), "cot" (cot/ftp), "tools",
+"teacher", "error", "error_type", "elapsed_s", "created_at"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent.executor import Executor, ToolFn
+from agent.model_client import ModelClient, ModelError, SamplingParams
+from training.cot import cot_messages, first_paragraph
+from training.grading import extract_answer, grade_with_judge
+from training.questions import Question
+
+if TYPE_CHECKING:
+    from agent.agent import AgentConfig
+
+Mode = Literal["agent", "cot"]
+
+
+class GenerateError(RuntimeError):
+    """Generation cannot start as configured; the message says what to change."""
+
+
+@dataclass
+class GenerateConfig:
+    mode: Mode = "agent"
+    ftp: bool = False
+    """First-thought prefix (agent mode): a CoT pass whose first paragraph starts the thought."""
+    concurrency: int = 4
+    agent: AgentConfig | None = None
+    """None: AgentConfig(prompt='teacher', samples=1)."""
+    cot_temperature: float = 0.0
+    cot_max_tokens: int = 2048
+    retry_errors: bool = True
+    """On resume, run again the ids whose last record is an error."""
+    progress: bool = True
+
+
+@dataclass
+class GenerateSummary:
+    out: str
+    questions: int
+    skipped_done: int = 0
+    generated: int = 0
+    succeeded: int = 0
+    errors: int = 0
+    correct: int = 0
+    graded: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    error_types: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy"] = round(self.correct / self.graded, 4) if self.graded else None
+        minutes = self.elapsed_s / 60
+        d["trajectories_per_min"] = round(self.generated / minutes, 2) if minutes > 0 else None
+        return d
+
+
+def default_agent_config() -> AgentConfig:
+    from agent.agent import AgentConfig
+
+    return AgentConfig(prompt="teacher", samples=1)
+
+
+def done_ids(path: Path, *, retry_errors: bool) -> tuple[set[str], dict[str, Any] | None]:
+    """Ids already finished in `path` (last record per id), and the first record (for checks)."""
+    if not path.is_file():
+        return set(), None
+    last: dict[str, str] = {}
+    first: dict[str, Any] | None = None
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of an interrupted writer
+            if not isinstance(rec, dict) or "id" not in rec:
+                continue
+            first = first or rec
+            last[str(rec["id"])] = str(rec.get("status"))
+    return {i for i, s in last.items() if s == "ok" or not retry_errors}, first
+
+
+class _Appender:
+    """Append-only JSONL writer: one line per record, flushed and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
+            if cut:  # an interrupted write left half a line: end it so ours start clean
+                with path.open("a", encoding="utf-8") as f:
+                    f.write("\n")
+        self._f = path.open("a", encoding="utf-8")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+async def _cot_pass(
+    model: ModelClient, q: Question, cfg: GenerateConfig, seed: int | None
+) -> dict[str, Any]:
+    messages = cot_messages(q.question, q.task)
+    params = SamplingParams(
+        n=1,
+        temperature=cfg.cot_temperature,
+        top_p=1.0 if cfg.cot_temperature == 0 else 0.95,
+        max_tokens=cfg.cot_max_tokens,
+        stop=[],
+        seed=seed,
+    )
+    comp = await model.complete(messages, params)
+    if not comp.choices:
+        raise ModelError("the teacher returned no choice for the chain-of-thought request")
+    choice = comp.choices[0]
+    return {
+        "messages": messages,
+        "text": choice.text,
+        "finish_reason": choice.finish_reason,
+        "usage": comp.usage.to_dict(),
+    }
+
+
+async def run_question(
+    q: Question,
+    *,
+    model: ModelClient,
+    executor: Executor,
+    tools: Mapping[str, ToolFn],
+    cfg: GenerateConfig,
+    agent_config: AgentConfig,
+    judge: ModelClient | None = None,
+) -> dict[str, Any]:
+    """One question -> one record. Never raises for model/executor failures (recorded)."""
+    from agent.agent import run_agent
+
+    started = time.monotonic()
+    rec: dict[str, Any] = {
+        "id": q.id,
+        "question": q.question,
+        "gold": q.answer,
+        "task": q.task,
+        "source": q.source,
+        "mode": cfg.mode,
+        "ftp": cfg.ftp and cfg.mode == "agent",
+        "status": "ok",
+        "prediction": None,
+        "correct": None,
+        "grade": None,
+        "trajectory": None,
+        "cot": None,
+        "tools": sorted(tools),
+        "teacher": model.model_name,
+        "error": None,
+        "error_type": None,
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+        "created_at": time.time(),
+    }
+    prediction: Any = None
+    try:
+        if cfg.mode == "cot" or cfg.ftp:
+            cot = await _cot_pass(model, q, cfg, agent_config.seed)
+            rec["cot"] = cot
+            for k in ("prompt_tokens", "completion_tokens"):
+                rec["usage"][k] += cot["usage"][k]
+        if cfg.mode == "cot":
+            prediction = extract_answer(rec["cot"]["text"])
+        else:
+            prefix = None
+            if cfg.ftp:
+                paragraph = first_paragraph(rec["cot"]["text"])
+                rec["cot"]["prefix"] = paragraph or None
+                # run_agent prefills "Thought: <prefix>": the paragraph, then a blank line
+                prefix = f"{paragraph}\n\n" if paragraph else None
+            traj = await run_agent(
+                q.question,
+                model=model,
+                executor=executor,
+                tools=tools,
+                config=agent_config,
+                thought_prefix=prefix,
+                run_id=q.id,
+            )
+            rec["trajectory"] = traj.to_dict()
+            for k in ("prompt_tokens", "completion_tokens"):
+                rec["usage"][k] += getattr(traj.usage, k)
+            if traj.finish_reason in ("error", "timeout"):
+                rec["status"] = "error"
+                rec["error"] = traj.error or traj.finish_reason
+                rec["error_type"] = traj.error_type or traj.finish_reason
+            prediction = traj.answer
+    except ModelError as e:
+        rec.update(status="error", error=str(e), error_type=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one broken run must not end the job; it is recorded
+        rec.update(status="error", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+    rec["prediction"] = _json_safe(prediction)
+    if rec["status"] == "ok" and q.answer is not None:
+        try:
+            g = await grade_with_judge(q.task, q.question, prediction, q.answer, judge)
+            # (the sympy check runs in a helper process; a slow one only delays this run)
+            rec["grade"] = g.to_dict()
+            rec["correct"] = g.correct
+        except ModelError as e:  # the judge is down: keep the run, grade it later
+            rec["grade"] = {"error": f"judge unavailable: {e}"}
+    rec["elapsed_s"] = round(time.monotonic() - started, 3)
+    return rec
+
+
+def _json_safe(x: Any) -> Any:
+    try:
+        json.dumps(x)
+        return x
+    except (TypeError, ValueError):
+        return str(x)
+
+
+async def generate(
+    questions: Sequence[Question],
+    out: Path,
+    *,
+    model: ModelClient,
+    executor: Executor,
+    tools_factory: Callable[[], Mapping[str, ToolFn]] = dict,
+    config: GenerateConfig | None = None,
+    judge: ModelClient | None = None,
+) -> GenerateSummary:
+    """Run every question not done yet in `out`; returns the summary of this invocation."""
+    from tqdm import tqdm
+
+    cfg = config or GenerateConfig()
+    if cfg.concurrency < 1:
+        raise GenerateError("concurrency must be at least 1")
+    if cfg.mode not in ("agent", "cot"):
+        raise GenerateError(f"unknown mode {cfg.mode!r}: 'agent' or 'cot'")
+    agent_config = cfg.agent or default_agent_config()
+    try:
+        from agent.prompts import load_prompt_template
+
+        agent_config.validate()
+        load_prompt_template(agent_config.prompt)
+    except ValueError as e:
+        raise GenerateError(str(e)) from e
+    out = Path(out)
+    done, first = done_ids(out, retry_errors=cfg.retry_errors)
+    if first is not None:
+        want_ftp = cfg.ftp and cfg.mode == "agent"
+        if first.get("mode") != cfg.mode or bool(first.get("ftp")) != want_ftp:
+            raise GenerateError(
+                f"{out} holds mode={first.get('mode')} ftp={first.get('ftp')} records; this run is "
+                f"mode={cfg.mode} ftp={want_ftp}: use another --out"
+            )
+    todo = [q for q in questions if q.id not in done]
+    summary = GenerateSummary(out=str(out), questions=len(questions))
+    summary.skipped_done = len(questions) - len(todo)
+    started = time.monotonic()
+    if not todo:
+        return summary
+
+    appender = _Appender(out)
+    bar = tqdm(
+        total=len(todo),
+        desc="generate",
+        unit="run",
+        file=sys.stderr,
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    queue: asyncio.Queue[Question] = asyncio.Queue()
+    for q in todo:
+        queue.put_nowait(q)
+
+    async def worker() -> None:
+        while True:
+            try:
+                q = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            rec = await run_question(
+                q,
+                model=model,
+                executor=executor,
+                tools=tools_factory(),
+                cfg=cfg,
+                agent_config=agent_config,
+                judge=judge,
+            )
+            appender.write(rec)
+            summary.generated += 1
+            summary.prompt_tokens += rec["usage"]["prompt_tokens"]
+            summary.completion_tokens += rec["usage"]["completion_tokens"]
+            if rec["status"] == "ok":
+                summary.succeeded += 1
+            else:
+                summary.errors += 1
+                et = str(rec["error_type"])
+                summary.error_types[et] = summary.error_types.get(et, 0) + 1
+            if rec["correct"] is not None:
+                summary.graded += 1
+                summary.correct += int(rec["correct"])
+            bar.set_postfix(ok=summary.succeeded, err=summary.errors, correct=summary.correct)
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
+    finally:
+        summary.elapsed_s = round(time.monotonic() - started, 2)
+        bar.close()
+        appender.close()
+    return summary

@@ -1,0 +1,412 @@
+"""Supervised fine-tuning of the student on built conversations (TRL SFTTrainer + peft).
+
+Defaults are the paper's: LoRA r=64, alpha=128, dropout 0.05 on all linear layers,
+lr 2e-4 with linear decay, 2 epochs, effective batch 8, max length 10240. Full
+fine-tuning is `method="full"`. Agent and CoT data go through the same path: each
+example is a chat whose assistant turns alone are learned (training/masking.py).
+
+Layout of `output_dir`:
+    sft_config.json      the settings (a resumed run must match them)
+    checkpoints/         Trainer checkpoints (resume picks the last one)
+    log.jsonl            one line per logged step (loss, lr, grad norm, epoch)
+    final/               the adapter (LoRA) or the full model, with the tokenizer
+    train_summary.json   data, settings and final metrics (read by `distillery export`)
+
+Interruption: SIGTERM/SIGINT during training save a checkpoint at the end of the
+current step and stop; a hard kill loses at most `save_steps` steps. Running the same
+command again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from training.masking import Encoded, MaskError, encode_conversation
+
+Method = Literal["lora", "full"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+# Settings that may differ between an interrupted run and its resumption.
+_RESUME_FREE = {"resume", "stop_after_steps", "logging_steps", "save_total_limit", "progress"}
+
+
+class SFTError(RuntimeError):
+    """Training cannot run as configured; the message says what to change."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped early on request (signal or stop_after_steps); a checkpoint was saved."""
+
+
+@dataclass
+class SFTSettings:
+    model: Path
+    """Base model: a Hugging Face folder (e.g. the embedded Qwen folder)."""
+    data: list[Path]
+    """Built conversations (`distillery train build-data` output), JSONL."""
+    output_dir: Path
+    method: Method = "lora"
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    epochs: float = 2.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: train for `epochs`)."""
+    batch_size: int = 1
+    """Per-device micro-batch; gradient accumulation makes up `effective_batch`."""
+    effective_batch: int = 8
+    max_length: int = 10240
+    """Longer conversations are dropped (and counted), not truncated."""
+    precision: Precision = "auto"
+    device: Device = "auto"
+    gradient_checkpointing: bool | None = None
+    """None: on for GPU, off for CPU (it only costs time there)."""
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    seed: int = 42
+    resume: bool = True
+    stop_after_steps: int | None = None
+    """Checkpoint and stop (Interrupted) after this many optimizer steps: time-boxed jobs."""
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = str(self.model)
+        d["data"] = [str(p) for p in self.data]
+        d["output_dir"] = str(self.output_dir)
+        return d
+
+
+@dataclass
+class DataStats:
+    examples: int = 0
+    dropped_too_long: int = 0
+    dropped_unmaskable: int = 0
+    tokens: int = 0
+    learned_tokens: int = 0
+    max_tokens: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def read_conversations(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise SFTError(
+                f"training data {path} does not exist (run `distillery train build-data`)"
+            )
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SFTError(f"{path}:{n}: not JSON ({e})") from e
+                if not isinstance(row.get("messages"), list):
+                    raise SFTError(f"{path}:{n}: no 'messages' list (not build-data output?)")
+                rows.append(row)
+    if not rows:
+        raise SFTError(f"no training examples in {', '.join(map(str, paths))}")
+    return rows
+
+
+def encode_dataset(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int
+) -> tuple[list[Encoded], DataStats]:
+    stats = DataStats()
+    out: list[Encoded] = []
+    for row in rows:
+        try:
+            enc = encode_conversation(tokenizer, row["messages"])
+        except MaskError:
+            stats.dropped_unmaskable += 1
+            continue
+        if len(enc) > max_length:
+            stats.dropped_too_long += 1
+            continue
+        if enc.n_learned == 0:
+            stats.dropped_unmaskable += 1
+            continue
+        out.append(enc)
+        stats.examples += 1
+        stats.tokens += len(enc)
+        stats.learned_tokens += enc.n_learned
+        stats.max_tokens = max(stats.max_tokens, len(enc))
+        kind = str(row.get("kind", "agent"))
+        stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
+    return out, stats
+
+
+def _resolve_device(settings: SFTSettings) -> str:
+    import torch
+
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise SFTError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    return settings.device
+
+
+def _resolve_precision(settings: SFTSettings, device: str) -> str:
+    import torch
+
+    if settings.precision != "auto":
+        if settings.precision == "fp16" and device == "cpu":
+            raise SFTError("fp16 training needs a GPU; on CPU use fp32 or bf16")
+        return settings.precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _check_resume(settings: SFTSettings) -> Path | None:
+    """The checkpoint to resume from (None: fresh start); refuses mismatched settings."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    cfg_path = settings.output_dir / "sft_config.json"
+    ckpt_dir = settings.output_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last is None:
+        return None
+    if not settings.resume:
+        raise SFTError(
+            f"{settings.output_dir} already holds checkpoints ({Path(last).name}); resume (the "
+            "default) or choose a new --output-dir"
+        )
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        new = settings.to_dict()
+        diff = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
+        if diff:
+            raise SFTError(
+                f"cannot resume {settings.output_dir}: settings differ from the interrupted run "
+                f"({', '.join(diff)}); use the same flags or a new --output-dir"
+            )
+    return Path(last)
+
+
+@contextmanager
+def _graceful_stop(flag: dict[str, Any]) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the trainer to checkpoint and stop after the current step."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag.get("requested"):  # second signal: stop now
+            raise KeyboardInterrupt
+        flag["requested"] = signal.Signals(signum).name
+        print(
+            f"\ndistillery: {flag['requested']} received: saving a checkpoint after this step "
+            "(send again to stop at once)",
+            file=sys.stderr,
+        )
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train_sft(
+    settings: SFTSettings,
+    *,
+    extra_callbacks: Sequence[Any] = (),
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train; returns the summary (also written to output_dir/train_summary.json).
+
+    Raises SFTError for bad settings/data and Interrupted when stopped early.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    if not (settings.model / "config.json").is_file():
+        raise SFTError(
+            f"base model {settings.model} is not a Hugging Face folder (no config.json); for the "
+            "embedded Qwen run `distillery solve` once or pass the folder it prepared"
+        )
+    if settings.effective_batch % settings.batch_size:
+        raise SFTError("effective batch must be a multiple of the per-device batch size")
+    device = _resolve_device(settings)
+    precision = _resolve_precision(settings, device)
+    resume_from = _check_resume(settings)
+    out = settings.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sft_config.json").write_text(json.dumps(settings.to_dict(), indent=2))
+
+    tokenizer = AutoTokenizer.from_pretrained(str(settings.model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = read_conversations(settings.data)
+    encoded, stats = encode_dataset(tokenizer, rows, settings.max_length)
+    if not encoded:
+        raise SFTError(
+            f"no usable example: {stats.dropped_too_long} longer than --max-length "
+            f"{settings.max_length}, {stats.dropped_unmaskable} without maskable assistant turns"
+        )
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    grad_accum = max(1, settings.effective_batch // (settings.batch_size * world))
+    gc = settings.gradient_checkpointing
+    if gc is None:
+        gc = device == "cuda"
+    dtype = torch.float32
+    if settings.method == "full" and precision == "bf16" and device == "cuda":
+        dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(str(settings.model), dtype=dtype)
+    if device == "cpu":
+        torch.manual_seed(settings.seed)
+
+    peft_config = None
+    if settings.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=settings.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    elif settings.method != "full":
+        raise SFTError(f"unknown method {settings.method!r}: 'lora' or 'full'")
+
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the steps
+        weight_decay=settings.weight_decay,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        max_length=settings.max_length,
+        gradient_checkpointing=gc,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to="none",
+        disable_tqdm=not settings.progress,
+        dataloader_num_workers=0,
+        packing=False,
+        remove_unused_columns=True,
+    )
+
+    log_path = out / "log.jsonl"
+    run: dict[str, Any] = {"requested": None, "last_loss": None}
+    started = time.monotonic()
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            logs = kw.get("logs")
+            if not logs:
+                return
+            rec = {"step": state.global_step, "max_steps": state.max_steps, **logs}
+            rec["elapsed_s"] = round(time.monotonic() - started, 2)
+            if "loss" in logs:
+                run["last_loss"] = logs["loss"]
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if on_log is not None:
+                on_log(rec)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            stop_at = settings.stop_after_steps
+            if run["requested"] or (stop_at is not None and state.global_step >= stop_at):
+                run["requested"] = run["requested"] or f"stop_after_steps={stop_at}"
+                control.should_save = True
+                control.should_training_stop = True
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_Progress(), *extra_callbacks],
+    )
+    with _graceful_stop(run):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    runtime = time.monotonic() - started
+    if run["requested"]:
+        raise Interrupted(
+            f"training stopped at step {trainer.state.global_step}/{trainer.state.max_steps} "
+            f"({run['requested']}); a checkpoint is in {out / 'checkpoints'}: run the same "
+            "command again to resume"
+        )
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    epochs_done = float(trainer.state.epoch or settings.epochs)
+    trained_tokens = stats.tokens * epochs_done
+    summary: dict[str, Any] = {
+        "base_model": str(settings.model),
+        "method": settings.method,
+        "device": device,
+        "precision": precision,
+        "gradient_checkpointing": gc,
+        "gradient_accumulation_steps": grad_accum,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "settings": settings.to_dict(),
+        "data": asdict(stats),
+        "metrics": {
+            "train_loss": result.training_loss,
+            "final_loss": run["last_loss"],
+            "global_step": trainer.state.global_step,
+            "epochs": epochs_done,
+            "runtime_s": round(runtime, 2),
+            "trained_tokens": int(trained_tokens),
+            "tokens_per_s": round(trained_tokens / runtime, 1) if runtime > 0 else None,
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+        },
+        "final_dir": str(final),
+    }
+    if isinstance(summary["metrics"]["train_loss"], float) and math.isnan(
+        summary["metrics"]["train_loss"]
+    ):
+        raise SFTError("training diverged (loss is NaN): lower --learning-rate or use fp32")
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
