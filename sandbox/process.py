@@ -289,8 +289,11 @@ class WorkerProcess:
             if waiter is None:
                 waiter = asyncio.get_running_loop().create_future()
                 self._exit_waiters[pid] = waiter
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            finally:
+                self._exit_waiters.pop(pid, None)
         return self._exits.pop(pid, None)
 
     async def discard(self) -> None:

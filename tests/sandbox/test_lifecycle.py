@@ -243,3 +243,21 @@ async def test_selfcheck(make_executor: ExecutorFactory) -> None:
     ex = make_executor(fast_config(pool_size=1))
     assert 0 < await ex.selfcheck() < 30
     assert ex.stats()["open_sessions"] == 0
+
+
+async def test_no_descriptor_or_task_leak_on_the_host(open_session: Opener) -> None:
+    s = await open_session(fast_config(step_timeout_s=5.0))
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    await s.run("x = 0")
+    before, tasks_before = fds(), len(asyncio.all_tasks())
+    for _ in range(60):
+        await s.run("x += 1")
+    for i in range(6):
+        await s.try_candidates(["x += 1", "1/0", "x += 2"])
+        await (s.commit(i % 3) if i % 2 else s.discard())
+    assert (await s.run("x")).value_repr is not None
+    assert fds() <= before + 2, (before, fds())
+    assert len(asyncio.all_tasks()) <= tasks_before + 2
