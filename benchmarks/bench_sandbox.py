@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -31,10 +32,12 @@ from dataclasses import replace
 from sandbox.config import SandboxConfig
 from sandbox.executor import SandboxExecutor
 from sandbox.jail import nsjail_argv
+from sandbox.process import WorkerProcess
 
 TARGET_STEP_MS = 3.0
 TARGET_FORKS_MS = 15.0
 N = 8
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -42,12 +45,37 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
+def jail_cpu_s(worker: WorkerProcess) -> float:
+    """CPU time of every process the jail ever ran: the live ones plus what they reaped."""
+    total = 0
+    for pid in worker.process_ids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+async def quiet(worker: WorkerProcess) -> None:
+    """Wait until only init and the state process are left (killed ones reaped)."""
+    for _ in range(200):
+        if len(worker.process_ids()) == 2:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def interleaved(ex: SandboxExecutor, rounds: int) -> dict[str, list[float]]:
-    """fresh jail vs warm step vs N=8 forks, sampled alternately."""
+    """fresh jail vs warm step vs N=8 forks, sampled alternately; wall and CPU time."""
     assert ex._nsjail is not None
-    out: dict[str, list[float]] = {"fresh": [], "step": [], "forks": []}
+    out: dict[str, list[float]] = {k: [] for k in ("fresh", "step", "forks")}
+    cpu: dict[str, list[float]] = {k: [] for k in ("fresh", "step", "forks")}
     codes = [f"y = {i}\ny * 2" for i in range(N)]
     session = await ex.open_session({})
+    worker = session.worker
+    assert worker is not None
     for _ in range(3):  # warm-up
         await session.run("x = 1")
         await session.try_candidates(codes)
@@ -57,23 +85,37 @@ async def interleaved(ex: SandboxExecutor, rounds: int) -> dict[str, list[float]
         argv = nsjail_argv(ex.config, ex.layout, ex._nsjail, w, os.path.join(tmp, "log"))
         argv = argv[: argv.index("--") + 1] + [ex.layout.executable, "-E", "-s", "-S", "-c", "pass"]
         for i in range(rounds):
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run(argv, check=True, pass_fds=(w,), stdin=subprocess.DEVNULL)
             out["fresh"].append(time.perf_counter() - t0)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu["fresh"].append(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
+
+            await quiet(worker)
+            j0, h0 = jail_cpu_s(worker), time.process_time()
             for _ in range(10):
                 t0 = time.perf_counter()
                 res = await session.run("x = 1")
                 out["step"].append(time.perf_counter() - t0)
                 assert res.ok, res.error
+            h1 = time.process_time()
+            await quiet(worker)
+            cpu["step"].append((jail_cpu_s(worker) - j0 + h1 - h0) / 10)
+
+            j0, h0 = jail_cpu_s(worker), time.process_time()
             t0 = time.perf_counter()
             results = await session.try_candidates(codes)
             await session.commit(i % N)
             out["forks"].append(time.perf_counter() - t0)
+            h1 = time.process_time()
             assert all(x.ok for x in results)
+            await quiet(worker)
+            cpu["forks"].append(jail_cpu_s(worker) - j0 + h1 - h0)
         os.close(r)
         os.close(w)
     await session.close()
-    return out
+    return {**out, **{f"cpu_{k}": v for k, v in cpu.items()}}
 
 
 async def worker_starts(config: SandboxConfig, n: int) -> list[float]:
@@ -178,17 +220,31 @@ async def main(quick: bool, nice: int) -> None:
         for c in (1, 4)
     ]
     fresh, step, forks = samples["fresh"], samples["step"], samples["forks"]
+
+    def mean_ms(key: str) -> str:
+        xs = samples[f"cpu_{key}"]
+        return f"{1000 * sum(xs) / len(xs):8.2f}"
+
     rows = [
-        ("fresh nsjail `python -c pass` (baseline)", fresh, ""),
-        ("warm step `x = 1`", step, f"target p50 < {TARGET_STEP_MS:g}"),
-        (f"N={N} forked candidates + commit", forks, f"target < {TARGET_FORKS_MS:g}"),
-        ("worker start (hidden by the pool)", starts, ""),
-        ("first step, pool miss (size 0)", misses, "open_session + run"),
-        ("first step, pool hit (size 2)", hits, "open_session + run"),
+        ("fresh nsjail `python -c pass` (baseline)", fresh, mean_ms("fresh"), ""),
+        ("warm step `x = 1`", step, mean_ms("step"), f"target p50 < {TARGET_STEP_MS:g}"),
+        (
+            f"N={N} forked candidates + commit",
+            forks,
+            mean_ms("forks"),
+            f"target < {TARGET_FORKS_MS:g}",
+        ),
+        ("worker start (hidden by the pool)", starts, "", ""),
+        ("first step, pool miss (size 0)", misses, "", "open_session + run"),
+        ("first step, pool hit (size 2)", hits, "", "open_session + run"),
     ]
-    print(f"\n{'what':44} {'p50 ms':>9} {'p99 ms':>9}  note")
-    for name, xs, note in rows:
-        print(f"{name:44} {pct(xs, 0.5):9.2f} {pct(xs, 0.99):9.2f}  {note}")
+    print(f"\n{'what':44} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms':>8}  note")
+    for name, xs, cpu_ms, note in rows:
+        print(f"{name:44} {pct(xs, 0.5):9.2f} {pct(xs, 0.99):9.2f} {cpu_ms:>8}  {note}")
+    print(
+        "(CPU ms: mean CPU time of host + every jail process per sample, in 10 ms ticks for "
+        "the jail - close to the latency on an idle machine for the sequential rows)"
+    )
     print(
         f"\nratios of p50s, same load: fresh jail / warm step = "
         f"{pct(fresh, 0.5) / pct(step, 0.5):.1f}x; "
