@@ -137,8 +137,8 @@ async def _check_sandbox(gw: Gateway) -> dict[str, Any]:
     executor = gw.components.executor
     ping = getattr(executor, "ping", None)
     if ping is not None:
-        detail = await ping()
-        return dict(detail) if isinstance(detail, dict) else {"detail": str(detail)}
+        pinged = await ping()
+        return dict(pinged) if isinstance(pinged, dict) else {"detail": str(pinged)}
     session = await executor.open_session({})
     try:
         result = await session.run("1 + 1")
