@@ -48,6 +48,17 @@ def ensure_parents(root: str, parent: str, controllers: tuple[str, ...] = CONTRO
             raise SandboxSetupError(f"cannot create cgroup {target}: {e}. {hint}") from e
         if not os.access(target, os.W_OK):
             raise SandboxSetupError(f"cgroup {target} is not writable. {hint}")
+        remove_stale(target)
+
+
+def remove_stale(parent_dir: Path) -> None:
+    """rmdir the empty groups of jails whose process is gone (nsjail leaves them behind when
+    it is SIGKILLed or fails to start the jail)."""
+    for group in parent_dir.glob("NSJAIL.*"):
+        pid = group.name.partition(".")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):  # not empty, or raced: leave it
+                group.rmdir()
 
 
 def _read_kv(path: Path, key: str) -> int:

@@ -261,3 +261,13 @@ async def test_no_descriptor_or_task_leak_on_the_host(open_session: Opener) -> N
     assert (await s.run("x")).value_repr is not None
     assert fds() <= before + 2, (before, fds())
     assert len(asyncio.all_tasks()) <= tasks_before + 2
+
+
+def test_stale_jail_groups_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "cgroup.procs").write_text("")
+    parent = tmp_path / "pids" / "NSJAIL"
+    (parent / f"NSJAIL.{2**22 + 7}").mkdir(parents=True)  # above pid_max: never alive
+    (parent / f"NSJAIL.{os.getpid()}").mkdir()  # alive: kept
+    ensure_parents(str(tmp_path), "NSJAIL", ("pids",))
+    assert sorted(p.name for p in parent.iterdir()) == [f"NSJAIL.{os.getpid()}"]
