@@ -129,3 +129,17 @@ async def test_recursion_is_an_ordinary_error(open_session: Opener, tracker: Tra
     r = await s.run("def f(n):\n    return f(n + 1)\nf(0)")
     assert r.error_kind == "exception" and "RecursionError" in (r.error or "")
     await assert_healthy(s, tracker)
+
+
+async def test_cpu_throttle_is_applied(open_session: Opener, tracker: Tracker) -> None:
+    s = await open_session(fast_config(cpu_ms_per_sec=250))
+    worker = s.worker
+    assert worker is not None and worker.cgroups is not None
+    cpu_dir = worker.cgroups.dirs["cpu"]
+    quota = int((cpu_dir / "cpu.cfs_quota_us").read_text())
+    period = int((cpu_dir / "cpu.cfs_period_us").read_text())
+    assert quota / period == pytest.approx(0.25)
+    assert set((cpu_dir / "cgroup.procs").read_text().split()) == {
+        str(p) for p in worker.process_ids()
+    }
+    await assert_healthy(s, tracker)
