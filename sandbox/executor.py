@@ -107,6 +107,20 @@ class SandboxExecutor:
             raise SandboxError(f"the sandbox self-check failed: {result.error or result}")
         return time.perf_counter() - t0
 
+    async def ping(self) -> dict[str, Any]:
+        """Readiness, cheaply: a pooled worker answers a ping; without one, `selfcheck()`.
+
+        Returns stats() plus what was checked; raises SandboxError when the sandbox fails.
+        """
+        t0 = time.perf_counter()
+        worker = self.pool.peek()
+        if worker is not None and await worker.ping(self.config.control_timeout_s):
+            check = "a pooled worker answered"
+        else:
+            await self.selfcheck()
+            check = "a fresh session ran `1 + 1`"
+        return {**self.stats(), "check": check, "latency_ms": (time.perf_counter() - t0) * 1e3}
+
     async def aclose(self) -> None:
         self._closed = True
         for session in list(self._sessions):

@@ -46,6 +46,10 @@ class WorkerPool:
     def ready(self) -> int:
         return len(self._ready)
 
+    def peek(self) -> WorkerProcess | None:
+        """A ready worker, left in the pool (for health checks)."""
+        return next((w for w in self._ready if not w.dead), None)
+
     async def acquire(self) -> WorkerProcess:
         if self._closed:
             raise RuntimeError("the sandbox executor is closed")

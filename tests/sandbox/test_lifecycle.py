@@ -271,3 +271,14 @@ def test_stale_jail_groups_are_removed(tmp_path: Path) -> None:
     (parent / f"NSJAIL.{os.getpid()}").mkdir()  # alive: kept
     ensure_parents(str(tmp_path), "NSJAIL", ("pids",))
     assert sorted(p.name for p in parent.iterdir()) == [f"NSJAIL.{os.getpid()}"]
+
+
+async def test_ping_uses_a_pooled_worker_when_there_is_one(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(fast_config(pool_size=1))
+    await ex.start()
+    started = ex.pool.stats.started
+    detail = await ex.ping()
+    assert detail["check"] == "a pooled worker answered" and detail["jailed"] is True
+    assert ex.pool.stats.started == started and ex.pool.ready == 1  # nothing consumed
+    empty = make_executor(fast_config(pool_size=0))
+    assert (await empty.ping())["check"] == "a fresh session ran `1 + 1`"
