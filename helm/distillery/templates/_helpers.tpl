@@ -242,7 +242,8 @@ runAsNonRoot: false
 readOnlyRootFilesystem: true
 {{- else -}}
 # Narrower than privileged: SYS_ADMIN (namespaces, mounts), SETUID/SETGID (drop the code to
-# uid 65534), SETPCAP (drop its capabilities), NET_ADMIN (loopback in its network namespace);
+# uid 65534), SETPCAP (drop its capabilities), NET_ADMIN (loopback in its network namespace),
+# KILL (kill the jail's processes when a run closes);
 # seccomp and AppArmor profiles that allow clone/mount. See helm/README.md "Sandbox privileges".
 allowPrivilegeEscalation: true
 runAsUser: 0
