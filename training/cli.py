@@ -238,6 +238,9 @@ def run_generate(args: argparse.Namespace) -> int:
 class _NoExecutor:
     """CoT mode runs no code: an executor that refuses to open sessions."""
 
+    async def start(self) -> None:
+        return None
+
     async def open_session(self, tools: Any) -> Any:
         raise RuntimeError("CoT mode runs no code")
 

@@ -39,7 +39,10 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 # Settings that may differ between an interrupted run and its resumption.
-_RESUME_FREE = {"resume", "stop_after_steps", "logging_steps", "save_total_limit", "progress"}
+_RESUME_FREE = {
+    "resume", "stop_after_steps", "logging_steps", "save_total_limit", "progress",
+    "max_steps", "epochs",  # training longer is a legitimate reason to resume
+}  # fmt: skip
 
 
 class SFTError(RuntimeError):
@@ -278,6 +281,10 @@ def train_sft(
             f"no usable example: {stats.dropped_too_long} longer than --max-length "
             f"{settings.max_length}, {stats.dropped_unmaskable} without maskable assistant turns"
         )
+    if not settings.progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
 
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -367,6 +374,10 @@ def train_sft(
         peft_config=peft_config,
         callbacks=[_Progress(), *extra_callbacks],
     )
+    if not settings.progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
     with _graceful_stop(run):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.monotonic() - started

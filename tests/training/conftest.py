@@ -104,3 +104,63 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 Handler = Callable[[dict[str, Any]], Any]
+
+
+SHORT_PROMPT = "Solve the task with Python code.\n"
+
+
+def short_conversations(path: Path, prompt_file: Path, n: int = 2) -> Path:
+    """Agent conversations like build-data writes, with a one-line system prompt (short
+    sequences keep CPU training tests fast; the default prompt is covered elsewhere)."""
+    from agent.prompts import initial_messages
+
+    prompt_file.write_text(SHORT_PROMPT)
+    rows = []
+    for q, (expr, _) in list(ARITH.items())[:n]:
+        value = eval(expr)  # noqa: S307 - our own constant expressions
+        msgs = initial_messages(q, prompt=str(prompt_file), tool_names=[])
+        step1 = f"Thought: Compute.\nCode:\n```py\nresult = {expr}\nprint(result)\n```<end_code>"
+        obs = (
+            f"Call id: call_1\nObservation:\nExecution logs:\n{value}\n"
+            "Last output from code snippet:\nNone"
+        )
+        step2 = "Thought: Done.\nCode:\n```py\nfinal_answer(result)\n```<end_code>"
+        msgs += [
+            {"role": "assistant", "content": step1},
+            {"role": "user", "content": obs},
+            {"role": "assistant", "content": step2},
+        ]
+        rows.append({"id": q, "kind": "agent", "messages": msgs})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def lora_settings(model: Path, data: Path, out: Path, **kw: Any) -> Any:
+    """Small LoRA settings for fast CPU tests (4 steps, gradient accumulation 2)."""
+    from training.sft import SFTSettings
+
+    base: dict[str, Any] = dict(
+        model=model, data=[data], output_dir=out, lora_r=8, lora_alpha=16,
+        learning_rate=1e-3, max_steps=4, batch_size=1, effective_batch=2, save_steps=2,
+        progress=False,
+    )  # fmt: skip
+    base.update(kw)
+    return SFTSettings(**base)
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("sftdata")
+    return short_conversations(d / "train.jsonl", d / "prompt.md")
+
+
+@pytest.fixture(scope="session")
+def lora_run(
+    tiny_model_dir: Path, sft_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A finished 4-step LoRA run on the tiny model (shared by the sft and export tests)."""
+    from training.sft import train_sft
+
+    out = tmp_path_factory.mktemp("lora") / "run"
+    train_sft(lora_settings(tiny_model_dir, sft_data, out))
+    return out

@@ -1,0 +1,104 @@
+"""Export: the merged folder computes what base + adapter computes, is self-contained (weights,
+tokenizer, chat template, card); the adapter export loads on its base; errors are clear."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.cli import main as cli_main
+from training.export import ExportError, export_model
+
+
+def logits(model: Any, tok: Any) -> Any:
+    import torch
+
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 17 * 23?"}], add_generation_prompt=True,
+        return_tensors="pt", return_dict=True,
+    )["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merged_export_equals_base_plus_adapter(
+    lora_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "student"
+    summary = export_model(out, run_dir=lora_run)
+    assert summary["format"] == "model"
+    for name in (
+        "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+        "tokenizer_config.json", "chat_template.jinja", "README.md", "distillery.json",
+    ):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not list(tmp_path.glob(".student.*")), "no temp folder left behind"
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.chat_template == AutoTokenizer.from_pretrained(str(tiny_model_dir)).chat_template
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    assert merged.dtype == torch.float32  # auto: the base's dtype
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    base_logits = logits(base, tok)
+    with_adapter = PeftModel.from_pretrained(base, str(lora_run / "final"))
+    expected = logits(with_adapter, tok)
+    got = logits(merged, tok)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, base_logits, atol=1e-4)  # the adapter is in there
+
+    card = (out / "README.md").read_text()
+    info = json.loads((out / "distillery.json").read_text())
+    train = json.loads((lora_run / "train_summary.json").read_text())
+    assert info["method"] == "lora" and info["training"]["metrics"] == train["metrics"]
+    assert f"{train['metrics']['train_loss']:.4g}" in card and "r=8, alpha=16" in card
+    assert str(train["settings"]["data"][0]) in card and "vllm serve" in card
+
+
+def test_adapter_export_loads_on_its_base(
+    lora_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "adapter"
+    summary = export_model(out, run_dir=lora_run, mode="adapter")
+    assert summary["format"] == "adapter"
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert Path(cfg["base_model_name_or_path"]) == tiny_model_dir.resolve()
+    assert (out / "adapter_model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    assert "--enable-lora" in (out / "README.md").read_text()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"])
+    a = logits(PeftModel.from_pretrained(base, str(out)), tok)
+    base2 = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    b = logits(PeftModel.from_pretrained(base2, str(lora_run / "final")), tok)
+    assert torch.allclose(a, b)
+
+    # an adapter folder alone (base taken from its config) also merges
+    merged = export_model(tmp_path / "m2", adapter=out, dtype="bfloat16")
+    assert merged["format"] == "model"
+    assert json.loads((tmp_path / "m2" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_errors_and_cli(lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ExportError, match="train_summary.json"):
+        export_model(tmp_path / "x", run_dir=tmp_path)
+    with pytest.raises(ExportError, match="--run DIR"):
+        export_model(tmp_path / "x")
+    out = tmp_path / "student"
+    assert cli_main(["export", "--run", str(lora_run), "--out", str(out), "--name", "s1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ok"] is True and "model.safetensors" in summary["files"]
+    assert json.loads((out / "distillery.json").read_text())["name"] == "s1"
+    # an existing export is never overwritten by accident
+    assert cli_main(["export", "--run", str(lora_run), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["export", "--run", str(lora_run), "--out", str(out), "--overwrite"]) == 0
