@@ -98,6 +98,10 @@ class ExecutionSession(Protocol):
 
 
 class Executor(Protocol):
+    async def start(self) -> None:
+        """Pre-start what sessions need (e.g. a pool of workers); a no-op where nothing is."""
+        ...
+
     async def open_session(self, tools: Mapping[str, ToolFn]) -> ExecutionSession: ...
 
     async def aclose(self) -> None: ...

@@ -68,6 +68,9 @@ class LocalExecutor:
                 "executor (DISTILLERY_EXECUTOR=sandbox) for anything else."
             )
 
+    async def start(self) -> None:
+        """Nothing to pre-start: each session spawns its own worker."""
+
     async def open_session(self, tools: Mapping[str, ToolFn]) -> LocalSession:
         session = LocalSession(self, dict(tools))
         await session.start()

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
             log.info("building components (model, sandbox, retriever)")
             try:
                 gateway.components = await asyncio.to_thread(build_components, settings)
+                await gateway.components.start()
             except Exception as e:
                 log.error("startup failed: %s", e)
                 raise

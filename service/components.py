@@ -44,6 +44,10 @@ class Components:
             )
         }
 
+    async def start(self) -> None:
+        """Pre-start the executor's workers (the sandbox pool) so first requests do not wait."""
+        await self.executor.start()
+
     async def aclose(self) -> None:
         await self.model.aclose()
         await self.executor.aclose()
@@ -84,23 +88,10 @@ def build_executor(settings: Settings) -> Executor:
         from agent.local_executor import LocalExecutor
 
         return LocalExecutor(step_timeout_s=settings.sandbox_step_timeout_s)
-    from sandbox.config import SandboxConfig
+    from sandbox.config import config_from_settings
     from sandbox.executor import SandboxExecutor
 
-    return SandboxExecutor(
-        SandboxConfig(
-            memory_mb=settings.sandbox_memory_mb,
-            pids=settings.sandbox_pids,
-            step_timeout_s=settings.sandbox_step_timeout_s,
-            cpu_s=settings.sandbox_cpu_s,
-            file_size_mb=settings.sandbox_file_size_mb,
-            tmpfs_mb=settings.sandbox_tmpfs_mb,
-            output_max_bytes=settings.sandbox_output_max_bytes,
-            allowed_imports=list(settings.sandbox_allowed_imports),
-            pool_size=settings.sandbox_pool_size,
-            fork_width=settings.sandbox_fork_width,
-        )
-    )
+    return SandboxExecutor(config_from_settings(settings))
 
 
 def build_retriever(settings: Settings) -> Retriever:

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.config import DEFAULT_ALLOWED_IMPORTS
+
 
 def default_cache_dir() -> Path:
     import os
@@ -58,20 +60,7 @@ class Settings(BaseSettings):
     sandbox_tmpfs_mb: int = Field(64, ge=1)
     sandbox_output_max_bytes: int = Field(1_000_000, ge=1024)
     sandbox_allowed_imports: list[str] = Field(
-        default_factory=lambda: [
-            "math",
-            "statistics",
-            "itertools",
-            "collections",
-            "re",
-            "datetime",
-            "fractions",
-            "decimal",
-            "json",
-            "random",
-            "numpy",
-            "sympy",
-        ]
+        default_factory=lambda: list(DEFAULT_ALLOWED_IMPORTS)
     )
 
     # --- retrieval -------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "prompt": args.prompt,
         "executor": args.executor,
     }
-    return Settings(**{k: v for k, v in mapping.items() if v is not None})
+    values: dict[str, Any] = {k: v for k, v in mapping.items() if v is not None}
+    if "DISTILLERY_SANDBOX_POOL_SIZE" not in os.environ:
+        values["sandbox_pool_size"] = 0  # one run: pre-started spare workers would go unused
+    return Settings(**values)
 
 
 def run(args: argparse.Namespace) -> int:
