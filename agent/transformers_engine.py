@@ -45,13 +45,21 @@ _ROLES = frozenset({"system", "user", "assistant"})
 class TransformersEngine:
     """A causal LM and its tokenizer, served in-process. Build it with `from_path`."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, model_name: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, model_name: str, threads: int | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.threads = threads if threads is not None else default_threads()
+        if self.threads < 1:
+            raise ModelError(f"threads must be >= 1, got {self.threads}")
         self._lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="transformers-engine"
+            max_workers=1,
+            thread_name_prefix="transformers-engine",
+            initializer=_set_worker_threads,
+            initargs=(self.threads,),
         )
         self._closed = False
         gen = model.generation_config
@@ -81,11 +89,12 @@ class TransformersEngine:
         dtype: "float32" | "bfloat16" | "float16" | "auto" (the folder's) | None (the
         folder's dtype if this CPU computes it natively, else float32).
         device: None = "cuda" when available, else "cpu".
-        threads: torch's intra-op CPU threads (process-wide; None = torch's default, one
-        per core). On a machine shared with other busy processes, 1 can be several times
-        faster than 2: torch's threads wait for each other at every operation.
+        threads: torch's CPU threads for generation (set on the engine's worker thread
+        only, not process-wide); None = `default_threads()`.
         """
         folder = Path(path).expanduser()
+        if threads is not None and threads < 1:
+            raise ModelError(f"threads must be >= 1, got {threads}")
         if not (folder / "config.json").is_file():
             raise ModelError(
                 f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "
@@ -101,10 +110,6 @@ class TransformersEngine:
             ) from exc
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if threads is not None:
-            if threads < 1:
-                raise ModelError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             model: Any = AutoModelForCausalLM.from_pretrained(
@@ -116,7 +121,7 @@ class TransformersEngine:
             raise ModelError(f"the tokenizer in {folder} has no chat template")
         model.to(torch.device(device))
         model.eval()
-        return cls(model, tokenizer, model_name=model_name or folder.name)
+        return cls(model, tokenizer, model_name=model_name or folder.name, threads=threads)
 
     # --- ModelClient ----------------------------------------------------------------
     async def complete(
@@ -272,6 +277,26 @@ class _StopCriterion:
                     self.stopped_at[row] = n_gen
                     done[row] = True
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def default_threads() -> int:
+    """One CPU thread per core, less one left to the rest of the process.
+
+    torch's threads meet at a barrier after every operation; when one of them is
+    descheduled (the event loop, sandbox workers, the tokenizer or another program needs
+    the CPU) the others wait. Measured on a 2-core machine with other load: 2 threads ran
+    5-10x slower than 1. vLLM's CPU backend reserves a core the same way.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def _set_worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # per OS thread under OpenMP: this worker only
 
 
 def _first_stop(text: str, stop: list[str]) -> int | None:

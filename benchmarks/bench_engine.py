@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, help="tokens per sample (default 128, quick 48)")
     ap.add_argument("--repeats", type=int, help="measured requests per row (default 3, quick 1)")
     ap.add_argument("--dtype", help="engine dtype (default: bfloat16 on bf16 CPUs, else float32)")
-    ap.add_argument("--threads", type=int, help="engine torch threads (default: one per core)")
+    ap.add_argument("--threads", type=int, help="engine torch threads (default: cores - 1)")
     ap.add_argument("--no-vllm", action="store_true", help="only the in-process engine")
     args = ap.parse_args(argv)
     max_tokens = args.max_tokens or (48 if args.quick else 128)

@@ -277,3 +277,24 @@ async def test_closed_engine_refuses_work(fresh_tiny_engine: TransformersEngine)
     await fresh_tiny_engine.aclose()
     with pytest.raises(ModelError, match="closed"):
         await fresh_tiny_engine.complete(CHAT, params())
+
+
+async def test_threads_apply_to_the_worker_only(tiny_model_dir: Any) -> None:
+    main_threads = torch.get_num_threads()
+    engine = TransformersEngine.from_path(tiny_model_dir, threads=1)
+    try:
+        seen: list[int] = []
+        original = engine.model.generate
+
+        def probe(**kwargs: Any) -> Any:
+            seen.append(torch.get_num_threads())
+            return original(**kwargs)
+
+        engine.model.generate = probe
+        await engine.complete(CHAT, params(max_tokens=2))
+        assert seen == [1]
+        assert torch.get_num_threads() == main_threads  # the process setting is untouched
+    finally:
+        await engine.aclose()
+    with pytest.raises(ModelError, match="threads"):
+        TransformersEngine.from_path(tiny_model_dir, threads=0)
