@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ async def test_real_model_halts_at_stop_strings(smollm2_model_dir: Path) -> None
     engine = TransformersEngine.from_path(smollm2_model_dir)
     try:
         chat = [{"role": "user", "content": "List the numbers from 1 to 10, one per line."}]
-        sampling = dict(n=2, temperature=0.4, top_p=0.8, max_tokens=30, seed=3)
+        sampling: dict[str, Any] = dict(n=2, temperature=0.4, top_p=0.8, max_tokens=30, seed=3)
         free = await engine.complete(chat, SamplingParams(**sampling, stop=[]))
         stops = ["\n", ","]
         stopped = await engine.complete(chat, SamplingParams(**sampling, stop=stops))
