@@ -78,16 +78,19 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
 
 class _Target:
     def __init__(self, args: argparse.Namespace):
+        from retrieval.demo_corpus import demo_index_dir
         from service.settings import Settings
 
         st = Settings(**{})  # (no pydantic mypy plugin: keyword form)
         self.es_url: str | None = args.es_url or st.es_url
         self.backend: str = args.backend or ("es" if self.es_url else "embedded")
         self.index: str = args.index or st.es_index
-        self.index_dir: Path = args.index_dir or st.index_dir
+        # Unset = the demo index (what `solve` and `serve` search when nothing is configured).
+        self.index_dir: Path = args.index_dir or st.index_dir or demo_index_dir(st.cache_dir)
         self.api_key = st.es_api_key.get_secret_value() if st.es_api_key else None
         self.timeout_s = st.search_timeout_s
         self.k: int = st.search_k
+        self.cache_dir: Path = st.cache_dir
         if self.backend == "es" and not self.es_url:
             raise SystemExit("distillery index: --backend es needs --es-url or DISTILLERY_ES_URL")
 
@@ -118,8 +121,15 @@ def _build(args: argparse.Namespace) -> int:
                 t.es_url, t.index, api_key=t.api_key, shards=args.shards, replicas=args.replicas
             )
         else:
+            from retrieval.demo_corpus import demo_index_dir
             from retrieval.embedded import EmbeddedIndexWriter
 
+            if args.corpus != "demo" and t.index_dir == demo_index_dir(t.cache_dir):
+                return _err(
+                    f"{t.index_dir} holds the demo index (rebuilt at start-up when it differs); "
+                    "pass --index-dir DIR for this corpus, then serve it with "
+                    "DISTILLERY_INDEX_DIR=DIR"
+                )
             sink = EmbeddedIndexWriter(t.index_dir)
         try:
             report = ingest(

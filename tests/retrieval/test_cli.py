@@ -96,3 +96,15 @@ def test_build_and_search_elasticsearch(
     assert "Elasticsearch index 'cli-test'" in capsys.readouterr().out
     assert main(["index", "search", "Planet 7 star1", "-k", "1"]) == 0
     assert '"Planet 7"\nPlanet 7 orbits star1.\n' in capsys.readouterr().out
+
+
+def test_custom_corpus_never_lands_in_the_demo_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # The default folder holds the demo index, which start-up rebuilds when it differs:
+    # a user's corpus built there would be silently replaced, so the build refuses.
+    monkeypatch.setenv("DISTILLERY_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["index", "build", "--corpus", str(corpus(tmp_path)), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "--index-dir" in err and "DISTILLERY_INDEX_DIR" in err
+    assert not (tmp_path / "cache" / "index" / "demo").exists()
