@@ -80,7 +80,9 @@ def build_model(settings: Settings) -> ModelClient:
         path = ensure_embedded_model(settings.cache_dir)
     elif not path.is_dir():
         raise ConfigError(f"model path {path} is not a directory (expected a Hugging Face folder)")
-    return TransformersEngine.from_path(path, model_name=settings.model)
+    return TransformersEngine.from_path(
+        path, model_name=settings.model, threads=settings.engine_threads
+    )
 
 
 def build_executor(settings: Settings) -> Executor:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="Served model name at model_url")
     model_path: Path | None = Field(None, description="Local HF folder for the in-process engine")
     model_api_key: SecretStr | None = None
+    engine_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the in-process engine; unset = cores - 1"
+    )
     model_timeout_s: float = 120.0
     model_retries: int = 3
 

@@ -43,6 +43,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads of the in-process engine")
     p.add_argument("--prompt", help="'student', 'teacher', or a prompt file")
     p.add_argument(
         "--executor",
@@ -67,6 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "top_p": args.top_p,
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        "engine_threads": args.threads,
         "prompt": args.prompt,
         "executor": args.executor,
     }
