@@ -113,21 +113,46 @@ async def _solve(
     if show_steps:
         _err("distillery: loading components (first run prepares the embedded model and index)...")
     components = build_components(settings, with_retriever=search)
+    config = agent_config(settings)
+
+    async def on_step(step: Step) -> None:
+        _print_step(step)
+        if step.kind != "action" or _ends_run(step):
+            return
+        if step.number < config.max_steps:
+            _waiting(step.number + 1, config.samples, components.model.model_name)
+        else:
+            _err("distillery: steps used up: asking the model for a final answer...")
+
     try:
-        on_step = _print_step if show_steps else None
+        if show_steps:
+            _waiting(1, config.samples, components.model.model_name)
         return await run_agent(
             question,
             model=components.model,
             executor=components.executor,
             tools=components.tools_for_run(),
-            config=agent_config(settings),
-            on_step=on_step,
+            config=config,
+            on_step=on_step if show_steps else None,
         )
     finally:
         await components.aclose()
 
 
-async def _print_step(step: Step) -> None:
+def _ends_run(step: Step) -> bool:
+    return any(
+        c.execution is not None and c.execution.is_final
+        for c in step.candidates
+        if c.index == step.chosen
+    )
+
+
+def _waiting(step_number: int, samples: int, model: str) -> None:
+    """A step can take minutes on a CPU: say what is happening (stderr, not the transcript)."""
+    _err(f"distillery: step {step_number}: sampling {samples} candidate(s) from {model}...")
+
+
+def _print_step(step: Step) -> None:
     out = sys.stdout
     title = "final-answer call" if step.kind == "final_answer_call" else f"step {step.number}"
     valid = sum(1 for c in step.candidates if c.valid)
