@@ -34,7 +34,7 @@ from agent.model_client import (
     SamplingParams,
 )
 from agent.observation import render_error, render_observation
-from agent.parsing import ParseError, normalize_reply, parse_action
+from agent.parsing import ParseError, check_reserved_names, normalize_reply, parse_action
 from agent.prompts import FINAL_ANSWER_REQUEST, initial_messages
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 
@@ -170,8 +170,10 @@ class _Run:
         self.thought_prefix = thought_prefix
         self.on_step = on_step
         self.session: ExecutionSession | None = None
+        self.tool_names: frozenset[str] = frozenset({"final_answer"})
 
     async def execute(self, executor: Executor, tools: Mapping[str, ToolFn]) -> None:
+        self.tool_names = frozenset({"final_answer", *tools})
         self.session = await executor.open_session(tools)
         for number in range(1, self.config.max_steps + 1):
             step = await self.action_step(number)
@@ -214,7 +216,7 @@ class _Run:
         )
         completion, model_s = await self.call_model(request)
         candidates = [
-            _candidate(i, prefix + c.text, c.finish_reason)
+            _candidate(i, prefix + c.text, c.finish_reason, self.tool_names)
             for i, c in enumerate(completion.choices)
         ]
         t_exec = time.perf_counter()
@@ -289,7 +291,7 @@ class _Run:
         )
         completion, model_s = await self.call_model(request)
         choice = completion.choices[0]
-        cand = _candidate(0, choice.text, choice.finish_reason)
+        cand = _candidate(0, choice.text, choice.finish_reason, self.tool_names)
         t_exec = time.perf_counter()
         chosen = await self.execute_and_choose([cand])
         exec_s = time.perf_counter() - t_exec
@@ -313,9 +315,12 @@ class _Run:
         )
 
 
-def _candidate(index: int, text: str, finish_reason: str | None) -> Candidate:
+def _candidate(
+    index: int, text: str, finish_reason: str | None, reserved: frozenset[str]
+) -> Candidate:
     try:
         action = parse_action(text)
+        check_reserved_names(action.code, reserved)
     except ParseError as e:
         return Candidate(
             index=index,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 END_CODE = "<end_code>"
@@ -142,3 +143,34 @@ def normalize_reply(reply: str) -> str:
     except ParseError:
         text = _strip_partial_end(reply.strip()) if "```" in reply else reply.strip()
         return text + END_CODE if text.endswith("```") else reply.strip()
+
+
+def check_reserved_names(code: str, reserved: Iterable[str]) -> None:
+    """ParseError when `code` rebinds a tool's name (def, class, assignment, import as...).
+
+    A model that defines its own `final_answer` or `web_search` silently replaces the tool:
+    the run would never end or never search. Code that does not compile is left to the
+    executor, which reports the syntax error.
+    """
+    names = set(reserved)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return
+    for node in ast.walk(tree):
+        bound: list[str] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.append(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            bound.append(node.id)
+        elif isinstance(node, ast.alias):
+            bound.append(node.asname or node.name.split(".")[0])
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            bound.extend(node.names)
+        for name in bound:
+            if name in names:
+                raise ParseError(
+                    f"Your code redefines `{name}`, which is a tool that is already provided. "
+                    f"Do not define or assign `{name}`; call it, e.g. `{name}(...)`. "
+                    + FORMAT_REMINDER
+                )

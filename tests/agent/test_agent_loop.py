@@ -307,3 +307,24 @@ async def test_bad_input_raises(model: OpenAIChatClient, executor: LocalExecutor
         await run_agent(
             "q", model=model, executor=executor, tools={}, config=AgentConfig(prompt="/nope.md")
         )
+
+
+async def test_candidates_that_redefine_a_tool_are_rejected(
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+) -> None:
+    # Seen with Qwen2.5-0.5B: it wrote its own `def final_answer(...)`, which would shadow
+    # the tool so the run could never end. Such a candidate must lose to a valid one.
+    shadow = act("def final_answer(a):\n    print(a)\nx = 5")
+    shadow_search = act("web_search = lambda q: 'made up'\nx = 6")
+    scripted_server.script(
+        [shadow, shadow_search, act("x = 7")],
+        [act("final_answer(x)")] * 3,
+    )
+    traj = await solve(
+        model, executor, tools={"web_search": Search()}, config=AgentConfig(samples=3, seed=1)
+    )
+    assert traj.finish_reason == "answer" and traj.answer == 7
+    c = traj.steps[0].candidates
+    assert c[0].parse_error and "`final_answer`" in c[0].parse_error and c[0].execution is None
+    assert c[1].parse_error and "`web_search`" in c[1].parse_error
+    assert traj.steps[0].chosen == 2
