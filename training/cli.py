@@ -325,6 +325,9 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="default: on for GPU, off for CPU",
     )
+    s.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 is faster on a busy shared CPU)"
+    )
     s.add_argument("--save-steps", type=int, default=50)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument(
@@ -405,6 +408,7 @@ def run_sft(args: argparse.Namespace) -> int:
             device=args.device,
             gradient_checkpointing=args.gradient_checkpointing,
             save_steps=args.save_steps,
+            threads=args.threads,
             seed=args.seed,
             resume=not args.no_resume,
             stop_after_steps=args.stop_after_steps,

@@ -128,3 +128,43 @@ def test_bad_inputs_say_what_to_do(tiny_model_dir: Path, tmp_path: Path) -> None
         train_sft(
             SFTSettings(model=tiny_model_dir, data=[data], output_dir=tmp_path / "o", max_length=20)
         )
+
+
+def test_sigterm_checkpoints_and_stops(
+    tiny_model_dir: Path, sft_data: Path, tmp_path: Path
+) -> None:
+    """A batch job's SIGTERM (e.g. a Kubernetes eviction): checkpoint at the end of the
+    current step, exit 130 with the reason, resumable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "service.cli", "train", "sft", "--model", str(tiny_model_dir),
+        "--data", str(sft_data), "--output-dir", str(out), "--lora-r", "4", "--lora-alpha", "8",
+        "--max-steps", "500", "--effective-batch", "2", "--batch-size", "2",
+        "--save-steps", "1000", "--no-progress",
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "log.jsonl").is_file() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "SIGTERM" in stderr and "run the same command again to resume" in stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["ok"] is False
+    (ckpt,) = (out / "checkpoints").glob("checkpoint-*")
+    assert 1 <= int(ckpt.name.split("-")[1]) < 500
