@@ -294,7 +294,15 @@ def train_sft(
         datasets.disable_progress_bars()
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
 
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    # data-parallel replicas: torchrun's WORLD_SIZE, else every visible GPU (the Trainer
+    # wraps the model in DataParallel), so the effective batch stays what was asked for
+    gpus = torch.cuda.device_count() if device == "cuda" else 1
+    world = max(1, int(os.environ.get("WORLD_SIZE", "0")) or gpus)
+    if settings.effective_batch % (settings.batch_size * world):
+        raise SFTError(
+            f"effective batch {settings.effective_batch} is not a multiple of batch size "
+            f"{settings.batch_size} x {world} data-parallel replicas"
+        )
     grad_accum = max(1, settings.effective_batch // (settings.batch_size * world))
     gc = settings.gradient_checkpointing
     if gc is None:
