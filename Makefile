@@ -56,8 +56,9 @@ lint: install-dev
 	$(BIN)/ruff check agent sandbox retrieval service training benchmarks tests
 	$(BIN)/mypy
 
-bench: install-dev
-	$(BIN)/python -m benchmarks
+# Every area's benchmark table, one after another; e.g. make bench BENCH_ARGS="--quick agent".
+bench: install-dev vllm-venv
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache
