@@ -94,29 +94,7 @@ class ExecutionOut(BaseModel):
 
     @classmethod
     def of(cls, ex: ExecutionResult) -> ExecutionOut:
-        return cls(
-            ok=ex.ok,
-            stdout=ex.stdout,
-            value_repr=ex.value_repr,
-            error=ex.error,
-            error_kind=ex.error_kind,
-            is_final=ex.is_final,
-            final_answer=ex.final_answer,
-            duration_s=ex.duration_s,
-            state_lost=ex.state_lost,
-            tool_calls=[
-                ToolCallOut(
-                    name=t.name,
-                    args=list(t.args),
-                    kwargs=dict(t.kwargs),
-                    result=t.result,
-                    error=t.error,
-                    duration_s=t.duration_s,
-                    cached=t.cached,
-                )
-                for t in ex.tool_calls
-            ],
-        )
+        return cls.model_validate(ex.to_dict())  # same fields; to_dict adds `ok`
 
 
 class CandidateOut(BaseModel):
