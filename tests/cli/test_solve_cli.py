@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.ports import free_port
 from tests.helpers.scripted_server import ScriptedServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,9 +85,7 @@ def test_solve_prints_steps_for_humans(scripted_server: ScriptedServer) -> None:
 
 
 def test_unreachable_model_exits_nonzero_with_one_line_reason() -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     proc = _solve(
         "anything",
         "--model-url",

@@ -12,7 +12,6 @@ API with Lucene's BM25, but scans every document per query: keep corpora small.
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from importlib.resources import files
 from pathlib import Path
 
 import httpx
+
+from tests.helpers.ports import free_port
 
 
 class NoidaStartError(RuntimeError):
@@ -40,12 +41,6 @@ def noida_binary() -> Path:
         raise NoidaStartError(f"noida-db binary missing at {path}: run `make install-dev`")
     path.chmod(0o755)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.ports import free_port
 from tests.helpers.tiny_model import default_test_cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +52,6 @@ def vllm_python() -> Path | None:
     env = os.environ.get("DISTILLERY_VLLM_PYTHON")
     path = Path(env) if env else REPO / ".venv-vllm" / "bin" / "python"
     return path if path.exists() else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 60) -> str:

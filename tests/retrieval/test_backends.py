@@ -19,7 +19,8 @@ import pytest
 from retrieval.elastic import ElasticRetriever
 from retrieval.embedded import EmbeddedRetriever
 from retrieval.retriever import Passage, RetrievalError
-from tests.helpers.noida_server import NoidaServer, free_port
+from tests.helpers.noida_server import NoidaServer
+from tests.helpers.ports import free_port
 from tests.retrieval.conftest import UNICODE_PASSAGES, load_questions
 
 EXTRA_QUERIES = [

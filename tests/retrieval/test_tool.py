@@ -15,7 +15,7 @@ from retrieval.elastic import ElasticRetriever
 from retrieval.embedded import EmbeddedRetriever
 from retrieval.retriever import Passage
 from retrieval.tool import format_documents, make_web_search
-from tests.helpers.noida_server import free_port
+from tests.helpers.ports import free_port
 from tests.retrieval.conftest import UNICODE_PASSAGES
 
 

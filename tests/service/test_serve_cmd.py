@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers.ports import free_port
 from tests.helpers.scripted_server import ScriptedServer
 from tests.service.conftest import MODEL, executor_kind, final_handler
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
@@ -41,7 +35,7 @@ def test_serve_with_two_workers_flags_and_env(
     scripted_server: ScriptedServer, index_dir: Path
 ) -> None:
     scripted_server.handler = final_handler
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
