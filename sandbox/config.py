@@ -58,7 +58,12 @@ class SandboxConfig:
     """Interpreter whose standard library and packages the jail uses; None = this one."""
     cgroup_root: str = "/sys/fs/cgroup"
     cgroup_parent: str = "NSJAIL"
-    """Parent cgroup (v1) under memory/, pids/ and cpu/; created when missing."""
+    """Parent cgroup of the jails: v1 under memory/, pids/ and cpu/; v2 next to the service's
+    own leaf in its delegated cgroup. Created when missing."""
+    cgroup_mode: str = "auto"
+    """Resource limits of the jails: "auto" (cgroup v2 if mounted, else v1, else an error),
+    "v1", "v2", or "rlimit-only" (no cgroups: weaker per-process rlimits, logged and shown
+    in readiness; only when set explicitly, never chosen by "auto")."""
     start_timeout_s: float = 30.0
     """A worker that is not ready in this time is a start failure."""
     control_timeout_s: float = 5.0
@@ -82,6 +87,10 @@ class SandboxConfig:
             (self.max_tool_calls >= 0, "max_tool_calls must be >= 0"),
             (self.cpu_ms_per_sec >= 0, "cpu_ms_per_sec must be >= 0"),
             (-20 <= self.nice <= 19, "nice must be in -20..19"),
+            (
+                self.cgroup_mode in ("auto", "v1", "v2", "rlimit-only"),
+                "cgroup_mode must be auto, v1, v2 or rlimit-only",
+            ),
             (self.start_timeout_s > 0, "start_timeout_s must be > 0"),
             (self.control_timeout_s > 0, "control_timeout_s must be > 0"),
         ]

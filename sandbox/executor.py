@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.executor import ToolFn
-from sandbox.cgroups import ensure_parents
+from sandbox.cgroups import CgroupSetup, prepare
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxError
 from sandbox.jail import locate_nsjail
@@ -43,12 +43,12 @@ class SandboxExecutor:
         self.config = config if config is not None else SandboxConfig()
         self.config.validate()
         self._nsjail: str | None = None
+        self.cgroups: CgroupSetup | None = None
         if self.config.unjailed:
             log.warning(UNJAILED_WARNING)
         else:
             self._nsjail = locate_nsjail(self.config.nsjail)
-            controllers = ("memory", "pids") + (("cpu",) if self.config.cpu_ms_per_sec else ())
-            ensure_parents(self.config.cgroup_root, self.config.cgroup_parent, controllers)
+            self.cgroups = prepare(self.config)  # cgroup v1/v2 set up, or explicit rlimit-only
         modules = tuple(dict.fromkeys([*self.config.allowed_imports, *self.config.preload]))
         self.layout = probe_interpreter(self.config.python, modules)
         if self.layout.missing:
@@ -64,6 +64,12 @@ class SandboxExecutor:
     @property
     def jailed(self) -> bool:
         return self._nsjail is not None
+
+    def describe(self) -> str:
+        """How the jails are limited, one line (readiness detail: stats()["limits"])."""
+        if self.cgroups is None:
+            return "UNJAILED (development only): no jail, no limits"
+        return self.cgroups.describe()
 
     async def _start_worker(self) -> WorkerProcess:
         if self.config.unjailed:
@@ -137,6 +143,7 @@ class SandboxExecutor:
         s = self.pool.stats
         return {
             "jailed": self.jailed,
+            "limits": self.describe(),
             "pool_size": self.pool.size,
             "pool_ready": self.pool.ready,
             "pool_hits": s.hits,

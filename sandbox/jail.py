@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sandbox import cgroups
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError
 from sandbox.probe import InterpreterLayout
@@ -114,17 +115,7 @@ def nsjail_argv(
     argv += ["--rlimit_as", "inf", "--rlimit_cpu", "inf", "--rlimit_nproc", "max"]
     argv += ["--rlimit_fsize", str(config.file_size_mb), "--rlimit_nofile", "256"]
     argv += ["--rlimit_core", "0"]
-    cg = config.cgroup_parent
-    argv += ["--cgroup_mem_max", str(config.memory_mb * mb), "--cgroup_mem_parent", cg]
-    memsw = Path(config.cgroup_root) / "memory" / cg / "memory.memsw.limit_in_bytes"
-    if memsw.exists():  # no swapping past the limit
-        argv += ["--cgroup_mem_memsw_max", str(config.memory_mb * mb)]
-    argv += ["--cgroup_mem_mount", f"{config.cgroup_root}/memory"]
-    argv += ["--cgroup_pids_max", str(config.pids), "--cgroup_pids_parent", cg]
-    argv += ["--cgroup_pids_mount", f"{config.cgroup_root}/pids"]
-    if config.cpu_ms_per_sec:
-        argv += ["--cgroup_cpu_ms_per_sec", str(config.cpu_ms_per_sec)]
-        argv += ["--cgroup_cpu_parent", cg, "--cgroup_cpu_mount", f"{config.cgroup_root}/cpu"]
+    argv += cgroups.nsjail_args(config)  # v1, v2 or rlimit-only (after the rlimits above)
     argv += ["--seccomp_string", SECCOMP_POLICY]
     for key, value in JAIL_ENV.items():
         argv += ["-E", f"{key}={value}"]

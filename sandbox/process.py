@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import jail, procs
-from sandbox.cgroups import JailCgroups
+from sandbox.cgroups import JailCounters, jail_cgroups
 from sandbox.channel import Channel
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError, WorkerDied
@@ -67,7 +67,7 @@ class WorkerProcess:
     tmpdir: str
     jailed: bool
     state_pid: int = 0
-    cgroups: JailCgroups | None = None
+    cgroups: JailCounters | None = None
     started_s: float = 0.0
     preloaded: list[str] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
@@ -146,7 +146,7 @@ class WorkerProcess:
             init = first_child(self.popen.pid)
             if init is None:
                 raise WorkerDied("the jailed process disappeared")
-            self.cgroups = JailCgroups(self.config.cgroup_root, self.config.cgroup_parent, init)
+            self.cgroups = jail_cgroups(self.config, init)  # None under rlimit-only
         await self.control.send(
             {
                 "op": "config",

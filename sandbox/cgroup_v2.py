@@ -1,0 +1,299 @@
+"""cgroup v2 plumbing for nsjail: a delegated subtree for the jails, and one jail's counters.
+
+Contract:
+- `own_cgroup(root)` is the directory of this process's cgroup under the cgroup2 mount
+  `root` (from /proc/self/cgroup's `0::<path>` line). In a container with its own cgroup
+  namespace that is `root` itself; on a host it is e.g. `root/system.slice/x.service`.
+- `delegate(root, parent, controllers)` prepares, and only ever writes inside, that cgroup:
+
+      <own>/                      subtree_control += memory pids [cpu]
+        <leaf>/                   every process that was in <own> (this service) moves here,
+                                  because a non-root cgroup with processes cannot enable
+                                  controllers for children ("no internal processes" rule)
+        <parent>/                 subtree_control += the same; nsjail's --cgroupv2_mount
+          NSJAIL.<pid>/           one per jail, created, limited and removed by nsjail
+
+  The root cgroup of a hierarchy (no cgroup.type file) is exempt from the rule, so nothing
+  moves there. Stale jail groups (their process is gone) are removed. Every failure is a
+  SandboxSetupError naming what is missing and the ways out; nothing is left half-done
+  silently, and it never writes above <own> (that belongs to the host/container runtime).
+- nsjail itself then finds the controllers already enabled in <parent>/cgroup.subtree_control
+  and neither writes there nor moves itself (which it would otherwise try).
+- `JailCgroupsV2` reads one jail's counters: memory.events `oom_kill`, pids.events `max`,
+  memory.current / memory.peak, cgroup.procs; `cleanup()` kills what is left (cgroup.kill
+  when the kernel has it) and removes the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.errors import SandboxSetupError
+
+log = logging.getLogger(__name__)
+
+SERVICE_LEAF = "distillery-service"
+"""Leaf cgroup (next to the jails' parent) that this service's processes move into."""
+
+WAYS_OUT = (
+    "Ways out: (1) cgroup v2: run the service as root in a cgroup of its own whose parent "
+    "delegates the controllers - a container with its own cgroup namespace and a writable "
+    "/sys/fs/cgroup (Kubernetes: a privileged container, or the chart's capabilities mode "
+    "with SYS_ADMIN; containerd/CRI-O create the pod's cgroup namespace on v2 nodes), or a "
+    "systemd unit with Delegate=yes; (2) cgroup v1: writable memory/pids/cpu hierarchies "
+    "(`mkdir -p /sys/fs/cgroup/{{memory,pids,cpu}}/{parent}`); (3) explicitly accept weaker "
+    "limits with SandboxConfig.cgroup_mode='rlimit-only' (DISTILLERY_SANDBOX_CGROUP_MODE="
+    "rlimit-only: per-process rlimits, no per-jail memory/pids limits)."
+)
+
+
+def self_cgroup_path(proc_file: str = "/proc/self/cgroup") -> str:
+    """This process's cgroup v2 path (`/` in a container's own cgroup namespace)."""
+    try:
+        text = Path(proc_file).read_text()
+    except OSError as e:
+        raise SandboxSetupError(f"cannot read {proc_file}: {e}") from e
+    for line in text.splitlines():
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            return path or "/"
+    raise SandboxSetupError(
+        f"{proc_file} has no cgroup v2 entry (`0::<path>`): the kernel does not put this "
+        "process in a cgroup v2 hierarchy"
+    )
+
+
+def own_cgroup(root: Path, proc_file: str = "/proc/self/cgroup") -> Path:
+    rel = self_cgroup_path(proc_file)
+    parts = [p for p in rel.split("/") if p]
+    if ".." in parts:
+        raise SandboxSetupError(
+            f"this process's cgroup ({rel}) lies outside its cgroup namespace, so it cannot "
+            "be managed from here. Start the service inside the container's cgroup namespace."
+        )
+    own = root.joinpath(*parts)
+    if not (own / "cgroup.procs").exists():
+        raise SandboxSetupError(
+            f"this process's cgroup {rel} is not visible under {root} (the cgroup2 mount "
+            "belongs to another cgroup namespace). Mount the container's own cgroup "
+            "namespace at /sys/fs/cgroup (containerd/CRI-O do on cgroup v2 nodes; Docker: "
+            f"--cgroupns=private). {WAYS_OUT.format(parent='NSJAIL')}"
+        )
+    return own
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(w) for w in _words(path / "cgroup.procs") if w.isdigit()]
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """What `delegate` set up."""
+
+    own: Path
+    """This process's cgroup at setup time (the top of what the sandbox manages)."""
+    jail_parent: Path
+    """Parent of the jails' groups: nsjail's --cgroupv2_mount."""
+    leaf: Path | None
+    """Where this service's processes were moved (None at a hierarchy's root cgroup)."""
+    controllers: tuple[str, ...]
+    swap: bool
+    """memory.swap.max exists (swap accounting on): jails get memory.swap.max=0."""
+
+
+def delegate(
+    root: str,
+    parent: str,
+    controllers: tuple[str, ...],
+    proc_file: str = "/proc/self/cgroup",
+) -> Delegation:
+    base = Path(root)
+    hint = WAYS_OUT.format(parent=parent)
+    if "/" in parent or parent in ("", ".", "..") or parent == SERVICE_LEAF:
+        raise SandboxSetupError(f"cgroup_parent {parent!r} must be one plain directory name")
+    own = own_cgroup(base, proc_file)
+    available = _words(own / "cgroup.controllers")
+    missing = [c for c in controllers if c not in available]
+    if missing:
+        raise SandboxSetupError(
+            f"cgroup v2 is half-configured for the sandbox: the controller(s) "
+            f"{' '.join(missing)} are not delegated to this process's cgroup {own} (its "
+            f"cgroup.controllers lists: {' '.join(available) or 'nothing'}). The parent "
+            "cgroup must enable them in its cgroup.subtree_control (the container runtime "
+            f"or systemd does that; systemd: Delegate=yes). {hint}"
+        )
+    subtree = own / "cgroup.subtree_control"
+    if not os.access(subtree, os.W_OK) or not os.access(own, os.W_OK):
+        raise SandboxSetupError(
+            f"cgroup v2 at {own} is not writable by this process (uid {os.geteuid()}; a "
+            "container gets /sys/fs/cgroup read-only unless it is privileged or has "
+            f"SYS_ADMIN with a writable cgroupfs). {hint}"
+        )
+    is_root = not (own / "cgroup.type").exists()
+    leaf: Path | None = None
+    if not is_root:
+        leaf = own / SERVICE_LEAF
+        _mkdir(leaf, hint)
+        moved = _move_all(own, leaf)
+        if moved:
+            log.info("sandbox: moved %d process(es) of %s into %s (cgroup v2 requires it to "
+                     "delegate controllers to the jails)", len(moved), own, leaf)
+    _enable(own, controllers, hint)
+    jail_parent = own / parent
+    _mkdir(jail_parent, hint)
+    if _pids(jail_parent):
+        raise SandboxSetupError(
+            f"{jail_parent} has processes of its own ({_pids(jail_parent)}), so it cannot hold "
+            f"the jails' groups; pick another SandboxConfig.cgroup_parent. {hint}"
+        )
+    _enable(jail_parent, controllers, hint)
+    remove_stale(jail_parent)
+    swap = (jail_parent / "memory.swap.max").exists()
+    return Delegation(own, jail_parent, leaf, tuple(controllers), swap)
+
+
+def _mkdir(path: Path, hint: str) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        raise SandboxSetupError(f"cannot create cgroup {path}: {e.strerror or e}. {hint}") from e
+
+
+def _move_all(own: Path, leaf: Path) -> list[int]:
+    """Move every process of `own` into `leaf` (they may fork meanwhile: a few rounds)."""
+    moved: list[int] = []
+    for _ in range(10):
+        pids = _pids(own)
+        if not pids:
+            return moved
+        for pid in pids:
+            try:
+                _write(leaf / "cgroup.procs", str(pid))
+                moved.append(pid)
+            except OSError as e:
+                if e.errno == errno.ESRCH:  # exited meanwhile
+                    continue
+                raise SandboxSetupError(
+                    f"cannot move process {pid} from {own} into {leaf}: {e.strerror or e}. "
+                    + WAYS_OUT.format(parent="NSJAIL")
+                ) from e
+    left = _pids(own)
+    if left:
+        raise SandboxSetupError(f"processes keep appearing in {own} ({left}); cannot empty it")
+    return moved
+
+
+def _enable(group: Path, controllers: tuple[str, ...], hint: str) -> None:
+    enabled = _words(group / "cgroup.subtree_control")
+    todo = [c for c in controllers if c not in enabled]
+    if not todo:
+        return
+    try:
+        _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            why = (
+                f"{group} still has processes ({_pids(group)}) and cgroup v2 forbids "
+                "enabling controllers for children of a cgroup with processes"
+            )
+        elif e.errno in (errno.ENOENT, errno.EINVAL):
+            why = f"{group} cannot enable {' '.join(todo)} (not available to it)"
+        else:
+            why = f"writing {group}/cgroup.subtree_control failed: {e.strerror or e}"
+        raise SandboxSetupError(f"cgroup v2 delegation failed: {why}. {hint}") from e
+    now = _words(group / "cgroup.subtree_control")
+    still = [c for c in todo if c not in now]
+    if still:
+        raise SandboxSetupError(
+            f"cgroup v2 delegation failed: {group}/cgroup.subtree_control does not list "
+            f"{' '.join(still)} after enabling them. {hint}"
+        )
+
+
+def remove_stale(parent_dir: Path) -> None:
+    """rmdir the groups of jails whose process is gone (NSJAIL.<pid>, and NSJAIL_SELF.<pid>
+    which nsjail makes when it has to move itself)."""
+    for group in [*parent_dir.glob("NSJAIL.*"), *parent_dir.glob("NSJAIL_SELF.*")]:
+        pid = group.name.partition(".")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):  # not empty, or raced: leave it
+                group.rmdir()
+
+
+def _read_kv(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class JailCgroupsV2:
+    """The one cgroup v2 group nsjail made for a jail (named after the jailed init's pid)."""
+
+    def __init__(self, jail_parent: Path, init_pid: int) -> None:
+        self.dir = jail_parent / f"NSJAIL.{init_pid}"
+        # one directory serves every controller (the v1 class has one per controller)
+        self.dirs = {"memory": self.dir, "pids": self.dir, "cpu": self.dir}
+
+    def oom_kills(self) -> int:
+        return _read_kv(self.dir / "memory.events", "oom_kill")
+
+    def pids_limit_hits(self) -> int:
+        return _read_kv(self.dir / "pids.events", "max")
+
+    def memory_usage(self) -> int:
+        return _read_int(self.dir / "memory.current")
+
+    def memory_peak(self) -> int:
+        # memory.peak exists since Linux 5.19; before, the current usage is the best known
+        peak = self.dir / "memory.peak"
+        return _read_int(peak) if peak.exists() else self.memory_usage()
+
+    def procs(self) -> list[int]:
+        """Host pids of every process in the jail (zombies excluded)."""
+        return _pids(self.dir)
+
+    def cleanup(self) -> bool:
+        """Kill anything left (nsjail normally does) and remove the group; True when gone."""
+        if not self.dir.exists():
+            return True
+        kill = self.dir / "cgroup.kill"
+        if kill.exists():
+            with contextlib.suppress(OSError):
+                _write(kill, "1")
+        for pid in self.procs():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+        return not self.dir.exists()
