@@ -47,16 +47,23 @@ StepCallback = Callable[[Step], Awaitable[None]]
 @dataclass
 class AgentConfig:
     max_steps: int = 5
+    """Action steps before the final-answer call."""
     samples: int = 8
     """N: candidate actions sampled per step (one request with n=N); 1 = the plain agent."""
     policy: Policy = "first"
+    """How a step picks its candidate: 'first' valid in sampling order, or 'majority'."""
     temperature: float = 0.4
+    """Sampling temperature of action steps."""
     top_p: float = 0.8
+    """Nucleus sampling of action steps."""
     max_tokens: int = 1024
+    """Completion tokens per candidate."""
     seed: int | None = None
+    """Sampling seed (None: the server's choice)."""
     prompt: str = "student"
     """'student' | 'teacher' | a path to a prompt file."""
     observation_max_chars: int = 8000
+    """Longer observations are truncated with a visible marker."""
     timeout_s: float | None = None
     """Wall-clock limit for the whole run; past it the run ends with finish_reason 'timeout'."""
 

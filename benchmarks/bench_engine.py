@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.model_path
     if path is None:
         from agent.embedded_model import ensure_embedded_model
-        from service.settings import default_cache_dir
+        from distillery.settings import default_cache_dir
 
         path = ensure_embedded_model(args.cache_dir or default_cache_dir())
     ns = [1, 8]

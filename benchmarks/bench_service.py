@@ -92,7 +92,7 @@ class GatewayProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
-            sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+            sys.executable, "-m", "distillery.cli", "serve", "--host", "127.0.0.1",
             "--port", str(self.port), "--model-url", model_url, "--model", MODEL,
             "--executor", executor, "--samples", "1", "--max-steps", "10",
             "--log-level", "warning", *extra,
@@ -130,12 +130,12 @@ async def overhead(
     load changes and pool refills on a shared machine hit every side alike; overheads are
     medians of the paired differences."""
     from agent.agent import run_agent
-    from service.app import create_app
-    from service.components import agent_config, build_components
+    from distillery.app import create_app
+    from distillery.components import build_components
 
     rng = random.Random(1234)
     components = build_components(settings)  # same model, executor and tools as the server
-    config = agent_config(settings)
+    config = settings.agent_config()
     # The same app in this process over ASGI (no HTTP server, no process hop), sharing the
     # direct runs' components: what the gateway code itself adds.
     app = create_app(settings, components)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queue", type=int)
     args = ap.parse_args(argv)
 
-    from service.settings import Settings
+    from distillery.settings import Settings
     from tests.helpers.scripted_server import ScriptedServer
 
     runs, warmup, duration = (30, 5, 3.0) if args.quick else (200, 20, 10.0)

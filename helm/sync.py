@@ -59,7 +59,7 @@ def _is_secret(prop: dict[str, Any]) -> bool:
 
 def config_schema() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from service.settings import Settings
+    from distillery.settings import Settings
 
     props = Settings.model_json_schema()["properties"]
     out: dict[str, Any] = {}

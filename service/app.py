@@ -1,23 +1,24 @@
-"""`create_app(settings, components)`: the FastAPI gateway.
+"""`create_app(config, components | build=...)`: the FastAPI gateway.
 
-Without `components`, the app builds them from the settings at startup (in a thread: the
-embedded model or index may take a while) and closes them at shutdown; passed-in
-components stay the caller's to close. `create_app_from_env` is the uvicorn factory used
-with several workers (each worker builds its own components).
+With `build` (a function returning the runtime components), the app builds them at startup
+(in a thread: the embedded model or index may take a while) and closes them at shutdown;
+passed-in `components` stay the caller's to close. The composition root
+(`distillery.app`) maps Settings onto this; service/ itself reads no settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 
+from agent.runtime import Runtime
 from service import ops, router_openai, router_solve
 from service.auth import make_auth_dependency
+from service.config import ServiceConfig
 from service.errors import error_responses, install_error_handlers
 from service.gateway import Gateway
 from service.limits import BodyLimitMiddleware
@@ -26,10 +27,6 @@ from service.middleware import RequestContextMiddleware
 from service.openapi_docs import install_openapi_extras
 from service.serving_openai import ChatService
 from service.serving_solve import SolveService
-from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.components import Components
 
 log = logging.getLogger("distillery.app")
 
@@ -42,22 +39,26 @@ agent behind the OpenAI chat API. Errors share one JSON shape:
 """
 
 
-def create_app(settings: Settings | None = None, components: Components | None = None) -> FastAPI:
-    settings = settings or _settings_from_env()
+def create_app(
+    config: ServiceConfig,
+    components: Runtime | None = None,
+    *,
+    build: Callable[[], Runtime] | None = None,
+) -> FastAPI:
+    if (components is None) == (build is None):
+        raise ValueError("create_app needs exactly one of components= or build=")
     metrics = Metrics()
-    gateway = Gateway(settings, metrics)
+    gateway = Gateway(config, metrics)
     owns_components = components is None
     if components is not None:
         gateway.components = components
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owns_components:
-            from service.components import build_components
-
+        if build is not None:
             log.info("building components (model, sandbox, retriever)")
             try:
-                gateway.components = await asyncio.to_thread(build_components, settings)
+                gateway.components = await asyncio.to_thread(build)
                 await gateway.components.start()
             except Exception as e:
                 log.error("startup failed: %s", e)
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
             log.info(
                 "ready",
                 extra={"fields": {"event": "ready", "model": gateway.model_name,
-                                  "host": settings.host, "port": settings.port}},
+                                  "host": config.host, "port": config.port}},
             )
         try:
             yield
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     install_error_handlers(app)
     install_openapi_extras(app)
 
-    keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
+    keys = [k for k in config.api_keys if k]
     protected: dict = {}
     if keys:
         protected = {
@@ -98,20 +99,6 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app.include_router(ops.router)
 
     # Outermost first at request time: request id/log/metrics, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-
-
-def create_app_from_env() -> FastAPI:
-    """uvicorn factory (`--factory`): settings from DISTILLERY_* variables."""
-    from service.logs import configure_logging
-
-    settings = _settings_from_env()
-    configure_logging(settings.log_level)
-    return create_app(settings)
-
-
-def _settings_from_env() -> Settings:
-    no_overrides: dict[str, Any] = {}  # (spelled so that mypy, without the pydantic
-    return Settings(**no_overrides)  # plugin, does not demand every field)

@@ -1,4 +1,4 @@
-"""The state every route shares (settings, components, admission, metrics) and how runs execute.
+"""The state every route shares (config, components, admission, metrics) and how runs execute.
 
 A request becomes one or more agent runs (`RunGroup`): each run is an asyncio task around
 `run_agent`, its steps and its result arrive on one queue, so the same code serves the
@@ -23,14 +23,14 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from agent.trajectory import Step, Trajectory
+from service.config import ServiceConfig
 from service.errors import APIError
 from service.limits import AdmissionController, Slot
 from service.metrics import Metrics
-from service.settings import Settings
 
 if TYPE_CHECKING:
     from agent.agent import AgentConfig
-    from service.components import Components
+    from agent.runtime import Runtime as Components
 
 log = logging.getLogger("distillery.runs")
 
@@ -76,11 +76,11 @@ def new_run_id(prefix: str) -> str:
 class Gateway:
     """Shared by all routes through `app.state.gateway`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(self, config: ServiceConfig, metrics: Metrics) -> None:
+        self.config = config
         self.metrics = metrics
         self.admission = AdmissionController(
-            settings.max_concurrency, settings.max_queue, metrics
+            config.max_concurrency, config.max_queue, metrics
         )
         self.components: Components | None = None
         self.startup_error: str | None = None
@@ -102,21 +102,19 @@ class Gateway:
     def model_name(self) -> str:
         if self.components is not None:
             return self.components.model.model_name
-        return self.settings.model or "distillery"
+        return self.config.model_name or "distillery"
 
     # -- requests ------------------------------------------------------------------
     def deadline(self, requested_s: float | None) -> float:
         """Absolute (monotonic) deadline: the request's timeout capped by the server's."""
-        limit = self.settings.request_timeout_s
+        limit = self.config.request_timeout_s
         if requested_s is not None:
             limit = min(limit, requested_s)
         return time.monotonic() + limit
 
     def agent_config(self, **overrides: Any) -> AgentConfig:
-        from service.components import agent_config
-
-        base = agent_config(self.settings)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        known = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.config.agent, **known)
 
     async def admit(self, deadline: float) -> Slot:
         return await self.admission.acquire(timeout_s=max(0.0, deadline - time.monotonic()))
@@ -289,8 +287,8 @@ async def wait_for_disconnect(receive: Receive) -> None:
             return
 
 
-def retry_after_for_model_outage(settings: Settings) -> str:
-    return str(max(1, math.ceil(min(30.0, settings.model_timeout_s / 4))))
+def retry_after_for_model_outage(config: ServiceConfig) -> str:
+    return str(max(1, math.ceil(min(30.0, config.model_timeout_s / 4))))
 
 
 # Error types (Trajectory.error_type) that mean a component is down, not that this run failed.
@@ -298,7 +296,7 @@ SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied", "ExecutorE
 MODEL_ERRORS = {"ModelError", "ModelRequestError"}
 
 
-def outage_error(traj: Trajectory, settings: Settings) -> APIError | None:
+def outage_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
     """503 when a run ended in error because the model server or the sandbox is unusable."""
     if traj.finish_reason != "error":
         return None
@@ -307,7 +305,7 @@ def outage_error(traj: Trajectory, settings: Settings) -> APIError | None:
             503,
             traj.error or "the model server is unreachable",
             code="model_unavailable",
-            headers={"Retry-After": retry_after_for_model_outage(settings)},
+            headers={"Retry-After": retry_after_for_model_outage(config)},
         )
     if traj.error_type in SANDBOX_OUTAGES:
         return APIError(
@@ -319,11 +317,11 @@ def outage_error(traj: Trajectory, settings: Settings) -> APIError | None:
     return None
 
 
-def run_error(traj: Trajectory, settings: Settings) -> APIError | None:
+def run_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
     """For APIs without a place for a failed run (chat): every error becomes a status."""
     if traj.finish_reason != "error":
         return None
-    outage = outage_error(traj, settings)
+    outage = outage_error(traj, config)
     if outage is not None:
         return outage
     if traj.error_type in MODEL_ERRORS:

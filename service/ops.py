@@ -116,9 +116,9 @@ async def _check_model(gw: Gateway) -> dict[str, Any]:
     if not base_url:
         return {"kind": "in-process", "model": model.model_name}
     headers = {}
-    key = gw.settings.model_api_key
+    key = gw.config.model_api_key
     if key is not None:
-        headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+        headers["Authorization"] = f"Bearer {key}"
     # One quick request, no retries: readiness must answer fast and say why.
     async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S - 1) as client:
         resp = await client.get(f"{base_url}/models", headers=headers)

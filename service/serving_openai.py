@@ -294,6 +294,6 @@ class ChatService:
 
 
 def _raise_for_run_error(traj: Trajectory, gw: Gateway) -> None:
-    error = run_error(traj, gw.settings)
+    error = run_error(traj, gw.config)
     if error is not None:
         raise error

@@ -65,7 +65,7 @@ class SolveService:
                 self._events(group, spec.run_id, req, arrived, queue_s), on_close=group.cancel
             )
         [traj] = await group.results(request)
-        outage = outage_error(traj, gw.settings)
+        outage = outage_error(traj, gw.config)
         if outage is not None:
             raise outage
         body = SolveResponse.of(

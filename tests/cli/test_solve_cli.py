@@ -25,7 +25,7 @@ FINAL = "Thought: Done.\nCode:\n```py\nfinal_answer(total)\n```<end_code>"
 def _solve(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DISTILLERY_EXECUTOR": "local", **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "solve", *args],
+        [sys.executable, "-m", "distillery.cli", "solve", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

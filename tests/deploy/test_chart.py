@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from distillery.settings import Settings
 from tests.deploy.chart import (
     CHART,
     RELEASE,
@@ -455,7 +455,7 @@ ALL_JOBS = {"jobs": {name: {"enabled": True} for name in
 def test_rendered_commands_parse_with_the_distillery_cli(case: str) -> None:
     """Every `distillery` argv the chart renders (gateway, Jobs) is accepted by the real CLI
     parser: a renamed flag in service/, retrieval/ or training/ fails here, not in a cluster."""
-    from service.cli import build_parser
+    from distillery.cli import build_parser
 
     r = render(values=ALL_JOBS) if case == "default-jobs" else render([EXAMPLES / case])
     parser = build_parser()

@@ -118,7 +118,7 @@ async def test_real_qwen_preparation_loads_and_generates() -> None:
 def test_cli_model_prepare_prints_the_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from distillery.cli import main
 
     target = embedded_model.model_dir(tmp_path)
     target.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""The real gateway (`service.app.create_app`) under uvicorn, in a background thread.
+"""The real gateway (`distillery.app.create_app`) under uvicorn, in a background thread.
 
     with GatewayServer(settings) as gw:
         httpx.get(gw.url + "/healthz")
@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.settings import Settings
+from distillery.settings import Settings
 
 
 class GatewayServer:
     def __init__(self, settings: Settings, components: Any = None) -> None:
-        from service.app import create_app
+        from distillery.app import create_app
 
         self.settings = settings
         self.app = create_app(settings, components)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from distillery.cli import main
 from tests.helpers.noida_server import NoidaServer
 from tests.retrieval.conftest import write_corpus
 

@@ -230,8 +230,8 @@ def test_default_executor_is_jailed() -> None:
 
 
 def test_config_from_settings() -> None:
+    from distillery.settings import Settings
     from sandbox.config import config_from_settings
-    from service.settings import Settings
 
     settings = Settings.model_validate({"sandbox_memory_mb": 300, "sandbox_pool_size": 0})
     cfg = config_from_settings(settings, nice=5)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from distillery.settings import Settings
 from tests.helpers.gateway_server import GatewayServer
 from tests.helpers.scripted_server import ScriptedServer
 

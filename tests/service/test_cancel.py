@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import Settings
+from distillery.settings import Settings
 from tests.helpers.gateway_server import GatewayServer, descendants
 from tests.helpers.scripted_server import ScriptedServer
 from tests.service.conftest import final_handler, make_settings, metric_value, one_valid, reply

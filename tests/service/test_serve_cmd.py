@@ -45,7 +45,7 @@ def test_serve_with_two_workers_flags_and_env(
         "DISTILLERY_MAX_STEPS": "9",
     }
     cmd = [
-        sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2",
+        sys.executable, "-m", "distillery.cli", "serve", "--port", str(port), "--workers", "2",
         "--model-url", scripted_server.url, "--model", MODEL, "--executor", executor_kind(),
         "--api-key", "k1", "--api-key", "k2", "--max-steps", "2",  # ...and from flags
     ]
@@ -76,7 +76,7 @@ def test_serve_with_two_workers_flags_and_env(
 
 def test_serve_rejects_bad_flags() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--max-concurrency", "0"],
+        [sys.executable, "-m", "distillery.cli", "serve", "--max-concurrency", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2

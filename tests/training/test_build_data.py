@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from agent.agent import AgentConfig
-from agent.local_executor import LocalExecutor
 from agent.openai_client import OpenAIChatClient
 from agent.prompts import system_prompt, task_message
-from service.cli import main as cli_main
+from distillery.cli import main as cli_main
+from sandbox.executor import SandboxExecutor
+from tests.helpers.unjailed import unjailed_config
 from tests.training.conftest import read_jsonl
 from training.build_data import build_data, load_tokenizer, read_records
 from training.generate import GenerateConfig, generate
@@ -65,7 +66,7 @@ async def records(scripted_server: Any, tmp_path: Path) -> Path:
     scripted_server.handler = scripted_teacher
     out = tmp_path / "gen.jsonl"
     client = OpenAIChatClient(scripted_server.url, scripted_server.model, retries=0)
-    executor = LocalExecutor(step_timeout_s=20)
+    executor = SandboxExecutor(unjailed_config(step_timeout_s=20))
     try:
         await generate(
             load_questions(qfile),
@@ -148,7 +149,8 @@ async def test_cot_records_become_single_turn_chats(
     gen = tmp_path / "cot.jsonl"
     try:
         await generate(
-            load_questions(questions_file), gen, model=client, executor=LocalExecutor(),
+            load_questions(questions_file), gen, model=client,
+            executor=SandboxExecutor(unjailed_config()),
             config=GenerateConfig(mode="cot", progress=False),
         )  # fmt: skip
     finally:

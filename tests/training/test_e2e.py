@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from service.cli import main as cli_main
+from distillery.cli import main as cli_main
 from tests.helpers.vllm_server import vllm_python, vllm_server
 from tests.training.conftest import ARITH, SHORT_PROMPT, read_jsonl, write_questions
 from training.masking import encode_conversation
@@ -120,7 +120,7 @@ def test_teacher_to_served_student(
             q = row["question"]
             proc = subprocess.run(
                 [
-                    sys.executable, "-m", "service.cli", "solve", q, "--model-url",
+                    sys.executable, "-m", "distillery.cli", "solve", q, "--model-url",
                     server.base_url, "--model", "student", "--executor", "local",
                     "--no-search", "--samples", "1", "--temperature", "0", "--max-steps", "3",
                     "--max-tokens", "96", "--prompt", str(prompt), "--json",

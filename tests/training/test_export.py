@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.cli import main as cli_main
+from distillery.cli import main as cli_main
 from training.export import ExportError, export_model
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agent.agent import AgentConfig
-from agent.local_executor import LocalExecutor
 from agent.model_client import Completion, Message, SamplingParams
 from agent.openai_client import OpenAIChatClient
-from service.cli import main as cli_main
+from distillery.cli import main as cli_main
+from sandbox.executor import SandboxExecutor
 from tests.helpers.scripted_server import Error, Reply
 from tests.training.conftest import ARITH, agent_reply, arith_teacher, question_of, read_jsonl
 from training.generate import GenerateConfig, GenerateError, generate
@@ -32,7 +32,7 @@ def cfg(**kw: Any) -> GenerateConfig:
 
 
 async def run(
-    srv: Any, qfile: Path, out: Path, executor: LocalExecutor, **kw: Any
+    srv: Any, qfile: Path, out: Path, executor: SandboxExecutor, **kw: Any
 ) -> dict[str, Any]:
     client = teacher_client(srv)
     try:
@@ -45,7 +45,7 @@ async def run(
 
 
 async def test_agent_records(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     out = tmp_path / "gen.jsonl"
     summary = await run(teacher, questions_file, out, local_executor, concurrency=2)
@@ -71,7 +71,7 @@ async def test_agent_records(
 
 
 async def test_first_thought_prefix_is_prefilled_and_continued(
-    teacher: Any, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     from tests.training.conftest import write_questions
 
@@ -102,7 +102,7 @@ async def test_first_thought_prefix_is_prefilled_and_continued(
 
 
 async def test_cot_mode_records_the_answer_only(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     out = tmp_path / "cot.jsonl"
     summary = await run(teacher, questions_file, out, local_executor, mode="cot")
@@ -119,7 +119,7 @@ def is_single_turn(body: dict[str, Any]) -> bool:
 
 
 async def test_failed_runs_are_recorded_and_not_fatal(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     def handler(body: dict[str, Any]) -> Any:
         if question_of(body) == "What is 2 ** 10?":
@@ -166,7 +166,7 @@ class CountingClient:
 
 
 async def test_concurrency_is_bounded(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     teacher.handler = lambda body: Reply(agent_reply(body), delay_s=0.3)
     client = CountingClient(teacher_client(teacher))
@@ -185,7 +185,7 @@ async def test_concurrency_is_bounded(
 
 
 async def test_resume_after_interruption(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     out = tmp_path / "gen.jsonl"
 
@@ -231,7 +231,7 @@ async def test_resume_after_interruption(
 
 
 async def test_resume_retries_failed_runs_unless_told_not_to(
-    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: LocalExecutor
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
 ) -> None:
     out = tmp_path / "gen.jsonl"
     teacher.handler = lambda b: (

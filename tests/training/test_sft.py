@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.cli import main as cli_main
+from distillery.cli import main as cli_main
 from tests.training.conftest import lora_settings, read_jsonl
 from training.sft import SFTError, SFTSettings, train_sft
 
@@ -143,7 +143,7 @@ def test_sigterm_checkpoints_and_stops(
 
     out = tmp_path / "run"
     argv = [
-        sys.executable, "-m", "service.cli", "train", "sft", "--model", str(tiny_model_dir),
+        sys.executable, "-m", "distillery.cli", "train", "sft", "--model", str(tiny_model_dir),
         "--data", str(sft_data), "--output-dir", str(out), "--lora-r", "4", "--lora-alpha", "8",
         "--max-steps", "500", "--effective-batch", "2", "--batch-size", "2",
         "--save-steps", "1000", "--no-progress",

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distillery.options import UsageError, add_settings_flags, settings_from_args
+
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("index", help="build or search the Wikipedia passage index")
@@ -56,10 +58,13 @@ def add_parser(subparsers: Any) -> None:
 
     s = sub.add_parser("search", help="search the index and print what web_search returns")
     s.add_argument("query")
-    s.add_argument("-k", type=int, default=None, help="passages to return (default: search_k, 3)")
+    add_settings_flags(s, ["search_k"], flags={"search_k": ["-k", "--search-k"]})
     _backend_args(s)
     s.add_argument("--json", action="store_true", help="print passages as JSON lines")
     s.set_defaults(func=_search)
+
+
+FIELDS = ["es_url", "es_index", "es_api_key", "index_dir", "search_timeout_s", "cache_dir"]
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -69,24 +74,22 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="default: es when an Elasticsearch URL is configured, else embedded",
     )
-    p.add_argument("--es-url", default=None, help="Elasticsearch URL (DISTILLERY_ES_URL)")
-    p.add_argument("--index", default=None, help="Elasticsearch index name (DISTILLERY_ES_INDEX)")
-    p.add_argument(
-        "--index-dir", type=Path, default=None, help="embedded index folder (DISTILLERY_INDEX_DIR)"
-    )
+    add_settings_flags(p, FIELDS, flags={"es_index": ["--index", "--es-index"]})
 
 
 class _Target:
     def __init__(self, args: argparse.Namespace):
         from retrieval.demo_corpus import demo_index_dir
-        from service.settings import Settings
 
-        st = Settings(**{})  # (no pydantic mypy plugin: keyword form)
-        self.es_url: str | None = args.es_url or st.es_url
+        try:
+            st = settings_from_args(args, [*FIELDS, "search_k"])
+        except UsageError as e:
+            raise SystemExit(f"distillery index: {e}") from None
+        self.es_url: str | None = st.es_url
         self.backend: str = args.backend or ("es" if self.es_url else "embedded")
-        self.index: str = args.index or st.es_index
+        self.index: str = st.es_index
         # Unset = the demo index (what `solve` and `serve` search when nothing is configured).
-        self.index_dir: Path = args.index_dir or st.index_dir or demo_index_dir(st.cache_dir)
+        self.index_dir: Path = st.index_dir or demo_index_dir(st.cache_dir)
         self.api_key = st.es_api_key.get_secret_value() if st.es_api_key else None
         self.timeout_s = st.search_timeout_s
         self.k: int = st.search_k
@@ -164,7 +167,7 @@ def _search(args: argparse.Namespace) -> int:
     from retrieval.tool import format_documents, no_results
 
     t = _Target(args)
-    k = args.k or t.k
+    k = t.k
     retriever = open_retriever(
         es_url=t.es_url if t.backend == "es" else None,
         es_index=t.index,

@@ -5,21 +5,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from agent.trajectory import Step, Trajectory
-from service.settings import Settings
+from distillery.options import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_MODEL,
+    UsageError,
+    add_settings_flags,
+    fail,
+    settings_from_args,
+)
+from distillery.settings import Settings
 
 # Exit statuses: 0 answered, 1 no answer (max steps without one, timeout), 2 usage or
 # configuration error, 3 the model could not be reached or failed.
-EXIT_NO_ANSWER = 1
-EXIT_CONFIG = 2
-EXIT_MODEL = 3
+EXIT_NO_ANSWER = EXIT_FAILED
+
+MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
+AGENT_FIELDS = [
+    "samples", "max_steps", "policy", "temperature", "top_p", "max_tokens", "seed", "prompt",
+    "observation_max_chars",
+]
+SANDBOX_FIELDS = [
+    "executor", "sandbox_memory_mb", "sandbox_pids", "sandbox_step_timeout_s", "sandbox_cpu_s",
+    "sandbox_file_size_mb", "sandbox_tmpfs_mb", "sandbox_output_max_bytes",
+    "sandbox_allowed_imports",
+]
+RETRIEVAL_FIELDS = ["es_url", "es_index", "index_dir", "search_k"]
+FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
+ALIASES = {"samples": ["--samples", "-n"], "engine_threads": ["--threads", "--engine-threads"]}
 
 
 def add_parser(sub: Any) -> None:
@@ -27,80 +44,46 @@ def add_parser(sub: Any) -> None:
         "solve",
         help="solve one question with the agent",
         description="Solve a question by looping thought -> code -> observation. "
-        "Without --model-url the embedded model (Qwen2.5-Coder-0.5B-Instruct) runs in-process.",
+        "Without --model-url the embedded model (Qwen2.5-Coder-0.5B-Instruct) runs in-process. "
+        "Every option also reads its DISTILLERY_* variable; flags win.",
     )
     p.add_argument("question", help="the task, in plain text")
-    src = p.add_argument_group("model (default: embedded engine)")
-    src.add_argument(
-        "--model-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
-    )
-    src.add_argument("--model", help="served model name (with --model-url)")
-    src.add_argument("--model-path", type=Path, help="local Hugging Face folder run in-process")
-    p.add_argument("--samples", "-n", type=int, help="N candidate actions per step (SAG)")
-    p.add_argument("--max-steps", type=int, help="steps before the final-answer call")
-    p.add_argument("--policy", choices=["first", "majority"], help="how a step picks its candidate")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads of the in-process engine")
-    p.add_argument("--prompt", help="'student', 'teacher', or a prompt file")
-    p.add_argument(
-        "--executor",
-        choices=["sandbox", "local"],
-        help="'sandbox' (nsjail, default) or 'local' (unjailed subprocess, development only)",
-    )
+    add_settings_flags(p.add_argument_group("model (default: embedded engine)"), MODEL_FIELDS,
+                       flags=ALIASES)
+    add_settings_flags(p.add_argument_group("agent"), AGENT_FIELDS, flags=ALIASES)
+    add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
+    add_settings_flags(p.add_argument_group("retrieval"), RETRIEVAL_FIELDS)
     p.add_argument("--no-search", action="store_true", help="do not offer the web_search tool")
     p.add_argument("--json", action="store_true", help="print the trajectory JSON on stdout")
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Flags override DISTILLERY_* variables; unset flags leave them alone."""
-    mapping = {
-        "model_url": args.model_url,
-        "model": args.model,
-        "model_path": args.model_path,
-        "samples": args.samples,
-        "max_steps": args.max_steps,
-        "policy": args.policy,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-        "engine_threads": args.threads,
-        "prompt": args.prompt,
-        "executor": args.executor,
-    }
-    values: dict[str, Any] = {k: v for k, v in mapping.items() if v is not None}
-    if "DISTILLERY_SANDBOX_POOL_SIZE" not in os.environ:
-        values["sandbox_pool_size"] = 0  # one run: pre-started spare workers would go unused
-    return Settings(**values)
+def settings_from_solve_args(args: argparse.Namespace) -> Settings:
+    """Flags override DISTILLERY_* variables; unset flags leave them alone. One run needs no
+    pre-started spare workers (sandbox_pool_size 0 unless the variable says otherwise)."""
+    return settings_from_args(args, FIELDS, command_defaults={"sandbox_pool_size": 0})
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.model_url and args.model_path:
-        return _fail("use either --model-url or --model-path, not both", EXIT_CONFIG)
     try:
-        settings = settings_from_args(args)
-    except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        return _fail(f"invalid option: {errs}", EXIT_CONFIG)
+        settings = settings_from_solve_args(args)
+    except UsageError as e:
+        return fail(str(e), EXIT_CONFIG)
     try:
         traj = asyncio.run(
             _solve(args.question, settings, show_steps=not args.json, search=not args.no_search)
         )
     except Exception as e:  # configuration and start-up failures: one line, no traceback
-        from service.components import ConfigError
+        from distillery.components import ConfigError
 
         code = EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_MODEL
-        return _fail(str(e) or type(e).__name__, code)
+        return fail(str(e) or type(e).__name__, code)
     if args.json:
         print(traj.to_json(indent=2))
     else:
         _print_result(traj)
     if traj.finish_reason == "error":
-        return _fail(traj.error or "the run failed", EXIT_MODEL)
+        return fail(traj.error or "the run failed", EXIT_MODEL)
     return 0 if traj.finish_reason == "answer" else EXIT_NO_ANSWER
 
 
@@ -108,12 +91,12 @@ async def _solve(
     question: str, settings: Settings, *, show_steps: bool, search: bool
 ) -> Trajectory:
     from agent.agent import run_agent
-    from service.components import agent_config, build_components
+    from distillery.components import build_components
 
     if show_steps:
         _err("distillery: loading components (first run prepares the embedded model and index)...")
     components = build_components(settings, with_retriever=search)
-    config = agent_config(settings)
+    config = settings.agent_config()
 
     async def on_step(step: Step) -> None:
         _print_step(step)
@@ -196,8 +179,3 @@ def _first_line(text: str) -> str:
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _fail(msg: str, code: int) -> int:
-    _err("distillery: error: " + " ".join(msg.split()))
-    return code

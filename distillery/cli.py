@@ -1,8 +1,10 @@
 """`distillery <command>`: one CLI over every component.
 
-Each command lives in the module that owns it and exposes `add_parser(subparsers)`,
-which registers its parser and sets `func(args) -> int` (the exit status). Modules are
-imported here, so they must keep heavy imports (torch, transformers) inside functions.
+Each command lives in its module under distillery/commands/ and exposes
+`add_parser(subparsers)`, which registers its parser and sets `func(args) -> int` (the exit
+status, see distillery/options.py). Modules are imported here, so they must keep heavy
+imports (torch, transformers) inside functions. Flags that set a Settings field are generated
+from the field (distillery/options.py), so a flag and its DISTILLERY_* variable agree.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["build_parser", "main"]
+
 COMMAND_MODULES = [
-    "service.solve_cmd",  # solve
-    "service.model_cmd",  # model prepare
-    "service.serve_cmd",  # serve
-    "retrieval.cli",  # index build|search
-    "training.cli",  # generate, train build-data|sft, export
+    "distillery.commands.solve",  # solve
+    "distillery.commands.model",  # model prepare
+    "distillery.commands.serve",  # serve
+    "distillery.commands.index",  # index build|search
+    "distillery.commands.training",  # generate, train build-data|sft, export
 ]
 
 

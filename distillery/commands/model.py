@@ -7,13 +7,9 @@ vLLM (`--model DIR`), peft and trl load it.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from service.settings import Settings
+from distillery.options import EXIT_CONFIG, UsageError, add_settings_flags, fail, settings_from_args
 
 
 def add_parser(sub: Any) -> None:
@@ -30,9 +26,7 @@ def add_parser(sub: Any) -> None:
         "sha256, convert it to a Hugging Face folder under the cache dir (once), and print "
         "the folder's path on stdout. Progress goes to stderr.",
     )
-    prep.add_argument(
-        "--cache-dir", type=Path, help="cache root (default: DISTILLERY_CACHE_DIR or ~/.cache)"
-    )
+    add_settings_flags(prep, ["cache_dir"])
     prep.add_argument(
         "--keep-gguf", action="store_true", help="keep the verified gguf beside the folder"
     )
@@ -42,16 +36,13 @@ def add_parser(sub: Any) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     from agent.embedded_model import EmbeddedModelError, ensure_embedded_model
 
-    overrides: dict[str, Any] = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     try:
-        cache_dir = Settings(**overrides).cache_dir
-    except ValidationError as exc:
-        print(f"distillery: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        cache_dir = settings_from_args(args, ["cache_dir"]).cache_dir
+    except UsageError as exc:
+        return fail(str(exc), EXIT_CONFIG)
     try:
         path = ensure_embedded_model(cache_dir, keep_gguf=args.keep_gguf)
     except EmbeddedModelError as exc:
-        print(f"distillery: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), 1)
     print(path)
     return 0

@@ -10,28 +10,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-# Exit statuses: 0 done, 1 failed (bad data, nothing usable), 2 usage/configuration error,
-# 3 the model (teacher) failed for every run, 130 interrupted (rerun the command to resume).
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_MODEL = 3
-EXIT_INTERRUPTED = 130
+from distillery.commands.solve import AGENT_FIELDS
+from distillery.options import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    UsageError,
+    add_settings_flags,
+    emit,
+    fail,
+    settings_from_args,
+)
+
+GENERATE_MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
+SANDBOX_FIELDS = [
+    "executor", "sandbox_pool_size", "sandbox_memory_mb", "sandbox_pids",
+    "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_output_max_bytes",
+    "sandbox_allowed_imports", "es_url", "es_index", "index_dir", "search_k",
+]
+GENERATE_FIELDS = [*GENERATE_MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS]
+# A teacher harvest samples one candidate with the teacher prompt unless a flag or a
+# DISTILLERY_* variable says otherwise.
+GENERATE_DEFAULTS: dict[str, Any] = {"samples": 1, "prompt": "teacher"}
+GENERATE_DEFAULT_HELP = {
+    "samples": "candidates per step (generate's default: 1)",
+    "prompt": "'teacher' (generate's default), 'student' or a prompt file",
+}
 
 
 def _emit(summary: dict[str, Any]) -> None:
-    print(json.dumps(summary, ensure_ascii=False, default=str), flush=True)
+    emit(summary)
 
 
 def _fail(msg: str, code: int, **extra: Any) -> int:
-    msg = " ".join(str(msg).split())
-    print(f"distillery: error: {msg}", file=sys.stderr, flush=True)
-    _emit({"ok": False, "error": msg, "exit_code": code, **extra})
-    return code
+    return fail(msg, code, summary=True, **extra)
 
 
 def add_parser(sub: Any) -> None:
@@ -60,11 +77,12 @@ def _add_generate(sub: Any) -> None:
         "--task", choices=["math", "factual"], help="answer checking (default: inferred)"
     )
     p.add_argument("--limit", type=int, help="only the first N questions")
-    m = p.add_argument_group("teacher model")
-    m.add_argument("--model-url", help="OpenAI-compatible base URL of the teacher, e.g. vLLM")
-    m.add_argument("--model", help="served model name at --model-url")
-    m.add_argument("--model-path", type=Path, help="local HF folder run in-process instead")
-    m.add_argument("--api-key", help="API key for --model-url (or DISTILLERY_MODEL_API_KEY)")
+    add_settings_flags(
+        p.add_argument_group("teacher model"),
+        GENERATE_MODEL_FIELDS,
+        flags={"model_api_key": ["--api-key", "--model-api-key"],
+               "engine_threads": ["--threads", "--engine-threads"]},
+    )
     g = p.add_argument_group("generation")
     g.add_argument(
         "--mode",
@@ -80,21 +98,16 @@ def _add_generate(sub: Any) -> None:
         help="CoT pass first; its first paragraph starts the agent's first thought",
     )
     g.add_argument("--concurrency", "-j", type=int, default=4, help="runs in flight (default 4)")
-    g.add_argument("--samples", "-n", type=int, default=1, help="candidates per step (default 1)")
-    g.add_argument("--max-steps", type=int, default=5)
-    g.add_argument("--temperature", type=float, default=0.4)
-    g.add_argument("--top-p", type=float, default=0.8)
-    g.add_argument("--max-tokens", type=int, default=1024, help="per agent step")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--prompt", default="teacher", help="'teacher' (default), 'student' or a file")
+    add_settings_flags(
+        g,
+        AGENT_FIELDS,
+        flags={"samples": ["--samples", "-n"]},
+        helps={name: f"{GENERATE_DEFAULT_HELP[name]}" for name in GENERATE_DEFAULTS},
+    )
     g.add_argument("--run-timeout", type=float, help="seconds per question (default: none)")
     g.add_argument("--cot-temperature", type=float, default=0.0)
     g.add_argument("--cot-max-tokens", type=int, default=2048)
-    g.add_argument(
-        "--executor",
-        choices=["sandbox", "local"],
-        help="'sandbox' (nsjail, default) or 'local' (unjailed, development only)",
-    )
+    add_settings_flags(p.add_argument_group("sandbox and retrieval"), SANDBOX_FIELDS)
     g.add_argument("--no-search", action="store_true", help="do not offer web_search")
     g.add_argument("--judge-url", help="OpenAI-compatible URL of an LLM judge for factual answers")
     g.add_argument("--judge-model", help="model name of the judge")
@@ -108,14 +121,9 @@ def _add_generate(sub: Any) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from service.settings import Settings
     from training.generate import GenerateConfig, GenerateError, generate
     from training.questions import QuestionSetError, load_questions
 
-    if args.model_url and args.model_path:
-        return _fail("use either --model-url or --model-path, not both", EXIT_CONFIG)
     if args.judge_url and not args.judge_model:
         return _fail("--judge-url needs --judge-model", EXIT_CONFIG)
     try:
@@ -124,34 +132,14 @@ def run_generate(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_CONFIG)
     if not questions:
         return _fail(f"no questions in {args.questions}", EXIT_CONFIG)
-    overrides = {
-        "model_url": args.model_url,
-        "model": args.model,
-        "model_path": args.model_path,
-        "model_api_key": args.api_key,
-        "executor": args.executor,
-    }
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        return _fail(f"invalid option: {e.errors()[0]['msg']}", EXIT_CONFIG)
-
-    from agent.agent import AgentConfig
-
-    try:
-        agent_cfg = AgentConfig(
-            max_steps=args.max_steps,
-            samples=args.samples,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-            prompt=args.prompt,
-            observation_max_chars=settings.observation_max_chars,
-            timeout_s=args.run_timeout,
+        settings = settings_from_args(
+            args, GENERATE_FIELDS, command_defaults=GENERATE_DEFAULTS
         )
-    except (TypeError, ValueError) as e:
-        return _fail(f"invalid agent option: {e}", EXIT_CONFIG)
+        agent_cfg = settings.agent_config(timeout_s=args.run_timeout)
+        agent_cfg.validate()
+    except (UsageError, ValueError) as e:
+        return _fail(str(e), EXIT_CONFIG)
     cfg = GenerateConfig(
         mode=args.mode,
         ftp=args.ftp,
@@ -164,43 +152,27 @@ def run_generate(args: argparse.Namespace) -> int:
     )
 
     async def main() -> dict[str, Any]:
-        from service.components import build_executor, build_model, build_retriever
+        from distillery.components import build_components, build_judge
 
         components: list[Any] = []
         try:
-            model = build_model(settings)
-            components.append(model)
-            executor = build_executor(settings) if args.mode == "agent" else None
-            if executor is not None:
-                components.append(executor)
-            retriever = None
-            if args.mode == "agent" and not args.no_search:
-                retriever = build_retriever(settings)
-                components.append(retriever)
+            runtime = build_components(
+                settings,
+                with_executor=args.mode == "agent",
+                with_retriever=args.mode == "agent" and not args.no_search,
+            )
+            components.append(runtime)
             judge = None
             if args.judge_url:
-                from agent.openai_client import OpenAIChatClient
-
-                judge = OpenAIChatClient(args.judge_url, args.judge_model)
+                judge = build_judge(args.judge_url, args.judge_model)
                 components.append(judge)
-
-            def tools() -> dict[str, Any]:
-                if retriever is None:
-                    return {}
-                from retrieval.tool import make_web_search
-
-                return {
-                    "web_search": make_web_search(
-                        retriever, k=settings.search_k, timeout_s=settings.search_timeout_s
-                    )
-                }
 
             summary = await generate(
                 questions,
                 args.out,
-                model=model,
-                executor=executor if executor is not None else _NoExecutor(),
-                tools_factory=tools,
+                model=runtime.model,
+                executor=runtime.executor,
+                tools_factory=runtime.tools_for_run,
                 config=cfg,
                 judge=judge,
             )
@@ -219,7 +191,7 @@ def run_generate(args: argparse.Namespace) -> int:
             EXIT_INTERRUPTED,
         )
     except Exception as e:  # start-up failures (config, model, index): one line, no traceback
-        from service.components import ConfigError
+        from distillery.components import ConfigError
 
         code = EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_MODEL
         return _fail(f"{type(e).__name__}: {e}", code)
@@ -233,19 +205,6 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     _emit({**summary, "ok": True})
     return 0
-
-
-class _NoExecutor:
-    """CoT mode runs no code: an executor that refuses to open sessions."""
-
-    async def start(self) -> None:
-        return None
-
-    async def open_session(self, tools: Any) -> Any:
-        raise RuntimeError("CoT mode runs no code")
-
-    async def aclose(self) -> None:
-        return None
 
 
 # --------------------------------------------------------------------------- train
@@ -378,7 +337,7 @@ def run_build_data(args: argparse.Namespace) -> int:
 def _resolve_model(spec: str) -> Path:
     if spec == "embedded":
         from agent.embedded_model import ensure_embedded_model
-        from service.settings import Settings
+        from distillery.settings import Settings
 
         return ensure_embedded_model(Settings(**{}).cache_dir)
     return Path(spec)

@@ -1,0 +1,7 @@
+"""`python -m distillery ...` = the `distillery` command."""
+
+import sys
+
+from distillery.cli import main
+
+sys.exit(main())

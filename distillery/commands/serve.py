@@ -1,0 +1,111 @@
+"""`distillery serve`: the HTTP gateway under uvicorn.
+
+Flags override DISTILLERY_* variables, which override defaults. With --workers > 1 the
+flags are exported as DISTILLERY_* variables so that every worker process (started by
+uvicorn from the `distillery.app:create_app_from_env` factory) sees the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from pydantic import SecretStr
+
+from distillery.commands.solve import AGENT_FIELDS, MODEL_FIELDS, RETRIEVAL_FIELDS
+from distillery.options import EXIT_CONFIG, UsageError, add_settings_flags, fail, settings_from_args
+
+SERVER_FIELDS = ["host", "port", "workers", "log_level"]
+SANDBOX_FIELDS = [
+    "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",
+    "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_file_size_mb", "sandbox_tmpfs_mb",
+    "sandbox_output_max_bytes", "sandbox_allowed_imports",
+]
+PROTECTION_FIELDS = [
+    "api_keys", "max_concurrency", "max_queue", "request_timeout_s", "max_body_bytes",
+]
+FIELDS = [
+    *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
+    *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "es_api_key", "search_timeout_s", "cache_dir",
+    *PROTECTION_FIELDS,
+]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP gateway (/v1/solve, OpenAI-compatible chat, /metrics)",
+        description="Serve the agent over HTTP. Every flag also reads a DISTILLERY_* variable "
+        "(e.g. --max-concurrency = DISTILLERY_MAX_CONCURRENCY); flags win.",
+    )
+    add_settings_flags(p, SERVER_FIELDS)
+    add_settings_flags(
+        p.add_argument_group("model (default: embedded engine)"),
+        [*MODEL_FIELDS, "model_timeout_s", "model_retries"],
+        flags={"engine_threads": ["--threads", "--engine-threads"]},
+    )
+    add_settings_flags(
+        p.add_argument_group("agent defaults (a request may override them)"),
+        AGENT_FIELDS,
+        flags={"samples": ["--samples", "-n"]},
+    )
+    add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
+    add_settings_flags(
+        p.add_argument_group("retrieval"),
+        [*RETRIEVAL_FIELDS, "es_api_key", "search_timeout_s", "cache_dir"],
+    )
+    add_settings_flags(
+        p.add_argument_group("protection"),
+        PROTECTION_FIELDS,
+        flags={"api_keys": ["--api-key"]},
+        helps={"api_keys": "accept this Bearer key (repeatable)"},
+    )
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}
+
+
+def export_env(overrides: dict[str, Any]) -> None:
+    """Put flag values where worker processes' Settings() will read them."""
+    for name, value in overrides.items():
+        if isinstance(value, list):
+            text = json.dumps(
+                [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+            )
+        else:
+            text = str(value)
+        os.environ[f"DISTILLERY_{name.upper()}"] = text
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    overrides = overrides_from_args(args)
+    try:
+        settings = settings_from_args(args, FIELDS)
+    except UsageError as e:
+        return fail(str(e), EXIT_CONFIG)
+    configure_logging(settings.log_level)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers == 1:
+        from distillery.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    else:
+        export_env(overrides)
+        uvicorn.run(
+            "distillery.app:create_app_from_env", factory=True, workers=settings.workers, **common
+        )
+    return 0

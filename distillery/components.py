@@ -1,0 +1,174 @@
+"""Build the runtime pieces (model client, executor, retriever, per-run tools) from Settings.
+
+The one place that maps configuration to implementations; every command and the HTTP app
+share it. Imports are lazy so that `distillery --help` does not load torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from agent.executor import ExecutionSession, Executor, ToolFn
+from agent.model_client import ModelClient
+from agent.runtime import Runtime
+from distillery.settings import Settings
+from retrieval.retriever import Retriever
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
+
+__all__ = [
+    "ConfigError",
+    "build_components",
+    "build_executor",
+    "build_judge",
+    "build_model",
+    "build_retriever",
+    "NoExecutor",
+    "service_config",
+    "web_search_tools",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """The settings cannot be turned into working components; the message says how to fix them."""
+
+
+def build_model(settings: Settings) -> ModelClient:
+    if settings.model_url:
+        from agent.openai_client import OpenAIChatClient
+
+        if not settings.model:
+            raise ConfigError(
+                "a model URL needs a served model name: pass --model NAME or set DISTILLERY_MODEL"
+            )
+        key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
+        return OpenAIChatClient(
+            settings.model_url,
+            settings.model,
+            api_key=key,
+            timeout_s=settings.model_timeout_s,
+            retries=settings.model_retries,
+        )
+    from agent.transformers_engine import TransformersEngine
+
+    path = settings.model_path
+    if path is None:
+        from agent.embedded_model import ensure_embedded_model
+
+        path = ensure_embedded_model(settings.cache_dir)
+    elif not path.is_dir():
+        raise ConfigError(f"model path {path} is not a directory (expected a Hugging Face folder)")
+    return TransformersEngine.from_path(
+        path, model_name=settings.model, threads=settings.engine_threads
+    )
+
+
+def build_judge(url: str, model: str, api_key: str | None = None) -> ModelClient:
+    """An OpenAI-compatible client for an LLM judge (grading factual answers)."""
+    from agent.openai_client import OpenAIChatClient
+
+    return OpenAIChatClient(url, model, api_key=api_key)
+
+
+def build_executor(settings: Settings) -> Executor:
+    """nsjail sandbox; `executor=local` is the same sandbox in its unjailed mode."""
+    from sandbox.executor import SandboxExecutor
+
+    try:
+        config = settings.sandbox_config()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return SandboxExecutor(config)
+
+
+def build_retriever(settings: Settings) -> Retriever:
+    """ES when es_url is set; else the embedded index at index_dir; with no index_dir, the
+    demo index under cache_dir, built (or rebuilt when stale) on first use."""
+    from retrieval.factory import open_retriever
+
+    index_dir = settings.index_dir
+    if not settings.es_url:
+        if index_dir is None:
+            from retrieval.demo_corpus import ensure_demo_index
+
+            index_dir = ensure_demo_index(settings.cache_dir)
+        elif not index_dir.exists():
+            raise ConfigError(
+                f"no search index at {index_dir}: build one with `distillery index build "
+                f"--corpus PATH.jsonl.gz --index-dir {index_dir}` or set DISTILLERY_ES_URL"
+            )
+    key = settings.es_api_key.get_secret_value() if settings.es_api_key else None
+    return open_retriever(
+        es_url=settings.es_url,
+        es_index=settings.es_index,
+        index_dir=index_dir,
+        es_api_key=key,
+        timeout_s=settings.search_timeout_s,
+    )
+
+
+def web_search_tools(settings: Settings, retriever: Retriever | None) -> dict[str, ToolFn]:
+    """Fresh host-side tools for one run: web_search over `retriever` (none without one)."""
+    if retriever is None:
+        return {}
+    from retrieval.tool import make_web_search
+
+    return {
+        "web_search": make_web_search(
+            retriever, k=settings.search_k, timeout_s=settings.search_timeout_s
+        )
+    }
+
+
+def build_components(
+    settings: Settings, *, with_retriever: bool = True, with_executor: bool = True
+) -> Runtime:
+    """Model, executor (unless disabled: chain-of-thought runs no code) and retriever."""
+    executor: Executor = build_executor(settings) if with_executor else NoExecutor()
+    retriever = build_retriever(settings) if with_retriever else None
+    model = build_model(settings)
+    return Runtime(
+        model=model,
+        executor=executor,
+        retriever=retriever,
+        tools_factory=lambda: web_search_tools(settings, retriever),
+    )
+
+
+class NoExecutor:
+    """Runs no code (CoT generation): an executor that refuses to open sessions."""
+
+    async def start(self) -> None:
+        return None
+
+    async def open_session(self, tools: Mapping[str, ToolFn]) -> ExecutionSession:
+        raise RuntimeError("this run executes no code (chain-of-thought mode)")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def service_config(settings: Settings) -> ServiceConfig:
+    """The gateway's plain configuration (service/ never reads Settings)."""
+    from service.config import ServiceConfig
+
+    return ServiceConfig(
+        max_concurrency=settings.max_concurrency,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        max_body_bytes=settings.max_body_bytes,
+        api_keys=[k.get_secret_value() for k in settings.api_keys if k.get_secret_value()],
+        agent=settings.agent_config(),
+        model_name=settings.model,
+        model_api_key=(
+            settings.model_api_key.get_secret_value() if settings.model_api_key else None
+        ),
+        model_timeout_s=settings.model_timeout_s,
+        host=settings.host,
+        port=settings.port,
+    )

@@ -1,0 +1,168 @@
+"""CLI flags generated from Settings fields, the exit codes, and the one-line failure format.
+
+A command lists the Settings fields it uses; `add_settings_flags` makes one flag per field
+(`sandbox_memory_mb` -> `--sandbox-memory-mb`; type, choices and help from the field), every
+flag defaulting to "unset" so that an unset flag leaves the DISTILLERY_* variable, then the
+field's default, in charge. `settings_from_args` builds the Settings; a value that does not
+validate is a `UsageError` naming the flag.
+
+Exit codes shared by every command: 0 done, 1 failed / no answer, 2 usage or configuration
+error, 3 the model could not be reached or failed, 130 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr, ValidationError
+
+from distillery.settings import Settings
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "UsageError",
+    "add_settings_flags",
+    "emit",
+    "fail",
+    "flag_name",
+    "settings_from_args",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130
+
+# The model's source: the same three flags (and their exclusion) in every command.
+MODEL_FIELDS = ("model_url", "model", "model_path")
+
+
+class UsageError(Exception):
+    """A flag or variable value that cannot work; the message names it and says why."""
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _argparse_kwargs(annotation: Any) -> dict[str, Any]:
+    annotation = _unwrap_optional(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {"choices": list(typing.get_args(annotation))}
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (str,)
+        return {"action": "append", "type": _scalar(item), "metavar": "VALUE"}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": _scalar(annotation)}
+
+
+def _scalar(annotation: Any) -> Any:
+    if annotation in (int, float, Path):
+        return annotation
+    return str  # str, SecretStr: pydantic converts
+
+
+def _help(name: str, extra: str | None = None) -> str:
+    field = Settings.model_fields[name]
+    text = (extra or field.description or name.replace("_", " ")).rstrip(".")
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, SecretStr) or "key" in name:
+        shown = "unset" if not default else "set"
+    elif default is None or default == []:
+        shown = "unset"
+    else:
+        shown = str(default)
+    return f"{text} [DISTILLERY_{name.upper()}; default: {shown}]".replace("%", "%%")
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Iterable[str],
+    *,
+    flags: Mapping[str, list[str]] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """One flag per Settings field in `names`; `flags` renames/aliases (e.g. `-n`)."""
+    flags = flags or {}
+    helps = helps or {}
+    for name in names:
+        if name not in Settings.model_fields:
+            raise KeyError(f"Settings has no field {name!r}")
+        option_strings = flags.get(name) or [flag_name(name)]
+        kwargs = _argparse_kwargs(Settings.model_fields[name].annotation)
+        parser.add_argument(
+            *option_strings, dest=name, default=None, help=_help(name, helps.get(name)), **kwargs
+        )
+
+
+def settings_from_args(
+    args: argparse.Namespace,
+    names: Iterable[str],
+    *,
+    command_defaults: Mapping[str, Any] | None = None,
+    **values: Any,
+) -> Settings:
+    """Settings from the flags in `names` that were given, then DISTILLERY_*, then defaults.
+
+    `command_defaults` apply only where neither a flag nor the variable sets the field (a
+    command's own default, e.g. `generate` uses the teacher prompt); `values` always win.
+    """
+    chosen: dict[str, Any] = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            chosen[name] = value
+    for name, value in (command_defaults or {}).items():
+        if name not in chosen and f"DISTILLERY_{name.upper()}" not in os.environ:
+            chosen[name] = value
+    chosen.update({k: v for k, v in values.items() if v is not None})
+    if chosen.get("model_url") and chosen.get("model_path"):
+        raise UsageError("use either --model-url or --model-path, not both")
+    try:
+        return Settings(**chosen)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(map(str, err["loc"]))
+            top = str(err["loc"][0]) if err["loc"] else field
+            where = f"{flag_name(top)} / DISTILLERY_{top.upper()}" if top else field
+            problems.append(f"{field} ({where}): {err['msg']}")
+        raise UsageError("invalid option: " + "; ".join(problems)) from None
+
+
+def emit(summary: Mapping[str, Any]) -> None:
+    """The JSON summary: always the last line on stdout."""
+    print(json.dumps(dict(summary), ensure_ascii=False, default=str), flush=True)
+
+
+def fail(message: str, code: int, *, summary: bool = False, **extra: Any) -> int:
+    """One line on stderr (`distillery: error: ...`); with `summary`, the JSON line too."""
+    message = " ".join(str(message).split())
+    print(f"distillery: error: {message}", file=sys.stderr, flush=True)
+    if summary:
+        emit({"ok": False, "error": message, "exit_code": code, **extra})
+    return code

@@ -1,0 +1,37 @@
+"""`ServiceConfig`: the plain values the HTTP gateway runs with.
+
+The composition root (`distillery.components.service_config`) builds it from Settings, which
+own every default; service/ reads no environment and imports no settings class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.agent import AgentConfig
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass
+class ServiceConfig:
+    max_concurrency: int
+    """Agent runs at once; more requests queue."""
+    max_queue: int
+    """Requests that may wait for a run slot; past that, 429."""
+    request_timeout_s: float
+    """Per-request deadline (a request may ask for less)."""
+    max_body_bytes: int
+    """Request bodies over this are refused with 413."""
+    model_timeout_s: float
+    """The model client's request timeout (the Retry-After of a model outage derives from it)."""
+    host: str
+    port: int
+    api_keys: list[str] = field(default_factory=list)
+    """Accepted Bearer keys; empty = no authentication."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """Agent defaults; a request may override the knobs it is allowed to."""
+    model_name: str | None = None
+    """Served model name to report before the model client is up."""
+    model_api_key: str | None = None
+    """Bearer key the readiness probe sends to the model server."""
