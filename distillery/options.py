@@ -27,6 +27,11 @@ from pydantic import SecretStr, ValidationError
 from distillery.settings import Settings
 
 __all__ = [
+    "AGENT_FIELDS",
+    "ALIASES",
+    "MODEL_FIELDS",
+    "RETRIEVAL_FIELDS",
+    "SANDBOX_FIELDS",
     "EXIT_CONFIG",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -46,8 +51,23 @@ EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
-# The model's source: the same three flags (and their exclusion) in every command.
-MODEL_FIELDS = ("model_url", "model", "model_path")
+# Settings fields by concern: a command lists the groups it uses (flags generated from them).
+MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
+AGENT_FIELDS = [
+    "samples", "max_steps", "policy", "temperature", "top_p", "max_tokens", "seed", "prompt",
+    "observation_max_chars",
+]
+SANDBOX_FIELDS = [
+    "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",
+    "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_file_size_mb", "sandbox_tmpfs_mb",
+    "sandbox_output_max_bytes", "sandbox_allowed_imports",
+]
+RETRIEVAL_FIELDS = ["es_url", "es_index", "es_api_key", "index_dir", "search_k", "search_timeout_s"]
+# Conventional spellings kept from earlier releases.
+ALIASES: dict[str, list[str]] = {
+    "samples": ["--samples", "-n"],
+    "engine_threads": ["--threads", "--engine-threads"],
+}
 
 
 class UsageError(Exception):

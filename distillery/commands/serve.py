@@ -14,22 +14,26 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from distillery.commands.solve import AGENT_FIELDS, MODEL_FIELDS, RETRIEVAL_FIELDS
-from distillery.options import EXIT_CONFIG, UsageError, add_settings_flags, fail, settings_from_args
+from distillery.options import (
+    AGENT_FIELDS,
+    ALIASES,
+    EXIT_CONFIG,
+    MODEL_FIELDS,
+    RETRIEVAL_FIELDS,
+    SANDBOX_FIELDS,
+    UsageError,
+    add_settings_flags,
+    fail,
+    settings_from_args,
+)
 
 SERVER_FIELDS = ["host", "port", "workers", "log_level"]
-SANDBOX_FIELDS = [
-    "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",
-    "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_file_size_mb", "sandbox_tmpfs_mb",
-    "sandbox_output_max_bytes", "sandbox_allowed_imports",
-]
 PROTECTION_FIELDS = [
     "api_keys", "max_concurrency", "max_queue", "request_timeout_s", "max_body_bytes",
 ]
 FIELDS = [
     *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
-    *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "es_api_key", "search_timeout_s", "cache_dir",
-    *PROTECTION_FIELDS,
+    *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS,
 ]
 
 
@@ -44,17 +48,17 @@ def add_parser(sub: Any) -> None:
     add_settings_flags(
         p.add_argument_group("model (default: embedded engine)"),
         [*MODEL_FIELDS, "model_timeout_s", "model_retries"],
-        flags={"engine_threads": ["--threads", "--engine-threads"]},
+        flags=ALIASES,
     )
     add_settings_flags(
         p.add_argument_group("agent defaults (a request may override them)"),
         AGENT_FIELDS,
-        flags={"samples": ["--samples", "-n"]},
+        flags=ALIASES,
     )
     add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(
         p.add_argument_group("retrieval"),
-        [*RETRIEVAL_FIELDS, "es_api_key", "search_timeout_s", "cache_dir"],
+        [*RETRIEVAL_FIELDS, "cache_dir"],
     )
     add_settings_flags(
         p.add_argument_group("protection"),

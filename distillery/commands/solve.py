@@ -10,9 +10,14 @@ from typing import Any
 
 from agent.trajectory import Step, Trajectory
 from distillery.options import (
+    AGENT_FIELDS,
+    ALIASES,
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_MODEL,
+    MODEL_FIELDS,
+    RETRIEVAL_FIELDS,
+    SANDBOX_FIELDS,
     UsageError,
     add_settings_flags,
     fail,
@@ -24,19 +29,7 @@ from distillery.settings import Settings
 # configuration error, 3 the model could not be reached or failed.
 EXIT_NO_ANSWER = EXIT_FAILED
 
-MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
-AGENT_FIELDS = [
-    "samples", "max_steps", "policy", "temperature", "top_p", "max_tokens", "seed", "prompt",
-    "observation_max_chars",
-]
-SANDBOX_FIELDS = [
-    "executor", "sandbox_memory_mb", "sandbox_pids", "sandbox_step_timeout_s", "sandbox_cpu_s",
-    "sandbox_file_size_mb", "sandbox_tmpfs_mb", "sandbox_output_max_bytes",
-    "sandbox_allowed_imports",
-]
-RETRIEVAL_FIELDS = ["es_url", "es_index", "index_dir", "search_k"]
 FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
-ALIASES = {"samples": ["--samples", "-n"], "engine_threads": ["--threads", "--engine-threads"]}
 
 
 def add_parser(sub: Any) -> None:

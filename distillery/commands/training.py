@@ -14,12 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distillery.commands.solve import AGENT_FIELDS
 from distillery.options import (
+    AGENT_FIELDS,
+    ALIASES,
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_MODEL,
+    MODEL_FIELDS,
+    RETRIEVAL_FIELDS,
+    SANDBOX_FIELDS,
     UsageError,
     add_settings_flags,
     emit,
@@ -27,13 +31,7 @@ from distillery.options import (
     settings_from_args,
 )
 
-GENERATE_MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
-SANDBOX_FIELDS = [
-    "executor", "sandbox_pool_size", "sandbox_memory_mb", "sandbox_pids",
-    "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_output_max_bytes",
-    "sandbox_allowed_imports", "es_url", "es_index", "index_dir", "search_k",
-]
-GENERATE_FIELDS = [*GENERATE_MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS]
+GENERATE_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
 # A teacher harvest samples one candidate with the teacher prompt unless a flag or a
 # DISTILLERY_* variable says otherwise.
 GENERATE_DEFAULTS: dict[str, Any] = {"samples": 1, "prompt": "teacher"}
@@ -79,9 +77,8 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions")
     add_settings_flags(
         p.add_argument_group("teacher model"),
-        GENERATE_MODEL_FIELDS,
-        flags={"model_api_key": ["--api-key", "--model-api-key"],
-               "engine_threads": ["--threads", "--engine-threads"]},
+        MODEL_FIELDS,
+        flags={**ALIASES, "model_api_key": ["--api-key", "--model-api-key"]},
     )
     g = p.add_argument_group("generation")
     g.add_argument(
@@ -101,13 +98,14 @@ def _add_generate(sub: Any) -> None:
     add_settings_flags(
         g,
         AGENT_FIELDS,
-        flags={"samples": ["--samples", "-n"]},
+        flags=ALIASES,
         helps={name: f"{GENERATE_DEFAULT_HELP[name]}" for name in GENERATE_DEFAULTS},
     )
     g.add_argument("--run-timeout", type=float, help="seconds per question (default: none)")
     g.add_argument("--cot-temperature", type=float, default=0.0)
     g.add_argument("--cot-max-tokens", type=int, default=2048)
-    add_settings_flags(p.add_argument_group("sandbox and retrieval"), SANDBOX_FIELDS)
+    add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
+    add_settings_flags(p.add_argument_group("retrieval"), RETRIEVAL_FIELDS)
     g.add_argument("--no-search", action="store_true", help="do not offer web_search")
     g.add_argument("--judge-url", help="OpenAI-compatible URL of an LLM judge for factual answers")
     g.add_argument("--judge-model", help="model name of the judge")
