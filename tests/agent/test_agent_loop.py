@@ -1,4 +1,4 @@
-"""The agent loop and SAG over real HTTP (scripted server) with the real LocalExecutor."""
+"""The agent loop and SAG over real HTTP (scripted server) on the real sandbox, unjailed."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 
 from agent.agent import AgentConfig, run_agent
-from agent.local_executor import LocalExecutor
 from agent.observation import render_error
 from agent.openai_client import OpenAIChatClient
 from agent.parsing import parse_action
 from agent.prompts import FINAL_ANSWER_REQUEST
 from agent.trajectory import Step, Trajectory
+from sandbox.executor import SandboxExecutor
+from sandbox.procs import is_alive
 from tests.helpers.scripted_server import Error, Reply, ScriptedServer
+from tests.helpers.unjailed import unjailed_config
+from tests.sandbox.util import wait_until
 
 
 def act(code: str, thought: str = "Next step.") -> str:
@@ -35,8 +38,8 @@ async def model(scripted_server: ScriptedServer) -> AsyncIterator[OpenAIChatClie
 
 
 @pytest.fixture
-async def executor() -> AsyncIterator[LocalExecutor]:
-    ex = LocalExecutor(step_timeout_s=2.0)
+async def executor() -> AsyncIterator[SandboxExecutor]:
+    ex = SandboxExecutor(unjailed_config(step_timeout_s=2.0))
     yield ex
     await ex.aclose()
 
@@ -51,7 +54,7 @@ class Search:
         return f'\nRetrieved documents:\n\n===== Document 1, similarity: 0.9 =====\n"{query}"\nx\n'
 
 
-async def solve(model: OpenAIChatClient, executor: LocalExecutor, **kw: Any) -> Trajectory:
+async def solve(model: OpenAIChatClient, executor: SandboxExecutor, **kw: Any) -> Trajectory:
     tools = kw.pop("tools", {})
     config = kw.pop("config", AgentConfig(samples=4, max_steps=4, seed=3))
     return await run_agent("What is x?", model=model, executor=executor, tools=tools,
@@ -59,7 +62,7 @@ async def solve(model: OpenAIChatClient, executor: LocalExecutor, **kw: Any) -> 
 
 
 async def test_first_valid_candidate_is_kept(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     srv = scripted_server
     srv.script(
@@ -99,7 +102,7 @@ async def test_first_valid_candidate_is_kept(
 
 
 async def test_rejected_candidates_leave_no_trace(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script(
         [act("items = []")] * 4,
@@ -117,7 +120,7 @@ async def test_rejected_candidates_leave_no_trace(
 
 
 async def test_no_valid_candidate_shows_the_first_error(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script(
         [act("n = 1")] * 4,
@@ -138,7 +141,7 @@ async def test_no_valid_candidate_shows_the_first_error(
 
 
 async def test_majority_policy(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script(
         [
@@ -166,7 +169,7 @@ async def test_majority_policy(
 
 
 async def test_max_steps_then_final_answer_call(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     srv = scripted_server
     srv.script(
@@ -189,7 +192,7 @@ async def test_max_steps_then_final_answer_call(
 
 
 async def test_model_errors_end_the_run(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script([act("x = 1")] * 4, Error(400, "prompt is too long"))
     traj = await solve(model, executor)
@@ -205,7 +208,7 @@ async def test_model_errors_end_the_run(
 
 
 async def test_timeout(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script([act("x = 1")] * 2, Reply([act("x = 2")] * 2, delay_s=3))
     config = AgentConfig(samples=2, timeout_s=0.8)
@@ -216,26 +219,29 @@ async def test_timeout(
 
 
 async def test_cancellation_closes_the_session(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script([act("x = 1")] * 4, Reply([act("x = 2")] * 4, delay_s=5))
     task = asyncio.create_task(solve(model, executor))
     async with asyncio.timeout(30):
         while len(scripted_server.requests) < 2:
             await asyncio.sleep(0.02)
-    pgids = [s.pgid for s in executor._sessions]
+    workers = [s.worker for s in executor._sessions]
+    assert workers and all(w is not None for w in workers)
+    pgids = [w.popen.pid for w in workers if w is not None]
+    pids = [p for w in workers if w is not None for p in w.process_ids()]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not executor._sessions
+    assert await wait_until(lambda: not any(is_alive(p) for p in pids))
     for pgid in pgids:
-        assert pgid is not None
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
 
 
 async def test_tools_are_proxied_once_per_step(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     search = Search()
     code = "r = web_search('Eiffel Tower')\nprint(r)"
@@ -254,7 +260,7 @@ async def test_tools_are_proxied_once_per_step(
 
 
 async def test_thought_prefix_is_continued(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     srv = scripted_server
     srv.script(
@@ -275,7 +281,7 @@ async def test_thought_prefix_is_continued(
 
 
 async def test_trajectory_json_round_trip(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     scripted_server.script(
         [PROSE, act("y = 2\n1/0"), act("y = 2\nprint(y)"), act("y = 3")],
@@ -296,7 +302,7 @@ async def test_trajectory_json_round_trip(
                 assert parse_action(c.text).code == c.code
 
 
-async def test_bad_input_raises(model: OpenAIChatClient, executor: LocalExecutor) -> None:
+async def test_bad_input_raises(model: OpenAIChatClient, executor: SandboxExecutor) -> None:
     with pytest.raises(ValueError, match="empty"):
         await run_agent(" ", model=model, executor=executor, tools={})
     with pytest.raises(ValueError, match="samples must be >= 1"):
@@ -310,7 +316,7 @@ async def test_bad_input_raises(model: OpenAIChatClient, executor: LocalExecutor
 
 
 async def test_candidates_that_redefine_a_tool_are_rejected(
-    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: LocalExecutor
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
 ) -> None:
     # Seen with Qwen2.5-0.5B: it wrote its own `def final_answer(...)`, which would shadow
     # the tool so the run could never end. Such a candidate must lose to a valid one.

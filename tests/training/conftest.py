@@ -1,6 +1,7 @@
 """Fixtures for the training tests: a scripted arithmetic teacher behind the real-HTTP
-scripted server, question files, and the unjailed local executor (the training code is
-executor-agnostic; the sandbox has its own tests)."""
+scripted server, question files, and the sandbox in unjailed mode (what
+DISTILLERY_EXECUTOR=local builds; the training code is executor-agnostic and the jail has
+its own tests)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.local_executor import LocalExecutor
+from sandbox.executor import SandboxExecutor
+from tests.helpers.unjailed import unjailed_config
 
 # question -> (python expression, gold answer). The teacher computes the expression in
 # step 1 and calls final_answer(result) in step 2; the last gold is deliberately wrong.
@@ -91,8 +93,8 @@ def questions_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def local_executor() -> AsyncIterator[LocalExecutor]:
-    ex = LocalExecutor(step_timeout_s=20.0)
+async def local_executor() -> AsyncIterator[SandboxExecutor]:
+    ex = SandboxExecutor(unjailed_config(step_timeout_s=20.0))
     try:
         yield ex
     finally:
