@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from agent.executor import ToolFn
 from retrieval.analysis import prepare_query
 from retrieval.retriever import Passage, RetrievalError, Retriever
+
+ToolFn = Callable[..., Awaitable[str]]
+"""A host-side tool (the same shape as `sandbox.results.ToolFn`; retrieval needs no import)."""
 
 HEADER = "\nRetrieved documents:\n"
 MAX_QUERY_CHARS = 2000

@@ -19,7 +19,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent.executor import ToolFn
 from sandbox.cgroups import CgroupSetup, prepare
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxError
@@ -27,6 +26,7 @@ from sandbox.jail import locate_nsjail
 from sandbox.pool import WorkerPool
 from sandbox.probe import probe_interpreter
 from sandbox.process import WorkerProcess
+from sandbox.results import ToolFn
 from sandbox.session import SandboxSession
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, get_args
 
-from agent.executor import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
 from sandbox.config import SandboxConfig
 from sandbox.errors import WorkerDied
 from sandbox.process import Fork, SpawnFailed, WorkerProcess
 from sandbox.protocol import Message, ProtocolError
+from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
 from sandbox.toolcache import ToolCache
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent.executor import ToolCallRecord, ToolFn
+from sandbox.results import ToolCallRecord, ToolFn
 
 
 class ToolCallError(Exception):
