@@ -1,10 +1,30 @@
 """The HTTP gateway (FastAPI): /v1/solve, the OpenAI-compatible chat API, probes, metrics.
 
 `create_app(ServiceConfig, components | build=...)` is the whole surface; the composition
-root (`distillery.app`) maps Settings onto it. service/ never reads the environment.
+root (`distillery.app`) maps Settings onto it. service/ never reads the environment. The
+names below are what other packages may import (checked by tests/test_architecture.py);
+they load lazily.
 """
 
-__all__ = ["ServiceConfig", "create_app"]
+from __future__ import annotations
 
-from service.app import create_app
-from service.config import ServiceConfig
+import importlib
+from typing import Any
+
+__all__ = [
+    "ServiceConfig",
+    "configure_logging",
+    "create_app",
+]
+
+_EXPORTS = {
+    "ServiceConfig": "service.config",
+    "configure_logging": "service.logs",
+    "create_app": "service.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""The import direction and the declared public surface of each package.
+
+Dependencies point one way: distillery (the composition root) -> service, training,
+evaluation -> agent -> sandbox, retrieval. A package imports another only if the arrow allows
+it, and only names the other package lists in its `__init__.py` `__all__`, never from one of
+its `_private` modules. Static (AST) check of every module, so a lazy import inside a
+function counts as much as a top-level one.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# package -> the packages it may import
+ALLOWED: dict[str, set[str]] = {
+    "sandbox": set(),
+    "retrieval": set(),
+    "agent": {"sandbox", "retrieval"},
+    "training": {"agent", "sandbox", "retrieval"},
+    "evaluation": {"agent", "training", "sandbox", "retrieval"},
+    "service": {"agent"},
+    "distillery": {"agent", "sandbox", "retrieval", "training", "evaluation", "service"},
+}
+PACKAGES = [p for p in ALLOWED if (ROOT / p / "__init__.py").exists()]
+
+
+@dataclass(frozen=True)
+class Import:
+    path: Path
+    line: int
+    module: str  # the full module imported from
+    names: tuple[str, ...]  # imported names ('' for `import x.y`)
+
+
+def _imports(path: Path) -> list[Import]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(Import(path, node.lineno, node.module,
+                                tuple(a.name for a in node.names)))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                found.append(Import(path, node.lineno, alias.name, ("",)))
+    return found
+
+
+def _public_names(package: str, root: Path = ROOT) -> set[str]:
+    init = root / package / "__init__.py"
+    tree = ast.parse(init.read_text())
+    for node in tree.body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Name) and t.id == "__all__":
+                value = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                return set(value)
+    return set()
+
+
+def _modules(package: str, root: Path = ROOT) -> list[Path]:
+    return sorted(p for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _violations(package: str, root: Path = ROOT) -> list[str]:
+    problems = []
+    for path in _modules(package, root):
+        rel = path.relative_to(root)
+        for imp in _imports(path):
+            top = imp.module.split(".")[0]
+            if top == package or top not in ALLOWED:
+                continue
+            where = f"{rel}:{imp.line}"
+            if top not in ALLOWED[package]:
+                problems.append(
+                    f"{where}: {package} must not import {top} ({imp.module}); the direction is "
+                    "distillery -> service/training/evaluation -> agent -> sandbox/retrieval"
+                )
+                continue
+            parts = imp.module.split(".")
+            if any(p.startswith("_") for p in parts[1:]):
+                problems.append(f"{where}: {imp.module} is private to {top}")
+                continue
+            public = _public_names(top, root)
+            for name in imp.names:
+                if name and name not in public:
+                    problems.append(
+                        f"{where}: {top} does not export {name!r} (from {imp.module}); add it to "
+                        f"{top}/__init__.py __all__ or use an exported name"
+                    )
+    return problems
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_follow_the_direction_and_the_public_surface(package: str) -> None:
+    problems = _violations(package)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_exported_name_exists(package: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(package)
+    missing = [n for n in _public_names(package) if not hasattr(mod, n)]
+    assert not missing, f"{package}.__all__ lists names it cannot provide: {missing}"
+
+
+def test_the_checker_catches_each_kind_of_violation(tmp_path: Path) -> None:
+    for pkg, exports in [("agent", ["AgentConfig"]), ("sandbox", ["SandboxConfig"])]:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(f"__all__ = {exports!r}\n")
+    (tmp_path / "sandbox" / "bad.py").write_text("from agent.agent import AgentConfig\n")
+    (tmp_path / "agent" / "uses.py").write_text(
+        "from sandbox.config import SandboxConfig\n"  # fine
+        "from sandbox.config import DEFAULTS\n"  # not exported
+        "from sandbox._worker import main\n"  # private module
+        "def f():\n    import service.app\n"  # wrong direction, inside a function
+    )
+    assert _violations("agent", tmp_path) == [
+        "agent/uses.py:2: sandbox does not export 'DEFAULTS' (from sandbox.config); add it to "
+        "sandbox/__init__.py __all__ or use an exported name",
+        "agent/uses.py:3: sandbox._worker is private to sandbox",
+        "agent/uses.py:5: agent must not import service (service.app); the direction is "
+        "distillery -> service/training/evaluation -> agent -> sandbox/retrieval",
+    ]
+    assert len(_violations("sandbox", tmp_path)) == 1
