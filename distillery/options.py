@@ -60,7 +60,9 @@ AGENT_FIELDS = [
 SANDBOX_FIELDS = [
     "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",
     "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_file_size_mb", "sandbox_tmpfs_mb",
-    "sandbox_output_max_bytes", "sandbox_allowed_imports",
+    "sandbox_output_max_bytes", "sandbox_allowed_imports", "sandbox_cgroup_mode",
+    "sandbox_uid_base", "sandbox_uid_count", "sandbox_tool_args_max_bytes",
+    "sandbox_tool_args_step_max_bytes", "sandbox_freeze_between_steps",
 ]
 RETRIEVAL_FIELDS = ["es_url", "es_index", "es_api_key", "index_dir", "search_k", "search_timeout_s"]
 # Conventional spellings kept from earlier releases.

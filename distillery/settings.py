@@ -52,6 +52,7 @@ INTERNAL_SANDBOX_FIELDS: dict[str, str] = {
     "cpu_ms_per_sec": "set through the chart's resources, not per process",
     "nice": "scheduling detail",
     "cgroup_parent": "one parent per host; fixed",
+    "json_depth_max": "protocol bound of what the jail may send, not a tuning knob",
 }
 
 
@@ -151,6 +152,12 @@ class Settings(BaseSettings):
     sandbox_tmpfs_mb: int = _sandbox("tmpfs_mb", ge=1)
     sandbox_output_max_bytes: int = _sandbox("output_max_bytes", ge=1024)
     sandbox_allowed_imports: list[str] = _sandbox("allowed_imports")
+    sandbox_cgroup_mode: Literal["auto", "v1", "v2", "rlimit-only"] = _sandbox("cgroup_mode")
+    sandbox_uid_base: int = _sandbox("uid_base", ge=1)
+    sandbox_uid_count: int = _sandbox("uid_count", ge=1)
+    sandbox_tool_args_max_bytes: int = _sandbox("tool_args_max_bytes", ge=256)
+    sandbox_tool_args_step_max_bytes: int = _sandbox("tool_args_step_max_bytes", ge=256)
+    sandbox_freeze_between_steps: bool = _sandbox("freeze_between_steps")
 
     # --- retrieval -------------------------------------------------------------
     es_url: str | None = Field(None, description="Elasticsearch URL; unset = embedded index")

@@ -26,6 +26,7 @@ from distillery.options import (
     fail,
     settings_from_args,
 )
+from distillery.settings import Settings
 
 SERVER_FIELDS = ["host", "port", "workers", "log_level"]
 PROTECTION_FIELDS = [
@@ -69,6 +70,10 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def settings_for(args: argparse.Namespace) -> Settings:
+    return settings_from_args(args, FIELDS)
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}
 
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args)
     try:
-        settings = settings_from_args(args, FIELDS)
+        settings = settings_for(args)
     except UsageError as e:
         return fail(str(e), EXIT_CONFIG)
     configure_logging(settings.log_level)

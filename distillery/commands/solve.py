@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_solve_args(args: argparse.Namespace) -> Settings:
+def settings_for(args: argparse.Namespace) -> Settings:
     """Flags override DISTILLERY_* variables; unset flags leave them alone. One run needs no
     pre-started spare workers (sandbox_pool_size 0 unless the variable says otherwise)."""
     return settings_from_args(args, FIELDS, command_defaults={"sandbox_pool_size": 0})
@@ -59,7 +59,7 @@ def settings_from_solve_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from_solve_args(args)
+        settings = settings_for(args)
     except UsageError as e:
         return fail(str(e), EXIT_CONFIG)
     try:

@@ -30,6 +30,7 @@ from distillery.options import (
     fail,
     settings_from_args,
 )
+from distillery.settings import Settings
 
 GENERATE_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
 # A teacher harvest samples one candidate with the teacher prompt unless a flag or a
@@ -118,6 +119,11 @@ def _add_generate(sub: Any) -> None:
     p.set_defaults(func=run_generate)
 
 
+def settings_for_generate(args: argparse.Namespace) -> Settings:
+    """Flags, then DISTILLERY_*, then generate's own defaults (teacher prompt, one sample)."""
+    return settings_from_args(args, GENERATE_FIELDS, command_defaults=GENERATE_DEFAULTS)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from training.generate import GenerateConfig, GenerateError, generate
     from training.questions import QuestionSetError, load_questions
@@ -131,9 +137,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if not questions:
         return _fail(f"no questions in {args.questions}", EXIT_CONFIG)
     try:
-        settings = settings_from_args(
-            args, GENERATE_FIELDS, command_defaults=GENERATE_DEFAULTS
-        )
+        settings = settings_for_generate(args)
         agent_cfg = settings.agent_config(timeout_s=args.run_timeout)
         agent_cfg.validate()
     except (UsageError, ValueError) as e:
