@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -258,8 +258,13 @@ async def generate(
     tools_factory: Callable[[], Mapping[str, ToolFn]] = dict,
     config: GenerateConfig | None = None,
     judge: ModelClient | None = None,
+    run: Callable[[Question], Awaitable[dict[str, Any]]] | None = None,
 ) -> GenerateSummary:
-    """Run every question not done yet in `out`; returns the summary of this invocation."""
+    """Run every question not done yet in `out`; returns the summary of this invocation.
+
+    `run`, when given, makes each question's record instead of `run_question` (evaluation
+    through a deployed gateway); it must return the same record shape and never raise.
+    """
     from tqdm import tqdm
 
     cfg = config or GenerateConfig()
@@ -310,7 +315,7 @@ async def generate(
                 q = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            rec = await run_question(
+            rec = await run(q) if run is not None else await run_question(
                 q,
                 model=model,
                 executor=executor,
