@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from agent.answer_check import AnswerCheck, apply_answer_check
 from agent.executor import ExecutionSession, Executor, ToolFn
 from agent.model_client import (
     PROTOCOL_STOP,
@@ -109,6 +110,7 @@ async def run_agent(
     thought_prefix: str | None = None,
     on_step: StepCallback | None = None,
     run_id: str | None = None,
+    answer_check: AnswerCheck | None = None,
 ) -> Trajectory:
     """Solve `question`; see the module docstring.
 
@@ -116,7 +118,8 @@ async def run_agent(
     `on_step`: the trajectory ends with finish_reason 'error' (error, error_type set) or
     'timeout', keeping the steps so far. Raises ValueError for bad input (empty question,
     invalid config, unknown prompt). Cancellation closes the execution session and
-    propagates."""
+    propagates. `answer_check` (agent.answer_check) validates final answers on the host:
+    a rejected one is an error observation and the run goes on."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
     config.validate()
@@ -131,6 +134,7 @@ async def run_agent(
     )
     t0 = time.perf_counter()
     run = _Run(traj, model, config, thought_prefix, on_step)
+    run.answer_check = answer_check
     scope = asyncio.timeout(config.timeout_s)  # None: no limit
     try:
         async with scope:
@@ -178,6 +182,7 @@ class _Run:
         self.on_step = on_step
         self.session: ExecutionSession | None = None
         self.tool_names: frozenset[str] = frozenset({"final_answer"})
+        self.answer_check: AnswerCheck | None = None
 
     async def execute(self, executor: Executor, tools: Mapping[str, ToolFn]) -> None:
         self.tool_names = frozenset({"final_answer", *tools})
@@ -261,6 +266,7 @@ class _Run:
             return None
         results = await self.session.try_candidates([c.code or "" for c in runnable])
         for cand, result in zip(runnable, results, strict=True):
+            apply_answer_check(self.answer_check, result)
             cand.execution = result
         chosen = self.choose(candidates)
         if chosen is None:
