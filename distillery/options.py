@@ -13,6 +13,7 @@ error, 3 the model could not be reached or failed, 130 interrupted (rerun to res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,7 +39,9 @@ __all__ = [
     "EXIT_MODEL",
     "EXIT_OK",
     "UsageError",
+    "add_dataclass_flags",
     "add_settings_flags",
+    "dataclass_values",
     "emit",
     "fail",
     "flag_name",
@@ -139,6 +142,41 @@ def add_settings_flags(
         parser.add_argument(
             *option_strings, dest=name, default=None, help=_help(name, helps.get(name)), **kwargs
         )
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    names: Iterable[str],
+    *,
+    flags: Mapping[str, list[str]] | None = None,
+) -> None:
+    """One flag per field of dataclass `cls` (type, choices and help from the field, its
+    docstring and its default); every flag defaults to unset, so the dataclass keeps its
+    default. Read them back with `dataclass_values(args, cls, names)`."""
+    from distillery.settings import field_docs
+
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    docs = field_docs(cls)
+    for name in names:
+        option_strings = (flags or {}).get(name) or [flag_name(name)]
+        default = defaults[name]
+        shown = "unset" if default in (None, dataclasses.MISSING) else str(default)
+        text = (docs.get(name) or name.replace("_", " ")).rstrip(".")
+        parser.add_argument(
+            *option_strings,
+            dest=name,
+            default=None,
+            help=f"{text} [default: {shown}]".replace("%", "%%"),
+            **_argparse_kwargs(hints[name]),
+        )
+
+
+def dataclass_values(args: argparse.Namespace, cls: type, names: Iterable[str]) -> dict[str, Any]:
+    """The fields of `cls` whose flags were given (for `cls(**values)`)."""
+    del cls  # (the names are the dataclass's fields)
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def settings_from_args(

@@ -25,7 +25,9 @@ from distillery.options import (
     RETRIEVAL_FIELDS,
     SANDBOX_FIELDS,
     UsageError,
+    add_dataclass_flags,
     add_settings_flags,
+    dataclass_values,
     emit,
     fail,
     settings_from_args,
@@ -36,6 +38,13 @@ GENERATE_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIE
 # A teacher harvest samples one candidate with the teacher prompt unless a flag or a
 # DISTILLERY_* variable says otherwise.
 GENERATE_DEFAULTS: dict[str, Any] = {"samples": 1, "prompt": "teacher"}
+# Fields of training.sft.SFTSettings that `train sft` offers as flags (defaults live there).
+SFT_FIELDS = [
+    "method", "lora_r", "lora_alpha", "lora_dropout", "learning_rate", "lr_scheduler",
+    "warmup_ratio", "weight_decay", "epochs", "max_steps", "batch_size", "effective_batch",
+    "max_length", "precision", "device", "gradient_checkpointing", "threads", "save_steps",
+    "save_total_limit", "seed", "stop_after_steps",
+]
 GENERATE_DEFAULT_HELP = {
     "samples": "candidates per step (generate's default: 1)",
     "prompt": "'teacher' (generate's default), 'student' or a prompt file",
@@ -266,40 +275,15 @@ def _add_train(sub: Any) -> None:
         "--data", required=True, action="append", type=Path, help="build-data output (repeatable)"
     )
     s.add_argument("--output-dir", required=True, type=Path)
-    s.add_argument("--method", choices=["lora", "full"], default="lora")
-    s.add_argument("--lora-r", type=int, default=64)
-    s.add_argument("--lora-alpha", type=int, default=128)
-    s.add_argument("--lora-dropout", type=float, default=0.05)
-    s.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=2e-4)
-    s.add_argument("--lr-scheduler", default="linear")
-    s.add_argument("--warmup-ratio", type=float, default=0.0)
-    s.add_argument("--epochs", type=float, default=2.0)
-    s.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides epochs)")
-    s.add_argument("--batch-size", type=int, default=1, help="per-device micro-batch")
-    s.add_argument("--effective-batch", type=int, default=8)
-    s.add_argument("--max-length", type=int, default=10240)
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    s.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="default: on for GPU, off for CPU",
+    from training.sft import SFTSettings  # (no torch at import time)
+
+    add_dataclass_flags(
+        s, SFTSettings, SFT_FIELDS, flags={"learning_rate": ["--lr", "--learning-rate"]}
     )
-    s.add_argument(
-        "--threads", type=int, help="torch CPU threads (1 is faster on a busy shared CPU)"
-    )
-    s.add_argument("--save-steps", type=int, default=50)
-    s.add_argument("--seed", type=int, default=42)
     s.add_argument(
         "--no-resume",
         action="store_true",
         help="refuse to continue an existing run in --output-dir",
-    )
-    s.add_argument(
-        "--stop-after-steps",
-        type=int,
-        help="checkpoint and exit after N steps (time-boxed jobs; rerun to continue)",
     )
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_sft)
@@ -353,27 +337,9 @@ def run_sft(args: argparse.Namespace) -> int:
             model=_resolve_model(args.model),
             data=list(args.data),
             output_dir=args.output_dir,
-            method=args.method,
-            lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            learning_rate=args.lr,
-            lr_scheduler=args.lr_scheduler,
-            warmup_ratio=args.warmup_ratio,
-            epochs=args.epochs,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            effective_batch=args.effective_batch,
-            max_length=args.max_length,
-            precision=args.precision,
-            device=args.device,
-            gradient_checkpointing=args.gradient_checkpointing,
-            save_steps=args.save_steps,
-            threads=args.threads,
-            seed=args.seed,
             resume=not args.no_resume,
-            stop_after_steps=args.stop_after_steps,
             progress=not args.no_progress,
+            **dataclass_values(args, SFTSettings, SFT_FIELDS),
         )
 
         def log(rec: dict[str, Any]) -> None:
