@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_LEAF = "distillery-service"
 """Leaf cgroup (next to the jails' parent) that this service's processes move into."""
+PROC_SELF_CGROUP = "/proc/self/cgroup"
 
 WAYS_OUT = (
     "Ways out: (1) cgroup v2: run the service as root in a cgroup of its own whose parent "
@@ -53,8 +54,9 @@ WAYS_OUT = (
 )
 
 
-def self_cgroup_path(proc_file: str = "/proc/self/cgroup") -> str:
+def self_cgroup_path(proc_file: str | None = None) -> str:
     """This process's cgroup v2 path (`/` in a container's own cgroup namespace)."""
+    proc_file = proc_file or PROC_SELF_CGROUP
     try:
         text = Path(proc_file).read_text()
     except OSError as e:
@@ -70,7 +72,9 @@ def self_cgroup_path(proc_file: str = "/proc/self/cgroup") -> str:
     )
 
 
-def own_cgroup(root: Path, proc_file: str = "/proc/self/cgroup") -> Path:
+def own_cgroup(root: Path, proc_file: str | None = None) -> Path:
+    """This process's cgroup directory; once moved into the service leaf, its parent (the
+    cgroup delegated to the service), so that preparing twice does not nest leaves."""
     rel = self_cgroup_path(proc_file)
     parts = [p for p in rel.split("/") if p]
     if ".." in parts:
@@ -78,6 +82,8 @@ def own_cgroup(root: Path, proc_file: str = "/proc/self/cgroup") -> Path:
             f"this process's cgroup ({rel}) lies outside its cgroup namespace, so it cannot "
             "be managed from here. Start the service inside the container's cgroup namespace."
         )
+    if parts and parts[-1] == SERVICE_LEAF:
+        parts.pop()
     own = root.joinpath(*parts)
     if not (own / "cgroup.procs").exists():
         raise SandboxSetupError(
@@ -124,7 +130,7 @@ def delegate(
     root: str,
     parent: str,
     controllers: tuple[str, ...],
-    proc_file: str = "/proc/self/cgroup",
+    proc_file: str | None = None,
 ) -> Delegation:
     base = Path(root)
     hint = WAYS_OUT.format(parent=parent)
