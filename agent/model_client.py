@@ -59,6 +59,8 @@ class Choice:
 
     text: str
     finish_reason: str | None = None
+    tokens: int | None = None
+    """Completion tokens of this choice, where the backend reports them per choice."""
 
 
 @dataclass

@@ -5,20 +5,33 @@ temperature and top_p. With `continue_final_message=True` the last message is an
 assistant prefix that the model continues: the body carries vLLM's
 `continue_final_message: true, add_generation_prompt: false`.
 
+`stream` (agent.streaming) sends the same body with `stream: true` and yields each
+choice's deltas as the server-sent events arrive; with `vllm_stream_extras` (default)
+it also asks for vLLM's per-chunk `token_ids` (exact per-candidate token counts) and
+continuous usage (prompt tokens known even when the stream is closed early). Closing
+the stream closes the HTTP response, which aborts the request in vLLM.
+
 Transient failures (429, 5xx, connection errors, timeouts) are retried with
 exponential backoff (jittered), honouring a Retry-After header. When the server
 cannot be reached or retries run out: ModelUnavailable. When it rejects the request
 (4xx other than 429): ModelRequestError with the server's own message.
+
+Timeouts: `timeout_s` bounds each wait for bytes (httpx's read timeout). Without
+streaming that is the whole generation; with streaming it is silence - no chunk for
+`timeout_s` seconds - however long the generation runs. A streamed request is retried
+only while nothing has been generated; once a token arrived, a failure is raised
+(ModelUnavailable, not retried) so generated tokens are never paid for twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +48,7 @@ from agent.model_client import (
     SamplingParams,
     Usage,
 )
+from agent.streaming import ChoiceDelta, CompletionStream
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +114,7 @@ class OpenAIChatClient:
         backoff_s: float = 0.5,
         backoff_max_s: float = 20.0,
         retry_after_max_s: float = 60.0,
+        vllm_stream_extras: bool = True,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -111,6 +126,8 @@ class OpenAIChatClient:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.retry_after_max_s = retry_after_max_s
+        self.vllm_stream_extras = vllm_stream_extras
+        self.timeout_s = timeout_s
         self.stats = ClientStats()
         headers = {"Accept": "application/json"}
         if api_key:
@@ -151,6 +168,23 @@ class OpenAIChatClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        *,
+        continue_final_message: bool = False,
+    ) -> CompletionStream:
+        """The same request as `complete`, streamed (see the module docstring)."""
+        body = self.request_body(messages, params, continue_final_message=continue_final_message)
+        body["stream"] = True
+        if self.vllm_stream_extras:
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+            body["return_token_ids"] = True
+        return CompletionStream(
+            params.n, self.model_name, lambda stream: self._stream_events(body, stream)
+        )
 
     # -- extras -------------------------------------------------------------------
     async def list_models(self) -> list[str]:
@@ -249,6 +283,97 @@ class OpenAIChatClient:
             f"(GET {self.base_url}/models) and serves model {self.model_name!r}."
         )
 
+    async def _stream_events(
+        self, body: dict[str, Any], stream: CompletionStream
+    ) -> AsyncIterator[ChoiceDelta]:
+        url = f"{self.base_url}/chat/completions"
+        generated = 0  # tokens received: once > 0 the request is never re-sent
+        last = "no attempt made"
+        t0 = time.perf_counter()
+        for attempt in range(self.retries + 1):
+            self.stats.attempts += 1
+            if attempt:
+                self.stats.retries += 1
+            retry_after: float | None = None
+            try:
+                async with self._http.stream("POST", "chat/completions", json=body) as resp:
+                    if resp.status_code >= 300:
+                        await resp.aread()
+                        message = _server_message(resp)
+                        if resp.status_code not in RETRY_STATUSES and resp.status_code < 500:
+                            self.stats.failures += 1
+                            raise ModelRequestError(
+                                _rejection(url, resp.status_code, message, self.model_name)
+                            )
+                        last = f"HTTP {resp.status_code}: {message}"
+                        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                    else:
+                        server_completion = 0
+                        events = 0
+                        async for line in resp.aiter_lines():
+                            chunk = _sse_data(line, url)
+                            if chunk is None:
+                                continue
+                            if isinstance(chunk, str):  # [DONE]
+                                break
+                            events += 1
+                            if chunk.get("model"):
+                                stream.model = str(chunk["model"])
+                            usage = chunk.get("usage")
+                            if isinstance(usage, dict):
+                                stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                                server_completion = int(usage.get("completion_tokens") or 0)
+                            for delta in _chunk_deltas(chunk, url):
+                                generated += delta.tokens
+                                stream.usage.completion_tokens = max(generated, server_completion)
+                                yield delta
+                            if server_completion > stream.usage.completion_tokens:
+                                stream.usage.completion_tokens = server_completion
+                        if not events:
+                            self.stats.failures += 1
+                            raise ModelError(
+                                f"model server {url} answered a streamed request without any "
+                                "server-sent event; does it support stream=true?"
+                            )
+                        latency = time.perf_counter() - t0
+                        self.stats.requests += 1
+                        self.stats.usage.add(stream.usage)
+                        self.stats.latency_s += latency
+                        self.stats.last_latency_s = latency
+                        return
+            except httpx.TimeoutException as e:
+                last = f"no data for {self.timeout_s:g} s ({type(e).__name__})"
+                if generated:
+                    self.stats.failures += 1
+                    raise ModelUnavailable(
+                        f"model server {url} went silent for {self.timeout_s:g} s after "
+                        f"{generated} generated tokens; not re-sent (the tokens would be paid "
+                        "twice). The server is overloaded or stuck: check its load, or raise "
+                        "the model timeout (DISTILLERY_MODEL_TIMEOUT_S)."
+                    ) from e
+            except httpx.TransportError as e:
+                last = f"connection failed ({type(e).__name__}: {e or 'no detail'})"
+                if generated:
+                    self.stats.failures += 1
+                    raise ModelUnavailable(
+                        f"model server {url} dropped the stream after {generated} generated "
+                        f"tokens ({last}); not re-sent. Check the server's log."
+                    ) from e
+            if attempt == self.retries:
+                break
+            delay = self._backoff(attempt, retry_after)
+            log.warning(
+                "streamed model call to %s failed (%s) before any token; retry %d/%d in %.2fs",
+                url, last, attempt + 1, self.retries, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+        self.stats.failures += 1
+        raise ModelUnavailable(
+            f"model server {url} unavailable after {self.retries + 1} attempt(s): {last}. "
+            f"Check that the server is running and reachable at {self.base_url} "
+            f"(GET {self.base_url}/models) and serves model {self.model_name!r}."
+        )
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.retry_after_max_s)
@@ -285,6 +410,47 @@ class OpenAIChatClient:
             model=str(data.get("model") or self.model_name),
             latency_s=latency,
         )
+
+
+def _sse_data(line: str, url: str) -> dict[str, Any] | str | None:
+    """The JSON object of one server-sent-events line, "[DONE]", or None (not data)."""
+    line = line.strip()
+    if not line.startswith("data:"):
+        return None  # blank separators, comments, event: / id: lines
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return payload
+    try:
+        data = json.loads(payload)
+    except ValueError as e:
+        raise ModelError(
+            f"model server {url} sent a stream line that is not JSON: {payload[:200]!r}; "
+            "is this an OpenAI-compatible server?"
+        ) from e
+    if not isinstance(data, dict):
+        raise ModelError(f"model server {url} sent a stream event that is not an object")
+    err = data.get("error")
+    if err:
+        message = err.get("message") if isinstance(err, dict) else str(err)
+        raise ModelError(f"model server {url} failed during the stream: {message}")
+    return data
+
+
+def _chunk_deltas(chunk: dict[str, Any], url: str) -> list[ChoiceDelta]:
+    out = []
+    for c in chunk.get("choices") or []:
+        try:
+            index = int(c.get("index", 0))
+            delta = c.get("delta") or {}
+            text = delta.get("content") or ""
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ModelError(
+                f"model server {url} sent a malformed stream choice: {c!r:.200}"
+            ) from e
+        ids = c.get("token_ids")
+        tokens = len(ids) if isinstance(ids, list) else (1 if text else 0)
+        out.append(ChoiceDelta(index, text, tokens, c.get("finish_reason")))
+    return out
 
 
 def _server_message(resp: httpx.Response) -> str:

@@ -13,7 +13,9 @@ from typing import Any, Literal
 from agent.executor import ExecutionResult, ToolCallRecord
 from agent.model_client import Message, SamplingParams, Usage
 
-FinishReason = Literal["answer", "max_steps", "error", "timeout"]
+FinishReason = Literal["answer", "max_steps", "stuck", "error", "timeout"]
+"""'stuck': the kept action repeated an earlier step (code and observation) with no other
+valid candidate, so the run went to the final-answer call before max_steps."""
 
 
 @dataclass
@@ -36,6 +38,12 @@ class Candidate:
     parse_error: str | None = None
     execution: ExecutionResult | None = None
     finish_reason: str | None = None
+    """"stop", "length", or "cancelled": the step ended before this candidate was complete
+    (early exit); `text` is then the partial reply, never parsed nor run."""
+    tokens: int | None = None
+    """Completion tokens of this candidate (None where the backend does not say)."""
+    repeat: bool = False
+    """Valid, but repeats an earlier step's code with the same observation (stuck detection)."""
 
     @property
     def valid(self) -> bool:
@@ -57,6 +65,13 @@ class Step:
     exec_s: float = 0.0
     total_s: float = 0.0
     kind: Literal["action", "final_answer_call"] = "action"
+    stuck: bool = False
+    """The kept action repeated an earlier step and no other candidate was valid: the run
+    went to the final-answer call next."""
+    policy: str | None = None
+    """How the candidate was picked ('first', 'early', 'majority')."""
+    first_valid_s: float | None = None
+    """Seconds from the request to the kept candidate's validation (early exit)."""
 
     @property
     def kept(self) -> Candidate:
@@ -70,6 +85,9 @@ class Trajectory:
     question: str
     model: str
     answer: Any = None
+    answer_source: str | None = None
+    """How `answer` was obtained: 'final_answer' (an action step's final_answer call), or
+    for the final-answer call an `agent.final_answer.AnswerSource`."""
     finish_reason: FinishReason = "error"
     steps: list[Step] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
@@ -118,6 +136,8 @@ class Trajectory:
                         parse_error=c.get("parse_error"),
                         execution=execution,
                         finish_reason=c.get("finish_reason"),
+                        tokens=c.get("tokens"),
+                        repeat=c.get("repeat", False),
                     )
                 )
             req = s["request"]
@@ -137,6 +157,9 @@ class Trajectory:
                     exec_s=s.get("exec_s", 0.0),
                     total_s=s.get("total_s", 0.0),
                     kind=s.get("kind", "action"),
+                    stuck=s.get("stuck", False),
+                    policy=s.get("policy"),
+                    first_valid_s=s.get("first_valid_s"),
                 )
             )
         return cls(
@@ -144,6 +167,7 @@ class Trajectory:
             question=d["question"],
             model=d.get("model", ""),
             answer=d.get("answer"),
+            answer_source=d.get("answer_source"),
             finish_reason=d.get("finish_reason", "error"),
             steps=steps,
             messages=d.get("messages", []),

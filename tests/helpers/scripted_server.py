@@ -1,7 +1,7 @@
 """A real-HTTP, OpenAI-compatible chat server whose replies are scripted by the test.
 
 It runs uvicorn in a background thread on a free loopback port and serves
-`POST /v1/chat/completions` (stream=false) and `GET /v1/models`. Each chat request
+`POST /v1/chat/completions` (stream false or true) and `GET /v1/models`. Each chat request
 takes the next item of the script (or asks the handler):
 
     srv.script(["Thought: a\\nCode:\\n```py\\nx = 1\\n```<end_code>"] * 8)  # the n choice texts
@@ -11,9 +11,18 @@ takes the next item of the script (or asks the handler):
     srv.handler = lambda body: ["text"] * body.get("n", 1)  # used when the script is empty
 
 Like vLLM, a choice text is cut at the first of the request's `stop` strings (which
-is excluded from the output, finish_reason "stop"). Usage counts whitespace-separated
-words (prompt: every message's content; completion: every choice). Every request is
-recorded: `srv.requests` (bodies, in arrival order), `srv.headers`, `srv.paths`.
+is excluded from the output, finish_reason "stop").
+
+With `stream: true` the same replies go out as server-sent events, one chunk per
+"token" (a word with its leading whitespace), choices interleaved by time: choice i
+sends a token every `Reply.token_delay_s` seconds (a list gives one delay per choice),
+each chunk carrying `index`, `delta.content`, `token_ids` (one id per token) and, on
+its last token, `finish_reason`; usage follows when `stream_options.include_usage`.
+When the client closes the stream early the server stops sending and records it:
+`srv.streams[k]` (a `StreamRecord`: tokens sent per choice, `closed_by_client`).
+Usage counts whitespace-separated words (prompt: every message's content; completion:
+every choice). Every request is recorded: `srv.requests` (bodies, in arrival order),
+`srv.headers`, `srv.paths`.
 A request with nothing scripted and no handler gets a 400 that says so (a client
 error, so clients do not retry it).
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -47,6 +57,23 @@ class Reply:
     delay_s: float = 0.0
     apply_stop: bool = True
     """Cut each text at the first stop string of the request, like vLLM."""
+    token_delay_s: float | list[float] = 0.0
+    """Streaming only: seconds between the tokens of a choice (a list: per choice)."""
+
+
+@dataclass
+class StreamRecord:
+    """What a streamed response sent before it ended."""
+
+    request: int
+    """Index into `srv.requests`."""
+    tokens_sent: list[int]
+    """Per choice."""
+    tokens_total: list[int]
+    """Per choice: what the scripted text would have taken in full."""
+    closed_by_client: bool = False
+    finished: bool = False
+    """Every choice was sent to its end."""
 
 
 @dataclass
@@ -74,6 +101,17 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _pieces(text: str) -> list[str]:
+    """The streamed "tokens" of a text: each word with the whitespace before it."""
+    parts = re.findall(r"\s*\S+", text)
+    tail = text[len("".join(parts)) :]
+    if tail and parts:
+        parts[-1] += tail
+    elif tail:
+        parts = [tail]
+    return parts
+
+
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, str]:
     cut = len(text)
     for s in stop:
@@ -95,6 +133,7 @@ class ScriptedServer:
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
         self.arrival_times: list[float] = []
+        self.streams: list[StreamRecord] = []
         self._script: deque[ScriptItem] = deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -123,6 +162,7 @@ class ScriptedServer:
             self.headers.clear()
             self.paths.clear()
             self.arrival_times.clear()
+            self.streams.clear()
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -209,9 +249,9 @@ class ScriptedServer:
             self.paths.append(path)
             self.arrival_times.append(time.monotonic())
             item: Any = self._script.popleft() if self._script else self.handler
-        await self._respond(send, body, item)
+        await self._respond(send, body, item, receive)
 
-    async def _respond(self, send: Any, body: Any, item: Any) -> None:
+    async def _respond(self, send: Any, body: Any, item: Any, receive: Any = None) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             await _send_json(
                 send, 400, _err("body must be an object with 'messages'", "BadRequestError", 400)
@@ -220,13 +260,6 @@ class ScriptedServer:
         if self.check_model and body.get("model") != self.model:
             msg = f"The model `{body.get('model')}` does not exist."
             await _send_json(send, 404, _err(msg, "NotFoundError", 404))
-            return
-        if body.get("stream"):
-            await _send_json(
-                send,
-                400,
-                _err("scripted server: stream=true is not supported", "BadRequestError", 400),
-            )
             return
         if item is None:
             n = len(self.requests)
@@ -263,7 +296,89 @@ class ScriptedServer:
             )
             await _send_json(send, item.status, payload, item.headers)
             return
+        assert completion is not None
+        if body.get("stream"):
+            await self._stream(send, receive, body, item, completion)
+            return
         await _send_json(send, 200, completion)
+
+    async def _stream(
+        self, send: Any, receive: Any, body: dict[str, Any], reply: Reply, completion: Any
+    ) -> None:
+        """Send `completion` as server-sent events (see the module docstring)."""
+        choices = completion["choices"]
+        n = len(choices)
+        delays = reply.token_delay_s
+        delays = list(delays) if isinstance(delays, list) else [float(delays)] * n
+        if len(delays) != n:
+            raise ValueError(f"token_delay_s has {len(delays)} delays for n={n}")
+        pieces = [_pieces(c["message"]["content"]) for c in choices]
+        events: list[tuple[float, int, int]] = []  # (time, choice, piece) in send order
+        for i, ps in enumerate(pieces):
+            for k in range(max(len(ps), 1)):
+                events.append(((k + 1) * delays[i], i, k))
+        events.sort()
+        with self._lock:
+            record = StreamRecord(
+                request=len(self.requests) - 1,
+                tokens_sent=[0] * n,
+                tokens_total=[len(p) for p in pieces],
+            )
+            self.streams.append(record)
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while receive is not None:
+                msg = await receive()
+                if msg.get("type") == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        base = {"id": completion["id"], "object": "chat.completion.chunk",
+                "created": completion["created"], "model": self.model}  # fmt: skip
+
+        async def emit(payload: Any) -> bool:
+            if disconnected.is_set():
+                return False
+            data = b"data: " + (payload if isinstance(payload, bytes) else
+                                json.dumps(payload).encode()) + b"\n\n"  # fmt: skip
+            try:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            except OSError:
+                disconnected.set()
+                return False
+            return True
+
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+            t0 = time.monotonic()
+            for at, i, k in events:
+                wait = t0 + at - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(disconnected.wait(), wait)
+                    except TimeoutError:
+                        pass
+                last = k >= len(pieces[i]) - 1
+                text = pieces[i][k] if pieces[i] else ""
+                choice = {"index": i, "delta": {"content": text},
+                          "finish_reason": choices[i]["finish_reason"] if last else None,
+                          "token_ids": [k] if pieces[i] else []}  # fmt: skip
+                if not await emit({**base, "choices": [choice]}):
+                    break
+                record.tokens_sent[i] += 1 if pieces[i] else 0
+            else:
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    await emit({**base, "choices": [], "usage": completion["usage"]})
+                await emit(b"[DONE]")
+                record.finished = True
+            record.closed_by_client = disconnected.is_set()
+            if not disconnected.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
 
     def _completion(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         n = int(body.get("n") or 1)
