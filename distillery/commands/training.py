@@ -51,6 +51,26 @@ GENERATE_DEFAULT_HELP = {
 }
 
 
+# Functions whose keyword defaults the flags below leave in charge (shown in --help).
+BD = "training.build_data:build_data"
+EX = "training.export:export_model"
+
+
+def _dflt(target: str, name: str) -> Any:
+    """The default of keyword `name` of `module:function` (neither module loads torch)."""
+    import importlib
+    import inspect
+
+    module, func = target.split(":")
+    fn = getattr(importlib.import_module(module), func)
+    return inspect.signature(fn).parameters[name].default
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags among `names` that were given (the rest keep the function's defaults)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _emit(summary: dict[str, Any]) -> None:
     emit(summary)
 
@@ -241,7 +261,9 @@ def _add_train(sub: Any) -> None:
         help="generate output (repeatable)",
     )
     b.add_argument("--out", required=True, type=Path, help="conversations JSONL to write")
-    b.add_argument("--prompt", default="student", help="system prompt the student is trained on")
+    b.add_argument(
+        "--prompt", help=f"system prompt the student is trained on [default: {_dflt(BD, 'prompt')}]"
+    )
     b.add_argument(
         "--tools",
         help="comma-separated tool names for the prompt (default: the "
@@ -256,7 +278,11 @@ def _add_train(sub: Any) -> None:
         type=Path,
         help="model folder or .gguf: tokenize, verify the loss mask, drop long ones",
     )
-    b.add_argument("--max-length", type=int, default=10240)
+    b.add_argument(
+        "--max-length",
+        type=int,
+        help=f"longest conversation kept [default: {_dflt(BD, 'max_length')}]",
+    )
     b.set_defaults(func=run_build_data)
 
     s = tsub.add_parser(
@@ -300,12 +326,11 @@ def run_build_data(args: argparse.Namespace) -> int:
         summary = build_data(
             args.input,
             args.out,
-            prompt=args.prompt,
+            **_given(args, "prompt", "max_length"),
             tool_names=tools,
             regrade=args.regrade,
             keep_ungraded=args.keep_ungraded,
             tokenizer=tokenizer,
-            max_length=args.max_length,
         )
     except (BuildDataError, OSError, ValueError) as e:
         return _fail(str(e), EXIT_FAILED)
@@ -383,12 +408,13 @@ def _add_export(sub: Any) -> None:
     src.add_argument("--adapter", type=Path, help="a LoRA adapter folder")
     p.add_argument("--base", type=Path, help="base model folder (default: from the run)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
-    p.add_argument("--mode", choices=["merge", "adapter"], default="merge")
+    p.add_argument(
+        "--mode", choices=["merge", "adapter"], help=f"[default: {_dflt(EX, 'mode')}]"
+    )
     p.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights dtype (auto: the base model's)",
+        help=f"weights dtype (auto: the base model's) [default: {_dflt(EX, 'dtype')}]",
     )
     p.add_argument("--name", help="model name for the card (default: the folder name)")
     p.add_argument("--overwrite", action="store_true")
@@ -404,8 +430,7 @@ def run_export(args: argparse.Namespace) -> int:
             run_dir=args.run,
             adapter=args.adapter,
             base=args.base,
-            mode=args.mode,
-            dtype=args.dtype,
+            **_given(args, "mode", "dtype"),
             name=args.name,
             overwrite=args.overwrite,
         )
