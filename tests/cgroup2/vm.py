@@ -114,6 +114,15 @@ def build_initramfs(cache: Path, kernel: Path) -> Path:
     return out
 
 
+STANDARD_STEPS = [
+    # (scenario, pytest arguments): the whole sandbox suite where the pods run (a container
+    # with its own cgroup namespace), the v2-specific checks in the two host layouts too
+    ("container", ["-q", "tests/cgroup2/test_in_vm.py", "tests/sandbox"]),
+    ("service", ["-q", "tests/cgroup2/test_in_vm.py"]),
+    ("root", ["-q", "tests/cgroup2/test_in_vm.py"]),
+]
+
+
 def default_job(
     python: str, pytest_args: list[str], scenarios: list[str], tree: Path
 ) -> dict[str, object]:
@@ -128,9 +137,10 @@ def default_job(
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
     steps = []
-    for scenario in scenarios:
+    plan = [(s, pytest_args) for s in scenarios] if scenarios else STANDARD_STEPS
+    for scenario, step_args in plan:
         argv = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin",
-                "-p", "pytest_timeout", *pytest_args]
+                "-p", "pytest_timeout", *step_args]
         steps.append(
             {"name": scenario, "scenario": scenario, "argv": argv, "cwd": str(tree),
              "env": env, "timeout_s": 3000}
@@ -198,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job", type=Path, help="a job.json instead of pytest steps")
     ap.add_argument("--tree", type=Path, default=REPO,
                     help="checkout the tests run in (default: this one, as it is on disk)")
-    ap.add_argument("pytest_args", nargs="*", default=["-q", "tests/cgroup2", "tests/sandbox"])
+    ap.add_argument("pytest_args", nargs="*", default=["-q", "tests/cgroup2/test_in_vm.py"],
+                    help="with --scenario: what pytest runs (else the standard steps)")
     args = ap.parse_args(argv)
     if shutil.which("qemu-system-x86_64") is None:
         raise SystemExit("qemu is missing: apt-get install qemu-system-x86 busybox-static")
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = cache / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     job = json.loads(args.job.read_text()) if args.job else default_job(
-        args.python, args.pytest_args, args.scenario or ["container"], args.tree.resolve()
+        args.python, args.pytest_args, args.scenario or [], args.tree.resolve()
     )
     (run_dir / "job.json").write_text(json.dumps(job, indent=1))
     (run_dir / "boot.env").write_text(
