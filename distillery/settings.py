@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     max_tokens: int = _agent("max_tokens", ge=1, le=32768)
     seed: int | None = _agent("seed")
     prompt: str = _agent("prompt")
+    protocol: str | None = _agent("protocol")
     observation_max_chars: int = _agent("observation_max_chars", ge=200)
 
     # --- sandbox (defaults: sandbox.config.SandboxConfig) -----------------------
@@ -188,6 +189,19 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests waiting past max_concurrency")
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request deadline")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body limit")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this (408)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this after its headers (408)"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections per worker; more are refused at once (503)"
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0,
+        description="On SIGTERM: runs in flight may finish for this long, then end with 503",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level"
     )
@@ -197,10 +211,19 @@ class Settings(BaseSettings):
         values = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(AgentConfig)
-            if f.name not in INTERNAL_AGENT_FIELDS
+            if f.name not in INTERNAL_AGENT_FIELDS and f.name in type(self).model_fields
         }
+        values["protocol"] = self.protocol_spec()
         values.update(overrides)
         return AgentConfig(**values)
+
+    def protocol_spec(self) -> str | None:
+        """The protocol profile in force: `protocol` when set, else the one exported with the
+        model (model_path, or a model name that is a local checkpoint folder), else None
+        (the default profile)."""
+        from agent.protocol import resolve_protocol_spec
+
+        return resolve_protocol_spec(self.protocol, self.model_path, self.model)
 
     def sandbox_config(self, **overrides: Any) -> SandboxConfig:
         """The sandbox's configuration from the `sandbox_*` fields and `executor`."""

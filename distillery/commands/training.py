@@ -153,8 +153,42 @@ def settings_for_generate(args: argparse.Namespace) -> Settings:
     return settings_from_args(args, GENERATE_FIELDS, command_defaults=GENERATE_DEFAULTS)
 
 
+async def _generate(
+    args: argparse.Namespace, settings: Settings, questions: list[Any], cfg: Any
+) -> dict[str, Any]:
+    """Build the teacher's components, run the harvest, close what was built."""
+    from distillery.components import build_components, build_judge
+    from training.generate import generate
+
+    components: list[Any] = []
+    try:
+        runtime = build_components(
+            settings,
+            with_executor=args.mode == "agent",
+            with_retriever=args.mode == "agent" and not args.no_search,
+        )
+        components.append(runtime)
+        judge = None
+        if args.judge_url:
+            judge = build_judge(args.judge_url, args.judge_model)
+            components.append(judge)
+        summary = await generate(
+            questions,
+            args.out,
+            model=runtime.model,
+            executor=runtime.executor,
+            tools_factory=runtime.tools_for_run,
+            config=cfg,
+            judge=judge,
+        )
+        return summary.to_dict()
+    finally:
+        for c in reversed(components):
+            await c.aclose()
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    from training.generate import GenerateConfig, GenerateError, generate
+    from training.generate import GenerateConfig, GenerateError
     from training.questions import QuestionSetError, load_questions
 
     if args.judge_url and not args.judge_model:
@@ -182,38 +216,8 @@ def run_generate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
 
-    async def main() -> dict[str, Any]:
-        from distillery.components import build_components, build_judge
-
-        components: list[Any] = []
-        try:
-            runtime = build_components(
-                settings,
-                with_executor=args.mode == "agent",
-                with_retriever=args.mode == "agent" and not args.no_search,
-            )
-            components.append(runtime)
-            judge = None
-            if args.judge_url:
-                judge = build_judge(args.judge_url, args.judge_model)
-                components.append(judge)
-
-            summary = await generate(
-                questions,
-                args.out,
-                model=runtime.model,
-                executor=runtime.executor,
-                tools_factory=runtime.tools_for_run,
-                config=cfg,
-                judge=judge,
-            )
-            return summary.to_dict()
-        finally:
-            for c in reversed(components):
-                await c.aclose()
-
     try:
-        summary = asyncio.run(main())
+        summary = asyncio.run(_generate(args, settings, questions, cfg))
     except GenerateError as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
