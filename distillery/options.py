@@ -58,7 +58,7 @@ EXIT_INTERRUPTED = 130
 MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
 AGENT_FIELDS = [
     "samples", "max_steps", "policy", "temperature", "top_p", "max_tokens", "seed", "prompt",
-    "observation_max_chars",
+    "protocol", "observation_max_chars",
 ]
 SANDBOX_FIELDS = [
     "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",
@@ -219,10 +219,11 @@ def emit(summary: Mapping[str, Any]) -> None:
     print(json.dumps(dict(summary), ensure_ascii=False, default=str), flush=True)
 
 
-def fail(message: str, code: int, *, summary: bool = False, **extra: Any) -> int:
-    """One line on stderr (`distillery: error: ...`); with `summary`, the JSON line too."""
+def fail(message: str, code: int, *, json_line: bool = False, **extra: Any) -> int:
+    """One line on stderr (`distillery: error: ...`); with `json_line`, the JSON summary too
+    (`{"ok": false, "error", "exit_code", **extra}`)."""
     message = " ".join(str(message).split())
     print(f"distillery: error: {message}", file=sys.stderr, flush=True)
-    if summary:
+    if json_line:
         emit({"ok": False, "error": message, "exit_code": code, **extra})
     return code

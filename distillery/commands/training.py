@@ -76,7 +76,7 @@ def _emit(summary: dict[str, Any]) -> None:
 
 
 def _fail(msg: str, code: int, **extra: Any) -> int:
-    return fail(msg, code, summary=True, **extra)
+    return fail(msg, code, json_line=True, **extra)
 
 
 def add_parser(sub: Any) -> None:
