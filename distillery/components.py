@@ -171,4 +171,6 @@ def service_config(settings: Settings) -> ServiceConfig:
         model_timeout_s=settings.model_timeout_s,
         host=settings.host,
         port=settings.port,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        body_timeout_s=settings.body_timeout_s,
     )

@@ -4,6 +4,8 @@ With `build` (a function returning the runtime components), the app builds them 
 (in a thread: the embedded model or index may take a while) and closes them at shutdown;
 passed-in `components` stay the caller's to close. The composition root
 (`distillery.app`) maps Settings onto this; service/ itself reads no settings.
+Under a server in the main thread the lifespan installs the SIGTERM/SIGINT drain
+(`service.shutdown`); `app.state.drainer.drain()` runs the same sequence on demand.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from agent.runtime import Runtime
-from service import ops, router_openai, router_solve
+from service import ops, router_openai, router_responses, router_solve
 from service.auth import make_auth_dependency
 from service.config import ServiceConfig
 from service.errors import error_responses, install_error_handlers
@@ -24,9 +26,12 @@ from service.gateway import Gateway
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.model_metrics import ModelStatsCollector
 from service.openapi_docs import install_openapi_extras
 from service.serving_openai import ChatService
+from service.serving_responses import ResponsesService
 from service.serving_solve import SolveService
+from service.shutdown import Drainer, DrainMiddleware, install_signal_drain
 
 log = logging.getLogger("distillery.app")
 
@@ -52,6 +57,10 @@ def create_app(
     owns_components = components is None
     if components is not None:
         gateway.components = components
+    metrics.registry.register(
+        ModelStatsCollector(lambda: gateway.components.model if gateway.components else None)
+    )
+    drainer = Drainer(gateway, config.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +77,12 @@ def create_app(
                 extra={"fields": {"event": "ready", "model": gateway.model_name,
                                   "host": config.host, "port": config.port}},
             )
+        undo_signals = install_signal_drain(drainer) if config.drain_on_signals else None
         try:
             yield
         finally:
+            if undo_signals is not None:
+                undo_signals()
             if owns_components and gateway.components is not None:
                 await gateway.components.aclose()
                 gateway.components = None
@@ -84,6 +96,8 @@ def create_app(
     app.state.gateway = gateway
     app.state.solve_service = SolveService(gateway)
     app.state.chat_service = ChatService(gateway)
+    app.state.responses_service = ResponsesService(gateway)
+    app.state.drainer = drainer
     install_error_handlers(app)
     install_openapi_extras(app)
 
@@ -96,9 +110,14 @@ def create_app(
         }
     app.include_router(router_solve.router, **protected)
     app.include_router(router_openai.router, **protected)
+    app.include_router(router_responses.router, **protected)
     app.include_router(ops.router)
 
-    # Outermost first at request time: request id/log/metrics, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    # Outermost first at request time: request id/log/metrics, the shutdown drain, then
+    # the body limit (size and read time).
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s
+    )
+    app.add_middleware(DrainMiddleware, drainer=drainer)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

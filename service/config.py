@@ -35,3 +35,11 @@ class ServiceConfig:
     """Served model name to report before the model client is up."""
     model_api_key: str | None = None
     """Bearer key the readiness probe sends to the model server."""
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM/SIGINT: how long runs in flight may go on before they are ended (503)."""
+    shutdown_retry_after_s: int = 2
+    """Retry-After of the 503s sent while shutting down (other replicas take the retry)."""
+    body_timeout_s: float | None = 30.0
+    """A request body must arrive within this many seconds of its headers (else 408)."""
+    drain_on_signals: bool = True
+    """Install the SIGTERM/SIGINT drain (only takes effect in the main thread)."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.request_context import current_request_id
+from service.textsafe import dumps, scrub
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ _TYPE_BY_STATUS = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -42,6 +44,7 @@ _CODE_BY_STATUS = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     422: "validation_error",
     429: "too_many_requests",
@@ -93,14 +96,15 @@ def error_payload(
     type: str | None = None,
     param: str | None = None,
 ) -> dict[str, Any]:
+    # scrub: a message may quote client or model text; serializing it must never fail
     return {
-        "error": {
+        "error": scrub({
             "message": message,
             "type": type or _TYPE_BY_STATUS.get(status, "server_error"),
             "code": code or _CODE_BY_STATUS.get(status, "internal_error"),
             "param": param,
             "request_id": current_request_id(),
-        }
+        })
     }
 
 
@@ -108,8 +112,15 @@ def api_error_payload(exc: APIError) -> dict[str, Any]:
     return error_payload(exc.status, exc.message, code=exc.code, type=exc.type, param=exc.param)
 
 
+class SafeJSONResponse(JSONResponse):
+    """A JSON response whose rendering cannot fail on text (see service.textsafe)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
+
+
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(api_error_payload(exc), status_code=exc.status, headers=exc.headers)
+    return SafeJSONResponse(api_error_payload(exc), status_code=exc.status, headers=exc.headers)
 
 
 def error_bytes(status: int, message: str, *, code: str | None = None) -> bytes:
@@ -139,7 +150,7 @@ def _param_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 
 def _openai_style(request: Request) -> bool:
-    return request.url.path.startswith("/v1/chat/")
+    return request.url.path.startswith(("/v1/chat/", "/v1/responses"))
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -148,6 +159,15 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     if any(e.get("type") == "json_invalid" for e in errors):
         api = APIError(400, "the request body is not valid JSON", code="invalid_json")
         return error_response(api)
+    unencodable = [e for e in errors if e.get("type") == "invalid_unicode"]
+    if unencodable:  # one clear message, wherever the bad string was
+        where = str((unencodable[0].get("ctx") or {}).get("where") or "body")
+        status = 400 if _openai_style(request) else 422
+        return error_response(APIError(
+            status,
+            f"invalid request: {where}: {unencodable[0].get('msg', 'invalid text')}",
+            code="invalid_unicode", param=where,
+        ))
     first = errors[0] if errors else {}
     param = _param_of(first.get("loc", ()))
     details = "; ".join(

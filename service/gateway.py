@@ -6,6 +6,12 @@ plain JSON answer, /v1/solve's event stream and OpenAI streaming chunks. Cancell
 group (client gone, deadline, shutdown) cancels the tasks; `run_agent` then closes its
 execution session, which kills the sandbox processes. The request's run slot is released
 only when every task has really finished, so a slot never outlives or undercounts a sandbox.
+
+Shutdown (`service.shutdown`): `Gateway.draining` refuses new runs (503, Retry-After) and
+`abort_all(error)` ends the live groups: every unfinished run yields `FailedEvent(error)`
+(streams send it as `event: error`) and `results()` raises it (the JSON error body).
+Runs reach the model through `service.model_metrics.InstrumentedModel` (request latency
+and failures, whatever the outcome).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.types import Receive
 
+from agent.answer_check import AnswerCheck
 from agent.trajectory import Step, Trajectory
 from service.config import ServiceConfig
 from service.errors import APIError
 from service.limits import AdmissionController, Slot
 from service.metrics import Metrics
+from service.model_metrics import InstrumentedModel, instrument
 
 if TYPE_CHECKING:
     from agent.agent import AgentConfig
@@ -46,6 +54,8 @@ class RunSpec:
     question: str
     config: AgentConfig
     run_id: str
+    answer_check: AnswerCheck | None = None
+    """Host-side check of the final answer (structured outputs), see agent.answer_check."""
 
 
 @dataclass
@@ -85,6 +95,41 @@ class Gateway:
         self.components: Components | None = None
         self.startup_error: str | None = None
         self.started_at = time.time()
+        self.groups: set[RunGroup] = set()
+        """Live run groups (for shutdown)."""
+        self.draining = False
+        """Set at shutdown: no new run is admitted."""
+        self._instrumented: InstrumentedModel | None = None
+
+    # -- shutdown ------------------------------------------------------------------
+    def shutdown_error(self) -> APIError:
+        retry = str(self.config.shutdown_retry_after_s)
+        return APIError(
+            503,
+            f"the server is shutting down; retry in {retry}s (another replica will answer)",
+            code="shutting_down",
+            headers={"Retry-After": retry, "Connection": "close"},
+        )
+
+    def begin_drain(self) -> int:
+        """Refuse new runs from now on and fail the queued ones; returns how many were queued."""
+        self.draining = True
+        return self.admission.reject_waiters(self.shutdown_error())
+
+    def abort_all(self, error: APIError | None = None) -> int:
+        """End every live run group with `error` (default: the shutdown 503)."""
+        err = error or self.shutdown_error()
+        groups = list(self.groups)
+        for group in groups:
+            group.abort(err)
+        return len(groups)
+
+    def run_model(self, components: Components) -> InstrumentedModel:
+        """The runtime's model client, wrapped for metrics (one wrapper per client)."""
+        current = self._instrumented
+        if current is None or current.inner is not components.model:
+            current = self._instrumented = instrument(components.model, self.metrics)
+        return current
 
     # -- components ----------------------------------------------------------------
     def require_components(self) -> Components:
@@ -117,6 +162,8 @@ class Gateway:
         return replace(self.config.agent, **known)
 
     async def admit(self, deadline: float) -> Slot:
+        if self.draining:
+            raise self.shutdown_error()
         return await self.admission.acquire(timeout_s=max(0.0, deadline - time.monotonic()))
 
     async def admit_unless_gone(self, deadline: float, request: Request) -> Slot:
@@ -154,12 +201,17 @@ class RunGroup:
         self.deadline = deadline
         self.queue: asyncio.Queue[RunEvent] = asyncio.Queue()
         self.admitted_at = time.monotonic()
+        self.abort_error: APIError | None = None
+        self._aborted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.model = gateway.run_model(components)
         self.tasks = [asyncio.create_task(self._run(i, s)) for i, s in enumerate(specs)]
         everything = asyncio.gather(*self.tasks, return_exceptions=True)
         self._all_done = everything
+        gateway.groups.add(self)
 
         def _finished(_: asyncio.Future[Any]) -> None:
             slot.release()
+            gateway.groups.discard(self)
             gateway.admission.record_run(time.monotonic() - self.admitted_at)
 
         everything.add_done_callback(_finished)
@@ -181,12 +233,13 @@ class RunGroup:
             traj = await asyncio.wait_for(
                 run_agent(
                     spec.question,
-                    model=self.components.model,
+                    model=self.model,
                     executor=self.components.executor,
                     tools=self.components.tools_for_run(),
                     config=config,
                     on_step=on_step,
                     run_id=spec.run_id,
+                    answer_check=spec.answer_check,
                 ),
                 timeout=max(0.001, remaining) + HARD_DEADLINE_GRACE_S,
             )
@@ -196,9 +249,11 @@ class RunGroup:
             self.queue.put_nowait(FailedEvent(index, err))
             raise err from None
         except asyncio.CancelledError:
-            metrics.runs.labels(self.endpoint, "cancelled").inc()
+            reason = "shutdown" if self.abort_error is not None else "cancelled"
+            metrics.runs.labels(self.endpoint, reason).inc()
             log.info("run cancelled", extra={"fields": {"event": "run_cancelled",
-                                                         "run_id": spec.run_id}})
+                                                         "run_id": spec.run_id,
+                                                         "reason": reason}})
             raise
         except Exception as e:
             metrics.runs.labels(self.endpoint, "crashed").inc()
@@ -233,6 +288,19 @@ class RunGroup:
         for t in self.tasks:
             t.cancel()
 
+    def abort(self, error: APIError) -> None:
+        """End the unfinished runs with `error`: one FailedEvent each, and `results()`
+        raises it. Runs that already finished keep their results."""
+        if self.abort_error is not None or self.done:
+            return
+        self.abort_error = error
+        for i, t in enumerate(self.tasks):
+            if not t.done():
+                self.queue.put_nowait(FailedEvent(i, error))
+                t.cancel()
+        if not self._aborted.done():
+            self._aborted.set_result(None)
+
     async def events(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[RunEvent | None]:
         """Steps and ends of every run as they happen; None every `keepalive_s` of silence."""
         remaining = len(self.tasks)
@@ -256,10 +324,12 @@ class RunGroup:
             else None
         )
         try:
-            pending: set[asyncio.Future[Any]] = {waiter}
+            pending: set[asyncio.Future[Any]] = {waiter, self._aborted}
             if watcher is not None:
                 pending.add(watcher)
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if self.abort_error is not None:
+                raise self.abort_error
             if waiter in done:
                 return list(waiter.result())
             raise APIError(499, "client closed the connection; run cancelled",

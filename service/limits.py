@@ -3,7 +3,11 @@
 At most `max_concurrency` runs hold a slot; up to `max_queue` more wait in arrival order;
 past that a request is refused at once with 429 and a Retry-After estimated from recent
 run latencies. A waiter whose deadline passes gets 504. One request = one slot, whatever
-its `n`.
+its `n`. `reject_waiters(error)` fails every queued request with `error` (shutdown).
+
+The body limit also bounds time: the whole body must arrive within `body_timeout_s` of
+the headers, else 408 and the connection is closed (a half-sent body cannot hold a
+connection; the header read timeout is `service.http_protocol`'s).
 """
 
 from __future__ import annotations
@@ -88,6 +92,17 @@ class AdmissionController:
             raise
         return Slot(self)
 
+    def reject_waiters(self, error: APIError) -> int:
+        """Fail every queued request with `error`; returns how many there were."""
+        rejected = 0
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+                rejected += 1
+        self._update_gauges()
+        return rejected
+
     def _release(self) -> None:
         while self._waiters:
             fut = self._waiters.popleft()
@@ -110,9 +125,10 @@ class BodyLimitMiddleware:
     that, `receive` goes to the server again, so disconnect detection keeps working.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -124,18 +140,28 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._reject(send, size)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        await self._reject(send, size)
+                        return
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await self._send_error(send, 408, error_bytes(
+                408,
+                f"the request body did not arrive within {self.body_timeout_s:g} s "
+                f"({size} bytes received); send the whole body at once",
+                code="body_timeout",
+            ))
+            return
         replayed = False
         full = b"".join(chunks)
 
@@ -154,10 +180,13 @@ class BodyLimitMiddleware:
             f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
             "(DISTILLERY_MAX_BODY_BYTES)",
         )
+        await self._send_error(send, 413, body)
+
+    async def _send_error(self, send: Send, status: int, body: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

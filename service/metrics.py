@@ -1,8 +1,10 @@
 """Prometheus metrics of the gateway, in a registry owned by one app instance.
 
 Request counters are labelled by route template (never the raw path) to bound cardinality.
-Per-run numbers (steps, candidates, errors, sandbox/retrieval/model latency, tokens) are
-read off the finished Trajectory, so the agent loop needs no metrics hooks.
+Per-run numbers (steps, candidates, errors, sandbox/retrieval latency, tokens) are read
+off the finished Trajectory, so the agent loop needs no metrics hooks. Model calls are
+timed as they happen, failed ones included (`service.model_metrics`), and model retries
+come from the client's own counters at scrape time.
 """
 
 from __future__ import annotations
@@ -77,8 +79,14 @@ class Metrics:
             buckets=_FAST_BUCKETS, registry=r,
         )
         self.model_latency = Histogram(
-            p + "model_request_seconds", "Model request latency per step",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            p + "model_request_seconds",
+            "Model request latency (retries included), by outcome: ok or error",
+            ["outcome"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.model_failures = Counter(
+            p + "model_failures_total",
+            "Model requests that failed (after retries), by error type", ["error_type"],
+            registry=r,
         )
         self.tokens = Counter(
             p + "model_tokens_total", "Model tokens by kind", ["kind"], registry=r
@@ -96,7 +104,6 @@ class Metrics:
         self.tokens.labels("prompt").inc(traj.usage.prompt_tokens)
         self.tokens.labels("completion").inc(traj.usage.completion_tokens)
         for step in traj.steps:
-            self.model_latency.observe(step.model_s)
             self.candidates.observe(len(step.candidates))
             valid = 0
             for cand in step.candidates:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_bytes
@@ -19,6 +20,25 @@ error_log = logging.getLogger("distillery.error")
 
 # Routes are labelled by their template; anything unmatched shares one label.
 UNMATCHED_ROUTE = "unmatched"
+
+
+def route_label(scope: Scope) -> str:
+    """The route template of a request, also when it was answered before routing (413,
+    408, 499 while the body was read, shutdown 503): matched against the app's routes."""
+    route_obj = scope.get("route")
+    path = getattr(route_obj, "path", None)
+    if path:
+        return str(path)
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    for candidate in getattr(router, "routes", ()):
+        try:
+            match, _ = candidate.matches(scope)
+        except Exception:  # a route that cannot judge this scope is not it
+            continue
+        if match != Match.NONE:
+            return str(getattr(candidate, "path", UNMATCHED_ROUTE))
+    return UNMATCHED_ROUTE
 
 
 class RequestContextMiddleware:
@@ -76,8 +96,7 @@ class RequestContextMiddleware:
                 await send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
-            route_obj = scope.get("route")
-            route = getattr(route_obj, "path", None) or UNMATCHED_ROUTE
+            route = route_label(scope)
             status_label = str(status or 499)
             self.metrics.requests.labels(scope["method"], route, status_label).inc()
             self.metrics.request_latency.labels(scope["method"], route).observe(elapsed)

@@ -71,6 +71,24 @@ CHAT_EVENT = {
 }
 
 
+RESPONSES_EVENT = {
+    "description": "With stream=true: Responses API events (`event:` is the `type` of the "
+    "JSON `data`): response.created, response.in_progress, response.distillery.step "
+    "(extension), response.output_item.added, response.content_part.added, "
+    "response.output_text.delta/.done, response.content_part.done, "
+    "response.output_item.done, then response.completed or response.incomplete; or "
+    "`error` then response.failed",
+    "schema": {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    },
+}
+
+
 def install_openapi_extras(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -64,7 +64,10 @@ async def healthz(request: Request) -> Health:
 async def readyz(request: Request) -> JSONResponse:
     gw = _gateway(request)
     checks: dict[str, CheckResult]
-    if gw.components is None:
+    if gw.draining:
+        checks = {"shutdown": CheckResult(ok=False, latency_ms=0.0,
+                                          error="draining: the server is shutting down")}
+    elif gw.components is None:
         why = gw.startup_error or "components are still loading"
         checks = {"components": CheckResult(ok=False, latency_ms=0.0, error=why)}
     else:

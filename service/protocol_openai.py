@@ -1,23 +1,28 @@
 """OpenAI-compatible request/response models: chat completions (and chunks) and models.
 
-Only what the gateway honours is typed strictly; fields of the OpenAI API that make no
-sense for an agent are accepted and ignored (documented per field) or rejected with a
-400 by the serving code. Unknown fields are rejected (400), like the OpenAI API does.
+Only what the gateway honours is typed strictly; fields of the OpenAI API that do not
+change the meaning of the answer (service tier, reasoning effort, verbosity, caching and
+safety identifiers, predictions, web search options, ...) are accepted and ignored
+(documented per field); what cannot be honoured is rejected with a 400 by the serving code.
+Unknown fields are rejected (400), like the OpenAI API does. Strict types, text that
+encodes and visible-text rules come from `service.protocol_common.RequestModel`.
+`response_format` json_schema / json_object is honoured: see `service.structured`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.protocol_solve import StepOut, UsageOut
+from service.protocol_common import RequestModel
+from service.protocol_solve import MIN_TIMEOUT_S, StepOut, UsageOut
 
 INT64 = 2**63 - 1
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str = Field(description="Only 'text' parts are supported")
     text: str | None = None
 
@@ -25,20 +30,52 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     # extra="allow": clients replay whole histories (tool_calls, tool_call_id, ...); only
     # the last user message is read.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+    include_obfuscation: bool | None = Field(None, description="Ignored (no obfuscation)")
 
 
-class ChatCompletionRequest(BaseModel):
+class ResponseFormatText(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="The JSON Schema the final answer must satisfy"
+    )
+    strict: bool | None = Field(None, description="Answers are always validated")
+
+
+class ResponseFormatJSONSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
+    Field(discriminator="type"),
+]
+
+
+class ChatCompletionRequest(RequestModel):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [{"model": "MODEL", "messages": [{"role": "user", "content": "2+2?"}]}]
         },
@@ -66,19 +103,42 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = Field(None, description="Only false is supported")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0 is supported")
     logit_bias: dict[str, float] | None = Field(None, description="Only empty is supported")
-    response_format: dict[str, Any] | None = Field(None, description="Only type 'text'")
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="text, json_object or json_schema: the final answer must be JSON (valid "
+        "against the schema); the message content is that JSON",
+    )
     tools: list[dict[str, Any]] | None = Field(
         None, description="Not supported (the agent brings its own tools); only empty"
     )
     tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'none' or 'auto'")
     functions: list[dict[str, Any]] | None = Field(None, description="Not supported")
     function_call: str | dict[str, Any] | None = Field(None, description="Not supported")
+    # --- accepted and ignored: they do not change the meaning of the answer ---------------
+    service_tier: str | None = Field(None, max_length=64, description="Ignored")
+    reasoning_effort: str | None = Field(None, max_length=64, description="Ignored")
+    verbosity: str | None = Field(None, max_length=64, description="Ignored")
+    prompt_cache_key: str | None = Field(None, max_length=1024, description="Ignored")
+    prompt_cache_retention: str | None = Field(None, max_length=64, description="Ignored")
+    prompt_cache_options: dict[str, Any] | None = Field(None, description="Ignored")
+    safety_identifier: str | None = Field(None, max_length=1024, description="Ignored")
+    prediction: dict[str, Any] | None = Field(
+        None, description="Ignored (a latency hint; the answer comes from the agent)"
+    )
+    web_search_options: dict[str, Any] | None = Field(
+        None, description="Ignored (the agent searches with its own web_search tool)"
+    )
+    modalities: list[Literal["text", "audio"]] | None = Field(
+        None, description="Only ['text'] (audio output is refused)"
+    )
+    audio: dict[str, Any] | None = Field(None, description="Not supported (no audio output)")
     # --- distillery extensions (send with the SDK's extra_body) -------------------------
     max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
     samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
     policy: Literal["first", "majority"] | None = Field(None, description="Extension: SAG policy")
     timeout_s: float | None = Field(
-        None, gt=0, le=86400, description="Extension: request deadline (capped by the server)"
+        None, ge=MIN_TIMEOUT_S, le=86400,
+        description="Extension: request deadline (capped by the server)",
     )
     steps_detail: Literal["none", "kept", "all"] = Field(
         "kept",

@@ -10,21 +10,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.executor import ExecutionResult
 from agent.model_client import Usage
 from agent.trajectory import Candidate, Step, Trajectory
+from service.protocol_common import RequestModel, VisibleText
 
 MAX_QUESTION_CHARS = 20_000
 
 
-class SolveRequest(BaseModel):
+MIN_TIMEOUT_S = 0.1
+"""A shorter deadline cannot cover even one model call: refused rather than ignored."""
+
+
+class SolveRequest(RequestModel):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"examples": [{"question": "What is 17 * 23?", "samples": 4}]},
     )
 
-    question: str = Field(
+    question: VisibleText = Field(
         min_length=1,
         max_length=MAX_QUESTION_CHARS,
         pattern=r"\S",
-        description="The task, in plain text (not only whitespace)",
+        description="The task, in plain text (at least one visible character)",
     )
     max_steps: int | None = Field(
         None, ge=1, le=50, description="Steps before the final-answer call (default: server's)"
@@ -43,7 +47,7 @@ class SolveRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     timeout_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         le=86400,
         description="Deadline for the whole request (queue + run); capped by the server's "
         "DISTILLERY_REQUEST_TIMEOUT_S. A run cut by it ends with finish_reason 'timeout'.",

@@ -6,7 +6,11 @@ answer is the assistant message content (non-string answers as JSON). finish_rea
 Streaming follows the OpenAI chunk format: a role chunk per choice, optional step chunks
 (empty delta, the step in the `distillery` extension field), the content, a finish chunk,
 the usage chunk when stream_options.include_usage, then `data: [DONE]`. A failed run
-streams `data: {"error": ...}` (what OpenAI sends; the SDK raises it) and ends the stream.
+streams `event: error` + `data: {"error": ...}` (what OpenAI sends; the SDK raises it) and
+ends the stream. With `response_format` json_object / json_schema the final answer must
+satisfy it (checked on the host, the model retries otherwise: `service.structured`) and
+the content is the answer as JSON; a run that ends without a conforming answer finishes
+with "length".
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from service.protocol_openai import (
 )
 from service.protocol_solve import StepOut, UsageOut
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
+from service.structured import StructuredOutput, structured_output
+from service.textsafe import has_visible_text, model_json
 
 ENDPOINT = "chat"
 DONE = sse_event("[DONE]")
@@ -58,8 +64,29 @@ def answer_text(answer: Any) -> str:
     return json.dumps(answer, ensure_ascii=False)
 
 
-def choice_finish_reason(traj: Trajectory) -> str:
-    return "stop" if traj.finish_reason == "answer" else "length"
+def choice_finish_reason(traj: Trajectory, fmt: StructuredOutput | None = None) -> str:
+    if traj.finish_reason != "answer":
+        return "length"
+    if fmt is not None and not fmt.conforms(traj.answer):
+        return "length"
+    return "stop"
+
+
+def choice_content(traj: Trajectory, fmt: StructuredOutput | None) -> str:
+    return answer_text(traj.answer) if fmt is None else fmt.content(traj.answer)
+
+
+def request_format(req: ChatCompletionRequest) -> StructuredOutput | None:
+    rf = req.response_format
+    if rf is None:
+        return None
+    spec = getattr(rf, "json_schema", None)
+    return structured_output(
+        rf.type,
+        spec.schema_ if spec is not None else None,
+        spec.name if spec is not None else None,
+        param="response_format.json_schema.schema",
+    )
 
 
 def _bad(message: str, param: str, code: str = "unsupported_parameter") -> APIError:
@@ -82,8 +109,10 @@ def check_supported(req: ChatCompletionRequest) -> None:
         raise _bad("top_logprobs is not supported", "top_logprobs")
     if req.logit_bias:
         raise _bad("logit_bias is not supported", "logit_bias")
-    if req.response_format is not None and req.response_format.get("type", "text") != "text":
-        raise _bad("only response_format type 'text' is supported", "response_format")
+    if req.modalities is not None and any(m != "text" for m in req.modalities):
+        raise _bad("only the text modality is supported (no audio output)", "modalities")
+    if req.audio is not None:
+        raise _bad("audio output is not supported", "audio")
     if req.stream_options is not None and not req.stream:
         raise _bad("stream_options is only allowed with stream=true", "stream_options",
                    code="invalid_value")
@@ -109,7 +138,7 @@ def task_of(req: ChatCompletionRequest) -> str:
                     )
                 parts.append(part.text)
             text = "\n".join(parts)
-        if not text.strip():
+        if not has_visible_text(text):
             raise _bad("the last user message is empty: it must hold the task",
                        f"messages.{i}.content", code="invalid_value")
         return text
@@ -151,6 +180,9 @@ class ChatService:
         self._check_model(req.model)
         check_supported(req)
         task = task_of(req)
+        fmt = request_format(req)
+        if fmt is not None:
+            task += fmt.instructions
         deadline = gw.deadline(req.timeout_s)
         slot = await gw.admit_unless_gone(deadline, request)
         gw.metrics.queue_wait.observe(time.monotonic() - arrived)
@@ -171,23 +203,29 @@ class ChatService:
                     seed=seed,
                 )
                 run_id = completion_id if req.n == 1 else f"{completion_id}-{i}"
-                specs.append(RunSpec(task, config, run_id))
+                specs.append(RunSpec(task, config, run_id,
+                                     answer_check=fmt.check if fmt is not None else None))
             group = gw.start(specs, slot, deadline, ENDPOINT)
         except BaseException:
             slot.release()
             raise
         if req.stream:
             return RunStreamingResponse(
-                self._chunks(group, req, completion_id, created), on_close=group.cancel
+                self._chunks(group, req, completion_id, created, fmt), on_close=group.cancel
             )
         trajs = await group.results(request)
         for traj in trajs:
             _raise_for_run_error(traj, gw)
-        body = self._response(req, completion_id, created, trajs)
-        return Response(body.model_dump_json(), media_type="application/json")
+        body = self._response(req, completion_id, created, trajs, fmt)
+        return Response(model_json(body), media_type="application/json")
 
     def _response(
-        self, req: ChatCompletionRequest, cid: str, created: int, trajs: list[Trajectory]
+        self,
+        req: ChatCompletionRequest,
+        cid: str,
+        created: int,
+        trajs: list[Trajectory],
+        fmt: StructuredOutput | None = None,
     ) -> ChatCompletionResponse:
         usage = Usage()
         choices = []
@@ -197,8 +235,8 @@ class ChatService:
             choices.append(
                 ChatChoice(
                     index=i,
-                    message=AssistantMessage(content=answer_text(traj.answer)),
-                    finish_reason="stop" if traj.finish_reason == "answer" else "length",
+                    message=AssistantMessage(content=choice_content(traj, fmt)),
+                    finish_reason=choice_finish_reason(traj, fmt),  # type: ignore[arg-type]
                 )
             )
             steps = None
@@ -224,7 +262,12 @@ class ChatService:
         )
 
     async def _chunks(
-        self, group: RunGroup, req: ChatCompletionRequest, cid: str, created: int
+        self,
+        group: RunGroup,
+        req: ChatCompletionRequest,
+        cid: str,
+        created: int,
+        fmt: StructuredOutput | None = None,
     ) -> AsyncIterator[bytes]:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         model = self.gateway.model_name
@@ -264,18 +307,20 @@ class ChatService:
                     try:
                         _raise_for_run_error(traj, self.gateway)
                     except APIError as e:
-                        yield sse_json(api_error_payload(e))
+                        yield sse_json(api_error_payload(e), "error")
                         return
                     usage.add(traj.usage)
-                    text = answer_text(traj.answer)
+                    text = choice_content(traj, fmt)
                     yield chunk([choice(ev.index, {"content": text})])
-                    yield chunk([choice(ev.index, {}, choice_finish_reason(traj))])
+                    yield chunk([choice(ev.index, {}, choice_finish_reason(traj, fmt))])
                 elif isinstance(ev, FailedEvent):
                     err = ev.error
                     if isinstance(err, APIError):
-                        yield sse_json(api_error_payload(err))
+                        yield sse_json(api_error_payload(err), "error")
                     else:
-                        yield sse_json(error_payload(500, f"the run failed: {type(err).__name__}"))
+                        yield sse_json(
+                            error_payload(500, f"the run failed: {type(err).__name__}"), "error"
+                        )
                     return
             if include_usage:
                 body = {

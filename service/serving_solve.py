@@ -4,7 +4,9 @@ Events with `stream: true` (each `data:` is one JSON object on one line):
     event: start   {"id", "model", "created"}
     event: step    a StepOut, as each step completes
     event: result  the SolveResponse (same body as without streaming)
-    event: error   the error shape, if the run could not produce a result
+    event: error   the error shape, if the run could not produce a result: the same error
+                   object (and code) the JSON form answers with its status, e.g. 503
+                   model_unavailable when the model server is down
 plus `: keep-alive` comments during long steps.
 """
 
@@ -29,6 +31,7 @@ from service.gateway import (
 )
 from service.protocol_solve import SolveRequest, SolveResponse, SolveStart, StepOut
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
+from service.textsafe import model_json
 
 ENDPOINT = "solve"
 
@@ -74,7 +77,7 @@ class SolveService:
             total_s=time.monotonic() - arrived,
             include_candidates=req.include_candidates,
         )
-        return Response(body.model_dump_json(), media_type="application/json")
+        return Response(model_json(body), media_type="application/json")
 
     async def _events(
         self, group: RunGroup, run_id: str, req: SolveRequest, arrived: float, queue_s: float
@@ -87,15 +90,19 @@ class SolveService:
                     yield KEEPALIVE
                 elif isinstance(ev, StepEvent):
                     step = StepOut.of(ev.step, include_candidates=req.include_candidates)
-                    yield sse_event(step.model_dump_json(), "step")
+                    yield sse_event(model_json(step), "step")
                 elif isinstance(ev, DoneEvent):
+                    outage = outage_error(ev.trajectory, self.gateway.config)
+                    if outage is not None:
+                        yield sse_json(api_error_payload(outage), "error")
+                        continue
                     result = SolveResponse.of(
                         ev.trajectory,
                         queue_s=queue_s,
                         total_s=time.monotonic() - arrived,
                         include_candidates=req.include_candidates,
                     )
-                    yield sse_event(result.model_dump_json(), "result")
+                    yield sse_event(model_json(result), "result")
                 elif isinstance(ev, FailedEvent):
                     yield sse_json(_failure_payload(ev.error), "error")
         finally:

@@ -8,12 +8,13 @@ reports), which lands here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from service.textsafe import dumps
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -24,13 +25,13 @@ KEEPALIVE = b": keep-alive\n\n"
 
 def sse_event(data: str | bytes, event: str | None = None) -> bytes:
     """One event; `data` must not contain newlines (JSON from json.dumps has none)."""
-    payload = data if isinstance(data, bytes) else data.encode()
+    payload = data if isinstance(data, bytes) else data.encode("utf-8", "replace")
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + payload + b"\n\n"
 
 
 def sse_json(obj: Any, event: str | None = None) -> bytes:
-    return sse_event(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), event)
+    return sse_event(dumps(obj), event)
 
 
 class RunStreamingResponse(StreamingResponse):

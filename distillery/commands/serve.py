@@ -3,6 +3,11 @@
 Flags override DISTILLERY_* variables, which override defaults. With --workers > 1 the
 flags are exported as DISTILLERY_* variables so that every worker process (started by
 uvicorn from the `distillery.app:create_app_from_env` factory) sees the same settings.
+
+uvicorn runs with the gateway's connection protection (`service.http_protocol`: header
+read timeout, max connections; the body read timeout is in the app) and its shutdown
+(`service.shutdown`: on SIGTERM the app drains for `--shutdown-grace-s`; uvicorn's own
+graceful timeout only covers the flush after that).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from distillery.options import (
     AGENT_FIELDS,
     ALIASES,
     EXIT_CONFIG,
+    EXIT_FAILED,
     MODEL_FIELDS,
     RETRIEVAL_FIELDS,
     SANDBOX_FIELDS,
@@ -31,7 +37,12 @@ from distillery.settings import Settings
 SERVER_FIELDS = ["host", "port", "workers", "log_level"]
 PROTECTION_FIELDS = [
     "api_keys", "max_concurrency", "max_queue", "request_timeout_s", "max_body_bytes",
+    "header_timeout_s", "body_timeout_s", "max_connections", "shutdown_grace_s",
 ]
+KEEP_ALIVE_S = 5
+"""Idle keep-alive connections are closed after this (uvicorn's timeout_keep_alive)."""
+FLUSH_S = 10
+"""uvicorn's graceful timeout: after the app's drain, time to finish sending responses."""
 FIELDS = [
     *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
     *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS,
@@ -91,8 +102,7 @@ def export_env(overrides: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from service.http_protocol import GatewayUvicornConfig, serve
     from service.logs import configure_logging
 
     overrides = overrides_from_args(args)
@@ -106,15 +116,22 @@ def run(args: argparse.Namespace) -> int:
         "port": settings.port,
         "log_config": None,
         "access_log": False,
-        "timeout_graceful_shutdown": 30,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "timeout_graceful_shutdown": FLUSH_S,
+        "header_timeout_s": settings.header_timeout_s,
+        "max_connections": settings.max_connections,
+        # a bound on buffered, not yet parsed request data (h11 fallback only)
+        "h11_max_incomplete_event_size": 64 * 1024,
     }
     if settings.workers == 1:
         from distillery.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        config = GatewayUvicornConfig(create_app(settings), **common)
     else:
         export_env(overrides)
-        uvicorn.run(
+        config = GatewayUvicornConfig(
             "distillery.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )
+    if not serve(config):
+        return EXIT_FAILED  # startup failed; the log says why
     return 0

@@ -20,11 +20,13 @@ from tests.helpers.scripted_server import ScriptedServer
 from tests.service.conftest import final_handler
 
 # Examples per operation and mode: bounded so the whole fuzz run takes well under a minute.
-MAX_EXAMPLES = {"POST /v1/solve": 40, "POST /v1/chat/completions": 40}
+MAX_EXAMPLES = {"POST /v1/solve": 40, "POST /v1/chat/completions": 40,
+                "POST /v1/responses": 40}
 DEFAULT_EXAMPLES = 15
 OPERATIONS = [
     "POST /v1/solve",
     "POST /v1/chat/completions",
+    "POST /v1/responses",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
     "GET /healthz",
@@ -51,7 +53,7 @@ def test_schema_lists_every_operation(api_schema: Any) -> None:
 # Negative examples exist only for operations with a body (any string is a valid model id).
 CASES = [(op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
     (op, GenerationMode.NEGATIVE)
-    for op in ("POST /v1/solve", "POST /v1/chat/completions")
+    for op in ("POST /v1/solve", "POST /v1/chat/completions", "POST /v1/responses")
 ]
 
 

@@ -1,0 +1,85 @@
+"""What every request model of the gateway shares: strict types, text that encodes, and
+"not blank" meaning visible characters.
+
+`RequestModel` is the base of each route's root body model:
+- `strict=True`: no coercion (`"samples": "4"`, `"samples": true`, `"stream": "yes"` are
+  refused; an int is still accepted where a float is expected, and an integral JSON
+  number such as `4.0` where an int is: JSON Schema's "integer" allows it),
+- `extra="forbid"`: unknown fields are refused,
+- before any field is validated, every string anywhere in the body (keys too, extra
+  fields too) must encode as UTF-8: a lone surrogate is an `invalid_unicode` error whose
+  `where` names the field, which the error handler turns into a 400/422 with that `param`.
+`VisibleText` is a `str` that must hold at least one visible character
+(`service.textsafe.has_visible_text`).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+from service.textsafe import find_unencodable, has_visible_text
+
+__all__ = ["RequestModel", "VisibleText", "check_visible"]
+
+UNENCODABLE_MESSAGE = (
+    "contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode text; "
+    "send the text as UTF-8 (or escape surrogate pairs completely)"
+)
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_must_encode(cls, data: Any) -> Any:
+        where = find_unencodable(data)
+        if where is not None:
+            raise PydanticCustomError("invalid_unicode", UNENCODABLE_MESSAGE, {"where": where})
+        if isinstance(data, dict):
+            ints = _integer_fields(cls)
+            fixed = {
+                k: int(v) for k, v in data.items()
+                if k in ints and isinstance(v, float) and v.is_integer() and abs(v) < 2**63
+            }
+            if fixed:
+                data = {**data, **fixed}
+        return data
+
+
+def check_visible(value: str) -> str:
+    if not has_visible_text(value):
+        raise ValueError(
+            "must contain visible characters (not only whitespace, control or zero-width "
+            "characters)"
+        )
+    return value
+
+
+VisibleText = Annotated[str, AfterValidator(check_visible)]
+
+
+def _scalar_kinds(annotation: Any) -> set[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        out: set[Any] = set()
+        for arg in typing.get_args(annotation):
+            out |= _scalar_kinds(arg)
+        return out
+    return {annotation} if annotation in (int, float, bool) else set()
+
+
+def _integer_fields(cls: type[BaseModel]) -> frozenset[str]:
+    names = []
+    for name, f in cls.model_fields.items():
+        kinds = _scalar_kinds(f.annotation)
+        if int in kinds and float not in kinds:
+            names.append(f.alias or name)
+    return frozenset(names)
