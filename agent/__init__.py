@@ -1,13 +1,47 @@
 """The agent loop: prompts, action parsing, self-consistent action generation, model clients.
 
 The names below are what other packages may import (checked by tests/test_architecture.py);
-they load lazily, so `import agent` costs nothing until a name is used.
+importing the package loads no heavy dependency (torch, transformers, tantivy load
+where they are used).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from agent.agent import AgentConfig, run_agent
+from agent.embedded_model import EmbeddedModelError, ensure_embedded_model
+from agent.executor import (
+    ErrorKind,
+    ExecutionResult,
+    ExecutionSession,
+    Executor,
+    ToolCallRecord,
+    ToolFn,
+)
+from agent.model_client import (
+    PROTOCOL_STOP,
+    Choice,
+    Completion,
+    Message,
+    ModelClient,
+    ModelError,
+    SamplingParams,
+    Usage,
+)
+from agent.observation import render_error, render_observation
+from agent.openai_client import OpenAIChatClient
+from agent.parsing import ParseError, parse_action
+from agent.prompts import initial_messages, load_prompt_template, system_prompt
+from agent.protocol import (
+    PROTOCOL_FILE,
+    ObservationLayout,
+    Protocol,
+    ProtocolError,
+    checkpoint_protocol_file,
+    default_protocol,
+    load_protocol,
+    resolve_protocol_spec,
+)
+from agent.runtime import Runtime
+from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
+from agent.transformers_engine import TransformersEngine
 
 __all__ = [
     "AgentConfig",
@@ -23,9 +57,13 @@ __all__ = [
     "ModelClient",
     "ModelError",
     "ModelRequest",
+    "ObservationLayout",
     "OpenAIChatClient",
+    "PROTOCOL_FILE",
     "PROTOCOL_STOP",
     "ParseError",
+    "Protocol",
+    "ProtocolError",
     "Runtime",
     "SamplingParams",
     "Step",
@@ -34,51 +72,16 @@ __all__ = [
     "Trajectory",
     "TransformersEngine",
     "Usage",
+    "checkpoint_protocol_file",
+    "default_protocol",
     "ensure_embedded_model",
     "initial_messages",
     "load_prompt_template",
+    "load_protocol",
     "parse_action",
     "render_error",
     "render_observation",
+    "resolve_protocol_spec",
     "run_agent",
+    "system_prompt",
 ]
-
-_EXPORTS = {
-    "AgentConfig": "agent.agent",
-    "Candidate": "agent.trajectory",
-    "Choice": "agent.model_client",
-    "Completion": "agent.model_client",
-    "EmbeddedModelError": "agent.embedded_model",
-    "ErrorKind": "agent.executor",
-    "ExecutionResult": "agent.executor",
-    "ExecutionSession": "agent.executor",
-    "Executor": "agent.executor",
-    "Message": "agent.model_client",
-    "ModelClient": "agent.model_client",
-    "ModelError": "agent.model_client",
-    "ModelRequest": "agent.trajectory",
-    "OpenAIChatClient": "agent.openai_client",
-    "PROTOCOL_STOP": "agent.model_client",
-    "ParseError": "agent.parsing",
-    "Runtime": "agent.runtime",
-    "SamplingParams": "agent.model_client",
-    "Step": "agent.trajectory",
-    "ToolCallRecord": "agent.executor",
-    "ToolFn": "agent.executor",
-    "Trajectory": "agent.trajectory",
-    "TransformersEngine": "agent.transformers_engine",
-    "Usage": "agent.model_client",
-    "ensure_embedded_model": "agent.embedded_model",
-    "initial_messages": "agent.prompts",
-    "load_prompt_template": "agent.prompts",
-    "parse_action": "agent.parsing",
-    "render_error": "agent.observation",
-    "render_observation": "agent.observation",
-    "run_agent": "agent.agent",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

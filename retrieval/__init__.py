@@ -1,13 +1,16 @@
 """The web_search tool: Elasticsearch backend (production) and an embedded tantivy index.
 
 The names below are what other packages may import (checked by tests/test_architecture.py);
-they load lazily (tantivy and the ES client only when used).
+importing the package loads no heavy dependency.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from retrieval.demo_corpus import demo_index_dir, demo_source, ensure_demo_index
+from retrieval.elastic import ElasticIndexWriter, ElasticRetriever
+from retrieval.embedded import EmbeddedIndexWriter, EmbeddedRetriever
+from retrieval.factory import open_retriever
+from retrieval.ingest import FileSource, IngestError, IterSource, ingest
+from retrieval.retriever import Passage, RetrievalError, Retriever
+from retrieval.tool import SearchLayout, format_documents, make_web_search, no_results
 
 __all__ = [
     "ElasticIndexWriter",
@@ -20,6 +23,7 @@ __all__ = [
     "Passage",
     "RetrievalError",
     "Retriever",
+    "SearchLayout",
     "demo_index_dir",
     "demo_source",
     "ensure_demo_index",
@@ -29,30 +33,3 @@ __all__ = [
     "no_results",
     "open_retriever",
 ]
-
-_EXPORTS = {
-    "ElasticIndexWriter": "retrieval.elastic",
-    "ElasticRetriever": "retrieval.elastic",
-    "EmbeddedIndexWriter": "retrieval.embedded",
-    "EmbeddedRetriever": "retrieval.embedded",
-    "FileSource": "retrieval.ingest",
-    "IngestError": "retrieval.ingest",
-    "IterSource": "retrieval.ingest",
-    "Passage": "retrieval.retriever",
-    "RetrievalError": "retrieval.retriever",
-    "Retriever": "retrieval.retriever",
-    "demo_index_dir": "retrieval.demo_corpus",
-    "demo_source": "retrieval.demo_corpus",
-    "ensure_demo_index": "retrieval.demo_corpus",
-    "format_documents": "retrieval.tool",
-    "ingest": "retrieval.ingest",
-    "make_web_search": "retrieval.tool",
-    "no_results": "retrieval.tool",
-    "open_retriever": "retrieval.factory",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

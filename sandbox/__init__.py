@@ -1,13 +1,13 @@
 """Jailed Python workers (nsjail): per-run state, copy-on-write forks, proxied tools.
 
 The names below are what other packages may import (checked by tests/test_architecture.py);
-they load lazily.
+importing the package loads no heavy dependency.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from sandbox.config import DEFAULT_ALLOWED_IMPORTS, SandboxConfig, config_from_settings
+from sandbox.errors import SandboxError, SandboxSetupError, WorkerDied
+from sandbox.executor import SandboxExecutor
+from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
 
 __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
@@ -22,23 +22,3 @@ __all__ = [
     "WorkerDied",
     "config_from_settings",
 ]
-
-_EXPORTS = {
-    "DEFAULT_ALLOWED_IMPORTS": "sandbox.config",
-    "ErrorKind": "sandbox.results",
-    "ExecutionResult": "sandbox.results",
-    "SandboxConfig": "sandbox.config",
-    "SandboxError": "sandbox.errors",
-    "SandboxExecutor": "sandbox.executor",
-    "SandboxSetupError": "sandbox.errors",
-    "ToolCallRecord": "sandbox.results",
-    "ToolFn": "sandbox.results",
-    "WorkerDied": "sandbox.errors",
-    "config_from_settings": "sandbox.config",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
