@@ -1,0 +1,342 @@
+"""`distillery eval run`: the agent (or CoT) over evaluation sets, resumable, then the reports.
+
+The loop is `training.generate.generate` (a bounded pool of runs, one fsynced JSONL record
+per finished question, resume by id): evaluation adds the run folder around it.
+
+    DIR/config.json     what ran: model, agent/sampling, mode, sets with file sha256, judge
+    DIR/records.jsonl   one record per question (the `generate` record), appended
+    DIR/gold.json       the gold passages of the run's covered questions (retrieval recall)
+    DIR/judgments.jsonl the judge's verdict (or error) per factual question, when judged
+    DIR/judge_cache.jsonl  verdicts by (question, gold, prediction) (`evaluation.judge`)
+    DIR/report.json, report.md, report.html
+
+Rerunning the same command in the same folder finishes an interrupted run (questions
+whose last record is an error run again; records already written are never rewritten).
+A run with a different configuration (`fingerprint`: anything that changes the numbers)
+is refused with the differing fields, so two configurations never mix in one folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agent import AgentConfig, Executor, ModelClient, Runtime, ToolFn
+from evaluation.datasets import EvalSet
+from evaluation.gateway_client import GatewayClient
+from evaluation.judge import Judge
+from training.generate import GenerateConfig, GenerateError, generate
+from training.questions import Question
+
+__all__ = [
+    "CONFIG_VERSION",
+    "EvalConfig",
+    "EvalError",
+    "fingerprint",
+    "load_records",
+    "judge_pass",
+    "run_eval",
+    "write_config",
+    "write_json",
+]
+
+CONFIG_VERSION = 1
+Mode = Literal["agent", "cot"]
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot run as configured; the message says what to change."""
+
+
+@dataclass
+class EvalConfig:
+    mode: Mode = "agent"
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    concurrency: int = 4
+    model: dict[str, Any] = field(default_factory=dict)
+    """What answers: {"kind": url|path|embedded|gateway, "name", "url"|"path"}."""
+    retrieval: dict[str, Any] | None = None
+    judge: dict[str, Any] | None = None
+    """{"url", "model"} of the LLM judge (factual accuracy), None: exact match."""
+    protocol: dict[str, Any] | None = None
+    limit: int | None = None
+    only_covered: bool = False
+    cot_temperature: float = 0.0
+    cot_max_tokens: int = 2048
+    name: str | None = None
+    """The run's label in reports (default: the folder name)."""
+    progress: bool = True
+    data_dir: str | None = None
+
+
+def _agent_dict(a: AgentConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(a)
+    prompt = Path(str(a.prompt))
+    if a.prompt not in ("student", "teacher") and prompt.is_file():
+        import hashlib
+
+        d["prompt_sha256"] = hashlib.sha256(prompt.read_bytes()).hexdigest()
+    return d
+
+
+def config_document(sets: Sequence[EvalSet], cfg: EvalConfig) -> dict[str, Any]:
+    """config.json's content (JSON values only: it is compared with the saved one on resume)."""
+    doc = {
+        "version": CONFIG_VERSION,
+        "name": cfg.name,
+        "mode": cfg.mode,
+        "model": cfg.model,
+        "agent": _agent_dict(cfg.agent) if cfg.mode == "agent" else None,
+        "cot": (
+            {"temperature": cfg.cot_temperature, "max_tokens": cfg.cot_max_tokens}
+            if cfg.mode == "cot"
+            else None
+        ),
+        "seed": cfg.agent.seed,
+        "retrieval": cfg.retrieval,
+        "judge": cfg.judge,
+        "protocol": cfg.protocol,
+        "limit": cfg.limit,
+        "only_covered": cfg.only_covered,
+        "data_dir": cfg.data_dir,
+        "sets": [s.describe() for s in sets],
+        "concurrency": cfg.concurrency,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return dict(json.loads(json.dumps(doc, default=str)))
+
+
+_NOT_FINGERPRINT = {"name", "concurrency", "created_at", "data_dir"}
+_NOT_FINGERPRINT_SET = {"file"}
+
+
+def fingerprint(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of config.json that decides the numbers (a resume must match it exactly)."""
+    fp = {k: v for k, v in doc.items() if k not in _NOT_FINGERPRINT}
+    fp["sets"] = [
+        {k: v for k, v in s.items() if k not in _NOT_FINGERPRINT_SET} for s in doc.get("sets", [])
+    ]
+    if isinstance(fp.get("agent"), dict):
+        fp["agent"] = {k: v for k, v in fp["agent"].items() if k != "timeout_s"}
+    return fp
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _differences(a, b, f"{path}[{i}]")
+        return out
+    return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_config(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """Write DIR/config.json, or check it against the folder's: EvalError when they differ."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path} is not valid JSON ({e}): use another --out") from e
+        diffs = _differences(fingerprint(old), fingerprint(doc))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+            raise EvalError(
+                f"{out} holds a run with another configuration ({shown}); rerun with the same "
+                "options to resume it, or use another --out"
+            )
+        return dict(old)
+    if (out / "records.jsonl").is_file():
+        raise EvalError(
+            f"{out} has records.jsonl but no config.json (not an evaluation folder?): "
+            "use another --out"
+        )
+    write_json(path, doc)
+    return doc
+
+
+def load_records(path: Path) -> dict[str, dict[str, Any]]:
+    """id -> the last record for it (a half-written last line is skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                out[str(rec["id"])] = rec
+    return out
+
+
+class _Unused:
+    """Stands in for the model and executor when a gateway runs every question."""
+
+    model_name = "gateway"
+
+    async def complete(self, *_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("evaluation through a gateway calls no model directly")
+
+    async def start(self) -> None:
+        return None
+
+    async def open_session(self, *_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("evaluation through a gateway runs no code directly")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _write_gold(out: Path, sets: Sequence[EvalSet]) -> None:
+    doc = {
+        qid: dataclasses.asdict(g) for s in sets for qid, g in s.gold.items()
+    }
+    write_json(out / "gold.json", doc)
+
+
+async def judge_pass(
+    out: Path,
+    sets: Sequence[EvalSet],
+    judge: Judge,
+    *,
+    concurrency: int = 8,
+) -> dict[str, int]:
+    """Judge the factual records of the run; rewrites DIR/judgments.jsonl."""
+    records = load_records(out / "records.jsonl")
+    wanted = [
+        records[q.id]
+        for s in sets
+        if s.domain == "factual"
+        for q in s.questions
+        if q.id in records
+    ]
+    verdicts = await judge.judge_records(wanted, concurrency=concurrency)
+    tmp = out / "judgments.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for qid, v in verdicts.items():
+            f.write(json.dumps({"id": qid, "model": judge.model, **v.to_dict()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / "judgments.jsonl")
+    return {
+        "judged": sum(v.verdict is not None for v in verdicts.values()),
+        "judge_errors": sum(v.verdict is None for v in verdicts.values()),
+        "judge_calls": judge.calls,
+    }
+
+
+def _add_summary(total: dict[str, Any], part: Mapping[str, Any]) -> None:
+    for k, v in part.items():
+        if k == "error_types":
+            types = total.setdefault("error_types", {})
+            for et, n in v.items():
+                types[et] = types.get(et, 0) + n
+        elif isinstance(v, int | float) and not isinstance(v, bool) and v is not None:
+            total[k] = round(total.get(k, 0) + v, 2)
+        else:
+            total.setdefault(k, v)
+
+
+async def run_eval(
+    sets: Sequence[EvalSet],
+    out: Path,
+    cfg: EvalConfig,
+    *,
+    runtime: Runtime | None = None,
+    gateway: GatewayClient | None = None,
+    judge: Judge | None = None,
+    html: bool = True,
+) -> dict[str, Any]:
+    """Run (or finish) the evaluation in `out`, then write the reports; returns the summary."""
+    from evaluation.report import write_reports
+
+    if (runtime is None) == (gateway is None):
+        raise EvalError("run_eval needs either a runtime (model + executor) or a gateway")
+    if gateway is not None and cfg.mode != "agent":
+        raise EvalError(
+            "--gateway-url evaluates the served agent: --mode cot needs a model (--model-url)"
+        )
+    if cfg.concurrency < 1:
+        raise EvalError("--concurrency must be at least 1")
+    out = Path(out)
+    doc = config_document(sets, cfg)
+    write_config(out, doc)
+    _write_gold(out, sets)
+    questions = [q for s in sets for q in s.questions]
+    gen_cfg = GenerateConfig(
+        mode=cfg.mode,
+        concurrency=cfg.concurrency,
+        agent=cfg.agent,
+        cot_temperature=cfg.cot_temperature,
+        cot_max_tokens=cfg.cot_max_tokens,
+        retry_errors=True,
+        progress=cfg.progress,
+    )
+    model: ModelClient
+    executor: Executor
+    # Math questions get the Python tool only; factual ones also web_search (when the
+    # runtime has a retriever). Two passes over one records file, in set order.
+    passes: list[tuple[list[Question], Callable[[], Mapping[str, ToolFn]]]]
+    if runtime is not None:
+        model, executor = runtime.model, runtime.executor
+        math_qs = [q for s in sets if s.domain == "math" for q in s.questions]
+        fact_qs = [q for s in sets if s.domain != "math" for q in s.questions]
+        passes = [(math_qs, dict), (fact_qs, runtime.tools_for_run)]
+    else:
+        model, executor = _Unused(), _Unused()
+        passes = [(questions, dict)]
+    totals: dict[str, Any] = {}
+    try:
+        for qs, tools in passes:
+            if not qs:
+                continue
+            summary = await generate(
+                qs,
+                out / "records.jsonl",
+                model=model,
+                executor=executor,
+                tools_factory=tools,
+                config=gen_cfg,
+                run=gateway.record if gateway is not None else None,
+            )
+            _add_summary(totals, summary.to_dict())
+    except GenerateError as e:
+        raise EvalError(str(e)) from e
+    result: dict[str, Any] = {**totals, "out": str(out), "questions": len(questions)}
+    for k in ("accuracy", "trajectories_per_min", "correct", "graded"):
+        result.pop(k, None)  # generate's view; the report's numbers follow
+    if judge is not None:
+        result.update(await judge_pass(out, sets, judge, concurrency=max(cfg.concurrency, 4)))
+    report = write_reports(out, html=html)
+    result["average_accuracy"] = report["average_accuracy"]
+    result["sets"] = {name: m["accuracy"] for name, m in report["sets"].items()}
+    result["report"] = {
+        k: str(out / f) for k, f in [("json", "report.json"), ("md", "report.md")]
+    }
+    if html:
+        result["report"]["html"] = str(out / "report.html")
+    return result
