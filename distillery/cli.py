@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "distillery.commands.serve",  # serve
     "distillery.commands.index",  # index build|search
     "distillery.commands.training",  # generate, train build-data|sft, export
+    "distillery.commands.eval",  # eval run|report|compare
 ]
 
 
