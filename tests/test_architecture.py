@@ -134,3 +134,41 @@ def test_the_checker_catches_each_kind_of_violation(tmp_path: Path) -> None:
         "distillery -> service/training/evaluation -> agent -> sandbox/retrieval",
     ]
     assert len(_violations("sandbox", tmp_path)) == 1
+
+
+MAX_FUNCTION_LINES = 80
+# Files whose long functions read better whole, with the reason.
+LONG_FUNCTIONS_ALLOWED = {
+    "sandbox/worker.py": "the jail's worker is mounted alone into the jail and must stay "
+    "self-contained; its request loop reads best in one piece",
+}
+
+
+def _long_functions(package: str, root: Path = ROOT) -> list[str]:
+    found = []
+    for path in _modules(package, root):
+        rel = str(path.relative_to(root))
+        if rel in LONG_FUNCTIONS_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.append(f"{rel}:{node.lineno} {node.name} is {lines} lines")
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_function_is_longer_than_80_lines(package: str) -> None:
+    long = _long_functions(package)
+    assert not long, (
+        f"split these into named steps (max {MAX_FUNCTION_LINES} lines):\n" + "\n".join(long)
+    )
+
+
+def test_the_length_check_counts_lines(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "pkg" / "m.py").write_text(f"def long():\n{body}\n\ndef short():\n    pass\n")
+    expected = f"pkg/m.py:1 long is {MAX_FUNCTION_LINES + 1} lines"
+    assert _long_functions("pkg", tmp_path) == [expected]
