@@ -27,6 +27,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -82,17 +83,48 @@ def own_cgroup(root: Path, proc_file: str | None = None) -> Path:
             f"this process's cgroup ({rel}) lies outside its cgroup namespace, so it cannot "
             "be managed from here. Start the service inside the container's cgroup namespace."
         )
+    mine = root.joinpath(*parts)
     if parts and parts[-1] == SERVICE_LEAF:
         parts.pop()
     own = root.joinpath(*parts)
+    wrong_view = (
+        f"the cgroup2 mount at {root} is not this process's view of its cgroup namespace "
+        "(e.g. the node's /sys/fs/cgroup mounted into the container as a hostPath: jails made "
+        "there would escape the pod's cgroup). Use the container's own /sys/fs/cgroup "
+        "(chart: sandbox.hostCgroupfs=false on cgroup v2 nodes). "
+        + WAYS_OUT.format(parent="NSJAIL")
+    )
     if not (own / "cgroup.procs").exists():
-        raise SandboxSetupError(
-            f"this process's cgroup {rel} is not visible under {root} (the cgroup2 mount "
-            "belongs to another cgroup namespace). Mount the container's own cgroup "
-            "namespace at /sys/fs/cgroup (containerd/CRI-O do on cgroup v2 nodes; Docker: "
-            f"--cgroupns=private). {WAYS_OUT.format(parent='NSJAIL')}"
-        )
+        raise SandboxSetupError(f"this process's cgroup {rel} is not visible under {root}: "
+                                + wrong_view)
+    if os.getpid() not in _pids(mine):
+        raise SandboxSetupError(f"this process is not listed in {mine}/cgroup.procs: "
+                                + wrong_view)
     return own
+
+
+def mount_own_view(root: Path) -> bool:
+    """Mount this cgroup namespace's cgroup2 view read-write over a read-only `root`.
+
+    A container that is not privileged gets /sys/fs/cgroup read-only; with CAP_SYS_ADMIN (the
+    chart's capabilities mode) it may mount a fresh cgroup2 there, which shows its own
+    cgroup namespace. True when mounted; False when `root` was writable already. Raises
+    SandboxSetupError when the mount is refused (no SYS_ADMIN, an AppArmor/seccomp profile).
+    """
+    if not os.statvfs(root).f_flag & os.ST_RDONLY:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if libc.mount(b"cgroup2", str(root).encode(), b"cgroup2", flags, None) != 0:
+        err = ctypes.get_errno()
+        raise SandboxSetupError(
+            f"{root} is a read-only cgroup2 mount and mounting this container's own cgroup2 "
+            f"view over it failed: {os.strerror(err)} (needs CAP_SYS_ADMIN and a seccomp/"
+            "AppArmor profile that allows mount; the chart's capabilities mode sets both). "
+            + WAYS_OUT.format(parent="NSJAIL")
+        )
+    log.info("sandbox: mounted this container's cgroup2 view read-write over %s", root)
+    return True
 
 
 def _words(path: Path) -> list[str]:
@@ -137,6 +169,8 @@ def delegate(
     if "/" in parent or parent in ("", ".", "..") or parent == SERVICE_LEAF:
         raise SandboxSetupError(f"cgroup_parent {parent!r} must be one plain directory name")
     own = own_cgroup(base, proc_file)
+    if own == base and self_cgroup_path(proc_file) in ("/", f"/{SERVICE_LEAF}"):
+        mount_own_view(base)  # a container at its cgroup namespace's root: make it writable
     available = _words(own / "cgroup.controllers")
     missing = [c for c in controllers if c not in available]
     if missing:

@@ -12,7 +12,9 @@ and powers the VM off. Scenarios:
              delegated (a systemd unit with Delegate=yes);
   container  the child runs in /kubepods/pod-a/ctr with the controllers delegated, in its own
              cgroup and mount namespace with cgroup2 mounted at /sys/fs/cgroup (what
-             containerd gives a pod's container on a cgroup v2 node).
+             containerd gives a privileged container on a cgroup v2 node);
+  container-ro  the same with /sys/fs/cgroup mounted read-only (what a container that is
+             not privileged gets; the chart's capabilities mode).
 Standard library only; nothing here runs on the host.
 """
 
@@ -57,13 +59,13 @@ def make_path(rel: str) -> Path:
     return group
 
 
-def enter_container(group: Path) -> None:
+def enter_container(group: Path, read_only: bool = False) -> None:
     """In the child before exec: join `group`, then own cgroup + mount namespaces."""
     (group / "cgroup.procs").write_text("0")
     _check(libc.unshare(CLONE_NEWCGROUP | CLONE_NEWNS), "unshare")
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     _check(libc.umount2(b"/sys/fs/cgroup", MNT_DETACH), "umount /sys/fs/cgroup")
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (1 if read_only else 0)  # MS_RDONLY
     _check(libc.mount(b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", flags, None), "mount cgroup2")
 
 
@@ -75,11 +77,11 @@ def run_step(step: dict[str, object]) -> dict[str, object]:
 
         def preexec() -> None:
             (group / "cgroup.procs").write_text("0")
-    elif scenario == "container":
-        ctr = make_path("kubepods/pod-a/ctr")
+    elif scenario in ("container", "container-ro"):
+        ctr = make_path(f"kubepods/pod-a/{scenario}")
 
         def preexec() -> None:
-            enter_container(ctr)
+            enter_container(ctr, read_only=scenario == "container-ro")
     elif scenario != "root":
         raise ValueError(f"unknown scenario {scenario!r}")
     env = {str(k): str(v) for k, v in dict(step.get("env") or {}).items()}  # type: ignore[call-overload]

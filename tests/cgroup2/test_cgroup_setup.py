@@ -191,7 +191,7 @@ def test_host_service_cgroup(v2: Path, tmp_path: Path) -> None:
     assert words(v2 / "cgroup.procs") == ["1"]  # nothing outside the unit was touched
 
 
-def test_half_configured_v2_names_the_missing_controller(v2: Path) -> None:
+def test_half_configured_v2_names_the_missing_controller(v2: Path, tmp_path: Path) -> None:
     (v2 / "cgroup.controllers").write_text("cpu memory")
     with pytest.raises(SandboxSetupError, match=r"half-configured.*pids.*Delegate=yes.*rlimit"):
         prepare(cfg(v2))
@@ -199,6 +199,7 @@ def test_half_configured_v2_names_the_missing_controller(v2: Path) -> None:
     # cpu is only needed with a CPU throttle
     (v2 / "cgroup.controllers").write_text("memory pids")
     prepare(cfg(v2))
+    (tmp_path / "self-cgroup").write_text(f"0::/{cgroup_v2.SERVICE_LEAF}\n")  # moved there
     with pytest.raises(SandboxSetupError, match=r"controller\(s\) cpu are not delegated"):
         prepare(cfg(v2, cpu_ms_per_sec=100))
 
@@ -215,6 +216,10 @@ def test_group_outside_the_namespace_is_refused(v2: Path, tmp_path: Path) -> Non
         prepare(cfg(v2))
     (tmp_path / "self-cgroup").write_text("0::/not-here\n")
     with pytest.raises(SandboxSetupError, match="not visible under"):
+        prepare(cfg(v2))
+    (tmp_path / "self-cgroup").write_text("0::/\n")
+    (v2 / "cgroup.procs").write_text("1")  # the node's hierarchy as a hostPath: not our cgroup
+    with pytest.raises(SandboxSetupError, match="not listed in.*hostPath.*hostCgroupfs=false"):
         prepare(cfg(v2))
     (tmp_path / "self-cgroup").write_text("12:pids:/\n")
     with pytest.raises(SandboxSetupError, match="no cgroup v2 entry"):

@@ -9,6 +9,7 @@ same logic is unit-tested against fake trees in test_cgroup_setup.py on every `m
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,9 +17,11 @@ import pytest
 
 from sandbox import cgroup_v2
 from sandbox.cgroups import detect, prepare
+from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError
 from tests.sandbox.conftest import ExecutorFactory, Opener
-from tests.sandbox.util import Tracker, assert_healthy, attack_config, fast_config, wait_until
+from tests.sandbox.util import Tracker, assert_healthy, attack_config, wait_until
+from tests.sandbox.util import fast_config as _fast_config
 
 SCENARIO = os.environ.get("DISTILLERY_CGROUP2_VM")
 pytestmark = [
@@ -26,6 +29,16 @@ pytestmark = [
     pytest.mark.skipif(SCENARIO is None, reason="runs inside the cgroup v2 VM (make test-cgroup2)"),
 ]
 CG = Path("/sys/fs/cgroup")
+# software emulation on a busy host is 10-50x slower: generous waits (the limits are not)
+SLOW = {"start_timeout_s": 600.0, "control_timeout_s": 120.0, "step_timeout_s": 120.0}
+
+
+def fast_config(**kw: object) -> SandboxConfig:
+    return _fast_config(**{**SLOW, **kw})
+
+
+def vm_attack_config(**kw: object) -> SandboxConfig:
+    return dataclasses.replace(attack_config(**kw), **SLOW)  # type: ignore[arg-type]
 
 
 def _procs(group: Path) -> list[int]:
@@ -47,8 +60,10 @@ async def test_v2_is_detected_and_delegated(make_executor: ExecutorFactory) -> N
     else:  # a non-root cgroup: the service left it for a leaf so that it can delegate
         assert d.leaf is not None and os.getpid() in _procs(d.leaf)
         assert _procs(d.own) == []
-    if SCENARIO == "container":
+    if SCENARIO in ("container", "container-ro"):
         assert d.own == CG  # the container's own cgroup namespace root
+    if SCENARIO == "container-ro":  # it mounted its own view read-write over the ro one
+        assert not os.statvfs(CG).f_flag & os.ST_RDONLY
 
 
 async def test_limits_land_in_the_jails_group(open_session: Opener, tracker: Tracker) -> None:
@@ -71,8 +86,8 @@ async def test_limits_land_in_the_jails_group(open_session: Opener, tracker: Tra
 async def test_memory_and_fork_bombs_are_told_apart_per_jail(
     open_session: Opener, tracker: Tracker
 ) -> None:
-    a = await open_session(attack_config(memory_mb=128, pids=16, step_timeout_s=30.0))
-    b = await open_session(attack_config(memory_mb=128, pids=16, step_timeout_s=30.0))
+    a = await open_session(vm_attack_config(memory_mb=128, pids=16))
+    b = await open_session(vm_attack_config(memory_mb=128, pids=16))
     await a.run("x = 'kept'")
     wa, wb = a.worker, b.worker
     assert wa is not None and wb is not None
@@ -134,16 +149,27 @@ def test_half_configured_v2_is_a_clear_error() -> None:
                 g.rmdir()
 
 
-def test_read_only_cgroupfs_is_a_clear_error(tmp_path: Path) -> None:
+def test_read_only_cgroupfs(tmp_path: Path) -> None:
+    """A container mounts its own view over a read-only cgroupfs; elsewhere it is an error."""
     libc = ctypes.CDLL(None, use_errno=True)
     ro = tmp_path / "cgroup-ro"
     ro.mkdir()
     ms_bind, ms_remount, ms_rdonly = 4096, 32, 1
     assert libc.mount(str(CG).encode(), str(ro).encode(), None, ms_bind, None) == 0
+    mounts = 1
     try:
         flags = ms_remount | ms_bind | ms_rdonly
         assert libc.mount(None, str(ro).encode(), None, flags, None) == 0
-        with pytest.raises(SandboxSetupError, match="not writable.*Ways out"):
-            prepare(fast_config(cgroup_root=str(ro), cgroup_parent="RO"))
+        config = fast_config(cgroup_root=str(ro), cgroup_parent="RO")
+        if SCENARIO in ("container", "container-ro"):
+            setup = prepare(config)
+            mounts += 1
+            assert not os.statvfs(ro).f_flag & os.ST_RDONLY
+            assert setup.delegation is not None and setup.delegation.jail_parent == ro / "RO"
+            (ro / "RO").rmdir()
+        else:
+            with pytest.raises(SandboxSetupError, match="not writable.*Ways out"):
+                prepare(config)
     finally:
-        libc.umount2(str(ro).encode(), 2)
+        for _ in range(mounts):
+            libc.umount2(str(ro).encode(), 2)
