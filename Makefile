@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 TORCH := torch==2.13.0
 PIP := $(BIN)/pip install --disable-pip-version-check -q
 
-.PHONY: demo test install install-dev vllm-venv lint bench clean
+.PHONY: demo test install install-dev vllm-venv lint bench clean browser
 .PHONY: deploy-check deploy-tools chart-with-es constraints image
 
 $(BIN)/python:
@@ -48,8 +48,13 @@ DEMO_FLAGS ?= --samples 4 --max-tokens 512
 demo: install
 	$(BIN)/distillery solve "$(DEMO_QUESTION)" $(DEMO_FLAGS)
 
+# Headless Chromium (Debian's package) opens report.html in tests/evaluation.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 # deploy-check already ran tests/deploy (with the fetched helm); the main run skips them.
-test: install-dev vllm-venv deploy-check
+test: install-dev vllm-venv deploy-check browser
 	$(BIN)/python -m pytest -q -ra --ignore=tests/deploy
 
 lint: install-dev
