@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,15 +31,30 @@ def route_label(scope: Scope) -> str:
     if path:
         return str(path)
     app = scope.get("app")
-    router = getattr(app, "router", None)
-    for candidate in getattr(router, "routes", ()):
+    found = _match_route(getattr(getattr(app, "router", None), "routes", ()), scope, 0)
+    if found is not None:
+        return found
+    return UNMATCHED_ROUTE
+
+
+def _match_route(routes: Any, scope: Scope, depth: int) -> str | None:
+    for candidate in routes or ():
+        nested = getattr(candidate, "original_router", None)  # FastAPI's included routers
+        if nested is not None and depth < 4:
+            found = _match_route(getattr(nested, "routes", ()), scope, depth + 1)
+            if found is not None:
+                return found
+            continue
+        path = getattr(candidate, "path", None)
+        if not path:
+            continue
         try:
             match, _ = candidate.matches(scope)
         except Exception:  # a route that cannot judge this scope is not it
             continue
         if match != Match.NONE:
-            return str(getattr(candidate, "path", UNMATCHED_ROUTE))
-    return UNMATCHED_ROUTE
+            return str(path)
+    return None
 
 
 class RequestContextMiddleware:
