@@ -83,24 +83,33 @@ def own_cgroup(root: Path, proc_file: str | None = None) -> Path:
             f"this process's cgroup ({rel}) lies outside its cgroup namespace, so it cannot "
             "be managed from here. Start the service inside the container's cgroup namespace."
         )
-    mine = root.joinpath(*parts)
     if parts and parts[-1] == SERVICE_LEAF:
         parts.pop()
     own = root.joinpath(*parts)
-    wrong_view = (
-        f"the cgroup2 mount at {root} is not this process's view of its cgroup namespace "
-        "(e.g. the node's /sys/fs/cgroup mounted into the container as a hostPath: jails made "
-        "there would escape the pod's cgroup). Use the container's own /sys/fs/cgroup "
-        "(chart: sandbox.hostCgroupfs=false on cgroup v2 nodes). "
-        + WAYS_OUT.format(parent="NSJAIL")
-    )
     if not (own / "cgroup.procs").exists():
-        raise SandboxSetupError(f"this process's cgroup {rel} is not visible under {root}: "
-                                + wrong_view)
-    if os.getpid() not in _pids(mine):
-        raise SandboxSetupError(f"this process is not listed in {mine}/cgroup.procs: "
-                                + wrong_view)
+        raise SandboxSetupError(
+            f"this process's cgroup {rel} is not visible under {root}: the cgroup2 mount "
+            "belongs to another cgroup namespace. Use the container's own /sys/fs/cgroup "
+            "(containerd/CRI-O give each container its own cgroup namespace on cgroup v2 "
+            f"nodes; Docker: --cgroupns=private). {WAYS_OUT.format(parent='NSJAIL')}"
+        )
     return own
+
+
+def check_view(root: Path, proc_file: str | None = None) -> None:
+    """This process must be listed where /proc/self/cgroup says it is: otherwise `root` shows
+    another cgroup namespace (a hostPath of the node's hierarchy) and jails made there would
+    escape this container's cgroup."""
+    parts = [p for p in self_cgroup_path(proc_file).split("/") if p]
+    mine = root.joinpath(*parts)
+    if os.getpid() not in _pids(mine):
+        raise SandboxSetupError(
+            f"this process is not listed in {mine}/cgroup.procs: the cgroup2 mount at {root} "
+            "is not this process's view of its cgroup namespace (e.g. the node's "
+            "/sys/fs/cgroup mounted into the container as a hostPath: jails made there would "
+            "escape the pod's cgroup). Use the container's own /sys/fs/cgroup (chart: "
+            "sandbox.hostCgroupfs=false on cgroup v2 nodes). " + WAYS_OUT.format(parent="NSJAIL")
+        )
 
 
 def mount_own_view(root: Path) -> bool:
@@ -114,16 +123,24 @@ def mount_own_view(root: Path) -> bool:
     if not os.statvfs(root).f_flag & os.ST_RDONLY:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
+    target = str(root).encode()
     flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if libc.mount(b"cgroup2", str(root).encode(), b"cgroup2", flags, None) != 0:
+    # the same superblock cannot be mounted twice on one mount point (EBUSY): make this mount
+    # read-write (MS_REMOUNT | MS_BIND changes only its per-mount flags) ...
+    ok = libc.mount(None, target, None, 32 | 4096 | flags, None) == 0
+    err = ctypes.get_errno()
+    if not ok:  # ... or replace it by a fresh mount of this namespace's view
+        ok = (libc.umount2(target, 2) == 0  # MNT_DETACH
+              and libc.mount(b"cgroup2", target, b"cgroup2", flags, None) == 0)
         err = ctypes.get_errno()
+    if not ok:
         raise SandboxSetupError(
-            f"{root} is a read-only cgroup2 mount and mounting this container's own cgroup2 "
-            f"view over it failed: {os.strerror(err)} (needs CAP_SYS_ADMIN and a seccomp/"
+            f"{root} is a read-only cgroup2 mount and making this container's own cgroup2 view "
+            f"writable failed: {os.strerror(err)} (needs CAP_SYS_ADMIN and a seccomp/"
             "AppArmor profile that allows mount; the chart's capabilities mode sets both). "
             + WAYS_OUT.format(parent="NSJAIL")
         )
-    log.info("sandbox: mounted this container's cgroup2 view read-write over %s", root)
+    log.info("sandbox: made this container's cgroup2 view at %s read-write", root)
     return True
 
 
@@ -181,6 +198,7 @@ def delegate(
             "cgroup must enable them in its cgroup.subtree_control (the container runtime "
             f"or systemd does that; systemd: Delegate=yes). {hint}"
         )
+    check_view(base, proc_file)
     subtree = own / "cgroup.subtree_control"
     if not os.access(subtree, os.W_OK) or not os.access(own, os.W_OK):
         raise SandboxSetupError(

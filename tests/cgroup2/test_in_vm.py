@@ -77,7 +77,9 @@ async def test_limits_land_in_the_jails_group(open_session: Opener, tracker: Tra
     assert (group / "cpu.max").read_text().split() == ["300000", "1000000"]
     if (group / "memory.swap.max").exists():
         assert (group / "memory.swap.max").read_text().strip() == "0"
-    assert set(worker.process_ids()) == set(_procs(group)) and len(_procs(group)) == 2
+    # init + the state process at rest (the step's fork may take a moment to exit)
+    assert await wait_until(lambda: len(_procs(group)) == 2, 60), _procs(group)
+    assert set(worker.process_ids()) == set(_procs(group))
     current, peak = worker.memory_bytes()
     assert 0 < current <= peak
     await assert_healthy(s, tracker)

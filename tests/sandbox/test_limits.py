@@ -136,8 +136,11 @@ async def test_cpu_throttle_is_applied(open_session: Opener, tracker: Tracker) -
     worker = s.worker
     assert worker is not None and worker.cgroups is not None
     cpu_dir = worker.cgroups.dirs["cpu"]
-    quota = int((cpu_dir / "cpu.cfs_quota_us").read_text())
-    period = int((cpu_dir / "cpu.cfs_period_us").read_text())
+    if (cpu_dir / "cpu.max").exists():  # cgroup v2: "<quota> <period>"
+        quota, period = map(int, (cpu_dir / "cpu.max").read_text().split())
+    else:
+        quota = int((cpu_dir / "cpu.cfs_quota_us").read_text())
+        period = int((cpu_dir / "cpu.cfs_period_us").read_text())
     assert quota / period == pytest.approx(0.25)
     assert set((cpu_dir / "cgroup.procs").read_text().split()) == {
         str(p) for p in worker.process_ids()
