@@ -4,16 +4,22 @@ Semantics follow vLLM's OpenAI server so the agent behaves the same on either:
 - the chat template renders the prompt (`add_generation_prompt`; with
   `continue_final_message` the last assistant message is a prefix the model continues,
   and only the continuation is returned);
-- `n` samples come from ONE batched `generate` (`num_return_sequences`);
+- `n` samples come from ONE batched decoding loop: the prompt is prefilled once, its
+  KV cache copied to n rows, and the rows decode together; a row that finishes leaves
+  the batch (its cache rows are dropped), so finished samples stop costing compute
+  (the earlier `generate(num_return_sequences=n)` prefilled the prompt n times and kept
+  computing finished rows until the longest one ended);
 - generation of a sample halts at the first stop string in its generated text; the
   stop string and anything after it are not returned (finish_reason "stop"); the end
   of the turn (EOS) also gives "stop", running out of `max_tokens` gives "length";
 - `temperature == 0` is greedy; top-k is off; `seed` makes sampling reproducible;
-- usage counts the prompt once and every generated token of every sample.
+- usage counts the prompt once and every generated token of every sample; each
+  choice's delta carries its tokens (exact per-candidate counts).
 
-`generate` runs on the engine's own single worker thread, so the event loop keeps
-serving while the model computes and calls are served one at a time, in order. A
-cancelled call stops its generation at the next token.
+`stream` (agent.streaming) yields each sample's text as it is decoded; `complete`
+collects the stream. Generation runs on the engine's own single worker thread, so the
+event loop keeps serving while the model computes and calls are served one at a time,
+in order. A closed stream or a cancelled call stops its generation at the next token.
 
 torch and transformers are imported inside functions: the CLI imports this module lazily,
 and `import agent` must stay light.
@@ -23,14 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.model_client import (
-    Choice,
     Completion,
     Message,
     ModelError,
@@ -38,6 +43,7 @@ from agent.model_client import (
     SamplingParams,
     Usage,
 )
+from agent.streaming import ChoiceDelta, CompletionStream, collect
 
 _ROLES = frozenset({"system", "user", "assistant"})
 
@@ -69,6 +75,7 @@ class TransformersEngine:
             raise ModelError("the model defines no end-of-sequence token")
         pad = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
         self._pad_id: int = int(pad) if pad is not None else self._eos_ids[0]
+        self._eos = frozenset(self._eos_ids)
         self.context_length: int = int(
             getattr(model.config, "max_position_embeddings", 0) or 1 << 30
         )
@@ -131,37 +138,87 @@ class TransformersEngine:
         *,
         continue_final_message: bool = False,
     ) -> Completion:
+        return await collect(
+            self.stream(messages, params, continue_final_message=continue_final_message)
+        )
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        *,
+        continue_final_message: bool = False,
+    ) -> CompletionStream:
+        """Sample `params.n` continuations, yielding each choice's text as it is decoded.
+
+        Closing the stream (or cancelling the task that reads it) stops the generation
+        at its next token. Raises ModelRequestError for invalid input at once."""
         if self._closed:
             raise ModelError("the engine is closed")
         _validate(messages, params, continue_final_message)
-        cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            self._worker, self._complete_sync, list(messages), params, continue_final_message,
-            cancel,
-        )  # fmt: skip
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            cancel.set()  # the generation ends at its next token
-            raise
+        msgs = list(messages)
+        return CompletionStream(
+            params.n,
+            self.model_name,
+            lambda stream: self._events(msgs, params, continue_final_message, stream),
+        )
 
     async def aclose(self) -> None:
         self._closed = True
         self._worker.shutdown(wait=False, cancel_futures=True)
 
+    async def _events(
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        continue_final_message: bool,
+        stream: CompletionStream,
+    ) -> AsyncIterator[ChoiceDelta]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._generate(messages, params, continue_final_message, cancel, emit)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading task
+                emit(exc)
+            finally:
+                emit(_END)
+
+        fut = loop.run_in_executor(self._worker, work)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Usage):
+                    stream.usage.prompt_tokens = item.prompt_tokens
+                    continue
+                stream.usage.completion_tokens += item.tokens
+                yield item
+            await fut
+        finally:
+            cancel.set()  # a closed stream ends the generation at its next token
+
     # --- the work, on the worker thread ---------------------------------------------
-    def _complete_sync(
+    def _generate(
         self,
         messages: list[Message],
         params: SamplingParams,
         continue_final_message: bool,
         cancel: threading.Event,
-    ) -> Completion:
+        emit: Any,
+    ) -> None:
+        """Prefill the prompt once, then decode the n rows together; a finished row leaves
+        the batch (its KV cache rows are dropped), so it costs nothing from then on."""
         import torch
-        from transformers import StoppingCriteriaList
 
-        started = time.monotonic()
         prompt_ids = self._encode(messages, continue_final_message)
         prompt_len = len(prompt_ids)
         room = self.context_length - prompt_len
@@ -170,59 +227,74 @@ class TransformersEngine:
                 f"the prompt is {prompt_len} tokens; the model's context is "
                 f"{self.context_length}: shorten the conversation"
             )
+        emit(Usage(prompt_tokens=prompt_len))
         max_new = min(params.max_tokens, room)
         stop = [s for s in params.stop if s]
-        criterion = _StopCriterion(self.tokenizer, prompt_len, stop, cancel)
-        # Greedy samples are all the same: compute one, return it n times (as vLLM does).
-        greedy_copies = params.n if params.temperature == 0 else 1
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new,
-            num_return_sequences=params.n if greedy_copies == 1 else 1,
-            stopping_criteria=StoppingCriteriaList([criterion]),
-            eos_token_id=self._eos_ids,
-            pad_token_id=self._pad_id,
-        )
-        if params.temperature > 0:  # OpenAI semantics: no top-k unless asked for
-            kwargs.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
-            )
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        # Greedy samples are all the same: compute one, send it as each of the n (as vLLM).
+        greedy = params.temperature == 0
+        rows = 1 if greedy else params.n
+        copies = params.n if greedy else 1
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(7), "little")
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        device = self.model.device
+        decoders = [_RowDecoder(self.tokenizer, stop, self._eos) for _ in range(rows)]
+
+        def send(row: int, text: str, tokens: int, finish: str | None) -> None:
+            for copy in range(copies):
+                emit(ChoiceDelta(row * copies + copy, text, tokens, finish))
+
+        with self._lock, torch.inference_mode():
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)
             try:
-                out = self.model.generate(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - any failure inside generate is a model error
+                out = self.model(
+                    input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=device),
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                logits = out.logits[:, -1, :]
+                if rows > 1:
+                    cache.batch_repeat_interleave(rows)
+                    logits = logits.expand(rows, -1)
+                active = list(range(rows))  # batch position -> row
+                position = prompt_len
+                for n_gen in range(1, max_new + 1):
+                    if cancel.is_set():
+                        return
+                    tokens = _sample(logits, params.temperature, params.top_p, generator)
+                    keep: list[int] = []
+                    for b, token in enumerate(tokens.tolist()):
+                        row = active[b]
+                        text, finish = decoders[row].push(token, last=n_gen == max_new)
+                        if text or finish:
+                            send(row, text, 1, finish)
+                        else:
+                            send(row, "", 1, None)
+                        if finish is None:
+                            keep.append(b)
+                    if not keep:
+                        return
+                    if len(keep) < len(active):
+                        index = torch.tensor(keep, dtype=torch.long, device=device)
+                        cache.batch_select_indices(index)
+                        tokens = tokens.index_select(0, index)
+                        active = [active[b] for b in keep]
+                    out = self.model(
+                        input_ids=tokens.view(-1, 1),
+                        position_ids=torch.full(
+                            (len(active), 1), position, dtype=torch.long, device=device
+                        ),
+                        cache=cache,
+                        use_cache=True,
+                    )
+                    position += 1
+                    logits = out.logits[:, -1, :]
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure inside the model is a model error
                 raise ModelError(f"generation failed: {type(exc).__name__}: {exc}") from exc
-        choices: list[Choice] = []
-        completion_tokens = 0
-        eos = set(self._eos_ids)
-        for row in range(out.shape[0]):
-            gen = out[row, prompt_len:].tolist()
-            if row in criterion.stopped_at:
-                n_tok, ended = criterion.stopped_at[row], True
-            else:
-                first_eos = next((i for i, t in enumerate(gen) if t in eos), None)
-                n_tok, ended = (first_eos + 1, True) if first_eos is not None else (len(gen), False)
-            completion_tokens += n_tok
-            text = self.tokenizer.decode(gen[:n_tok], skip_special_tokens=True)
-            cut = _first_stop(text, stop)
-            if cut is not None:
-                text, ended = text[:cut], True
-            choices.append(Choice(text=text, finish_reason="stop" if ended else "length"))
-        if greedy_copies > 1:
-            choices = [Choice(c.text, c.finish_reason) for c in choices * greedy_copies]
-            completion_tokens *= greedy_copies
-        return Completion(
-            choices=choices,
-            usage=Usage(prompt_tokens=prompt_len, completion_tokens=completion_tokens),
-            model=self.model_name,
-            latency_s=time.monotonic() - started,
-        )
 
     def _encode(self, messages: list[Message], continue_final_message: bool) -> list[int]:
         try:
@@ -239,44 +311,68 @@ class TransformersEngine:
         return ids
 
 
-class _StopCriterion:
-    """Ends a sample once its generated text contains a stop string, or all when cancelled.
+_END = object()
 
-    Only the generated part is searched (as vLLM does), over a window of recent tokens
-    wide enough to hold the longest stop string even at one byte per token.
-    """
 
-    def __init__(
-        self, tokenizer: Any, prompt_len: int, stop: list[str], cancel: threading.Event
-    ) -> None:
+def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
+    """One token per row: greedy at temperature 0, else nucleus sampling (no top-k)."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        # drop a token when the tokens above it already hold top_p of the mass
+        drop = (probs.cumsum(dim=-1) - probs) > top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+
+class _RowDecoder:
+    """Incremental detokenization of one row, with vLLM's stop semantics.
+
+    Text is released once it cannot be part of a stop string (a stop string and what
+    follows it are never sent); a multi-byte character split across tokens waits for
+    its last byte. `push` returns (new text, finish_reason or None)."""
+
+    def __init__(self, tokenizer: Any, stop: list[str], eos: frozenset[int]) -> None:
         self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
         self.stop = stop
-        self.cancel = cancel
-        self.window = 4 * max((len(s.encode()) for s in stop), default=0) + 4
-        self.stopped_at: dict[int, int] = {}
-        """row -> number of generated tokens when its stop string appeared."""
+        self.eos = eos
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already released
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
+    def push(self, token: int, *, last: bool) -> tuple[str, str | None]:
+        if token in self.eos:
+            return self._release(self._text(), final=True), "stop"
+        self.ids.append(token)
+        text = self._text()
+        if self.stop:
+            start = max(0, self.sent - self.hold)
+            cut = _first_stop(text[start:], self.stop)
+            if cut is not None:
+                return self._release(text[: start + cut], final=True), "stop"
+        if last:
+            return self._release(text, final=True), "length"
+        return self._release(text, final=False), None
 
-        batch = input_ids.shape[0]
-        if self.cancel.is_set():
-            return torch.ones(batch, dtype=torch.bool, device=input_ids.device)
-        done = [False] * batch
-        n_gen = input_ids.shape[1] - self.prompt_len
-        if self.stop and n_gen > 0:
-            start = input_ids.shape[1] - min(n_gen, self.window)
-            tails = input_ids[:, start:].tolist()
-            for row, tail in enumerate(tails):
-                if row in self.stopped_at:
-                    done[row] = True
-                    continue
-                text = self.tokenizer.decode(tail, skip_special_tokens=True)
-                if any(s in text for s in self.stop):
-                    self.stopped_at[row] = n_gen
-                    done[row] = True
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    def _text(self) -> str:
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _release(self, text: str, *, final: bool) -> str:
+        end = len(text) if final else len(text) - self.hold
+        if not final:
+            while end > self.sent and text[end - 1] == "\ufffd":  # an incomplete character
+                end -= 1
+        if end <= self.sent:
+            return ""
+        out, self.sent = text[self.sent : end], end
+        return out
 
 
 def default_threads() -> int:

@@ -28,27 +28,38 @@ def params(**kw: Any) -> SamplingParams:
     return SamplingParams(**base)
 
 
-class GenerateSpy:
-    """Wraps model.generate (calls through) to count calls and see their shapes."""
+class ForwardSpy:
+    """Wraps the model's forward (calls through) to see each call's batch and length."""
 
     def __init__(self, engine: TransformersEngine) -> None:
         self.engine = engine
-        self.original = engine.model.generate
-        self.calls: list[dict[str, Any]] = []
-        self.outputs: list[Any] = []
+        self.original = engine.model.forward
+        self.shapes: list[tuple[int, ...]] = []
+        self.active = 0
+        self.peak = 0
+        self.threads: list[int] = []
 
-    def __call__(self, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
-        out = self.original(**kwargs)
-        self.outputs.append(out)
-        return out
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.shapes.append(tuple(ids.shape))
+        self.threads.append(torch.get_num_threads())
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return self.original(*args, **kwargs)
+        finally:
+            self.active -= 1
 
-    def __enter__(self) -> GenerateSpy:
-        self.engine.model.generate = self
+    @property
+    def decode_batches(self) -> list[int]:
+        return [shape[0] for shape in self.shapes if shape[1] == 1]
+
+    def __enter__(self) -> ForwardSpy:
+        self.engine.model.forward = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.engine.model.generate = self.original
+        self.engine.model.forward = self.original
 
 
 def test_implements_the_model_client_protocol(tiny_engine: TransformersEngine) -> None:
@@ -56,16 +67,31 @@ def test_implements_the_model_client_protocol(tiny_engine: TransformersEngine) -
     assert tiny_engine.model_name == "tiny"
 
 
-async def test_n_samples_come_from_one_batched_generate(tiny_engine: TransformersEngine) -> None:
-    with GenerateSpy(tiny_engine) as spy:
-        result = await tiny_engine.complete(CHAT, params(n=4))
-    assert len(spy.calls) == 1
-    assert spy.calls[0]["num_return_sequences"] == 4
-    assert spy.outputs[0].shape[0] == 4
+async def test_n_samples_share_one_prefill_and_decode_together(
+    tiny_engine: TransformersEngine,
+) -> None:
+    with ForwardSpy(tiny_engine) as spy:
+        result = await tiny_engine.complete(CHAT, params(n=4, max_tokens=10))
+    prefill, *decode = spy.shapes
+    assert prefill[0] == 1 and prefill[1] > 10  # the prompt once, not once per sample
+    assert decode == [(4, 1)] * 9  # the 4 rows together, one token each
     texts = [c.text for c in result.choices]
     assert len(texts) == 4 and len(set(texts)) == 4  # independent samples
     assert all(c.finish_reason == "length" for c in result.choices)
+    assert [c.tokens for c in result.choices] == [10] * 4
     assert result.model == "tiny"
+
+
+async def test_finished_rows_stop_costing_compute(tiny_engine: TransformersEngine) -> None:
+    # "e" is in a large share of the vocabulary: samples stop at different lengths
+    with ForwardSpy(tiny_engine) as spy:
+        result = await tiny_engine.complete(CHAT, params(n=4, max_tokens=60, stop=["e"], seed=3))
+    batches = spy.decode_batches
+    assert batches == sorted(batches, reverse=True) and batches and batches[-1] < 4
+    # every computed row produced a kept token: nothing was computed for a finished sample
+    assert result.usage.completion_tokens == 4 + sum(batches)
+    assert sum(c.tokens or 0 for c in result.choices) == result.usage.completion_tokens
+    assert len({c.tokens for c in result.choices}) > 1
 
 
 async def test_usage_counts_prompt_once_and_every_generated_token(
@@ -120,7 +146,9 @@ async def test_continue_final_message_returns_only_the_continuation(
 ) -> None:
     prefix = "Thought: the sum is"
     chat = [*CHAT, {"role": "assistant", "content": prefix}]
-    result = await tiny_engine.complete(chat, params(max_tokens=12), continue_final_message=True)
+    result = await tiny_engine.complete(
+        chat, params(max_tokens=12, temperature=0.0), continue_final_message=True
+    )
 
     # The same prompt rendered by hand: the assistant turn is open, ending in the prefix.
     tok = tiny_engine.tokenizer
@@ -128,13 +156,12 @@ async def test_continue_final_message_returns_only_the_continuation(
     assert rendered.endswith(prefix)
     ids = tok(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
     assert result.usage.prompt_tokens == ids.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        out = tiny_engine.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-            do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-            pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+    # transformers' own greedy generate on that prompt gives the same continuation
+    out = tiny_engine.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+        do_sample=False, temperature=None, top_p=None, top_k=None,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
     expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert result.choices[0].text == expected
     assert not result.choices[0].text.startswith(prefix)
@@ -157,21 +184,23 @@ async def test_same_seed_same_samples_other_seed_other_samples(
     assert [x.text for x in a.choices] != [x.text for x in c.choices]
 
 
-async def test_temperature_and_top_p_reach_generate(tiny_engine: TransformersEngine) -> None:
-    with GenerateSpy(tiny_engine) as spy:
-        await tiny_engine.complete(CHAT, params(temperature=0.3, top_p=0.5, max_tokens=3))
-    call = spy.calls[0]
-    assert call["do_sample"] is True
-    assert (call["temperature"], call["top_p"], call["max_new_tokens"]) == (0.3, 0.5, 3)
+async def test_temperature_and_top_p_shape_the_samples(tiny_engine: TransformersEngine) -> None:
+    greedy = await tiny_engine.complete(CHAT, params(temperature=0.0, max_tokens=12))
+    # a nucleus this small holds only the most likely token: sampling becomes greedy
+    narrow = await tiny_engine.complete(CHAT, params(n=2, top_p=1e-6, max_tokens=12))
+    assert [c.text for c in narrow.choices] == [greedy.choices[0].text] * 2
+    # a very low temperature does the same; a high one does not
+    cold = await tiny_engine.complete(CHAT, params(temperature=1e-4, max_tokens=12))
+    hot = await tiny_engine.complete(CHAT, params(temperature=1.0, max_tokens=12))
+    assert cold.choices[0].text == greedy.choices[0].text != hot.choices[0].text
 
 
 async def test_greedy_n_samples_are_one_computation_repeated(
     tiny_engine: TransformersEngine,
 ) -> None:
-    with GenerateSpy(tiny_engine) as spy:
+    with ForwardSpy(tiny_engine) as spy:
         result = await tiny_engine.complete(CHAT, params(n=3, temperature=0.0, max_tokens=8))
-    assert spy.calls[0]["do_sample"] is False
-    assert spy.outputs[0].shape[0] == 1
+    assert all(b == 1 for b, _ in spy.shapes)
     assert len({c.text for c in result.choices}) == 1 and len(result.choices) == 3
     assert result.usage.completion_tokens == 3 * 8
 
@@ -194,27 +223,11 @@ async def test_generation_does_not_block_the_event_loop(tiny_engine: Transformer
 
 
 async def test_concurrent_calls_are_served_one_at_a_time(tiny_engine: TransformersEngine) -> None:
-    active = 0
-    peak = 0
-    original = tiny_engine.model.generate
-
-    def tracking(**kwargs: Any) -> Any:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        try:
-            return original(**kwargs)
-        finally:
-            active -= 1
-
-    tiny_engine.model.generate = tracking
-    try:
+    with ForwardSpy(tiny_engine) as spy:
         results = await asyncio.gather(
             *(tiny_engine.complete(CHAT, params(seed=s, max_tokens=16)) for s in range(4))
         )
-    finally:
-        tiny_engine.model.generate = original
-    assert peak == 1
+    assert spy.peak == 1
     assert len({r.choices[0].text for r in results}) == 4
 
 
@@ -222,9 +235,9 @@ async def test_cancelling_a_call_stops_its_generation(
     fresh_tiny_engine: TransformersEngine,
 ) -> None:
     engine = fresh_tiny_engine
-    with GenerateSpy(engine) as spy:
+    with ForwardSpy(engine) as spy:
         task = asyncio.create_task(engine.complete(CHAT, params(max_tokens=3000)))
-        while not spy.calls:  # wait until generate has started
+        while len(spy.shapes) < 3:  # wait until decoding has started
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)
         task.cancel()
@@ -232,9 +245,48 @@ async def test_cancelling_a_call_stops_its_generation(
             await task
         # The worker is free again: the next call runs (after the cancelled one ended early).
         after = await engine.complete(CHAT, params(max_tokens=4))
+        calls = len(spy.shapes)
     assert after.choices[0].finish_reason == "length"
-    prompt_len = spy.calls[0]["input_ids"].shape[1]
-    assert spy.outputs[0].shape[1] - prompt_len < 3000
+    assert calls < 3000
+
+
+async def test_stream_yields_each_sample_as_it_is_decoded(tiny_engine: TransformersEngine) -> None:
+    full = await tiny_engine.complete(CHAT, params(n=3, max_tokens=20, stop=["e"], seed=5))
+    stream = tiny_engine.stream(CHAT, params(n=3, max_tokens=20, stop=["e"], seed=5))
+    texts = ["", "", ""]
+    tokens = [0, 0, 0]
+    finish: list[str | None] = [None, None, None]
+    order: list[int] = []
+    async for delta in stream:
+        assert finish[delta.index] is None  # nothing after a choice's last delta
+        texts[delta.index] += delta.text
+        tokens[delta.index] += delta.tokens
+        finish[delta.index] = delta.finish_reason
+        if delta.finish_reason:
+            order.append(delta.index)
+    assert texts == [c.text for c in full.choices]
+    assert tokens == [c.tokens for c in full.choices]
+    assert finish == [c.finish_reason for c in full.choices] and sorted(order) == [0, 1, 2]
+    assert stream.usage.completion_tokens == full.usage.completion_tokens
+    assert stream.usage.prompt_tokens == full.usage.prompt_tokens
+
+
+async def test_closing_a_stream_stops_every_unfinished_sample(
+    fresh_tiny_engine: TransformersEngine,
+) -> None:
+    engine = fresh_tiny_engine
+    with ForwardSpy(engine) as spy:
+        stream = engine.stream(CHAT, params(n=4, max_tokens=3000))
+        got = 0
+        async for _ in stream:
+            got += 1
+            if got == 12:
+                break
+        await stream.aclose()
+        after = await engine.complete(CHAT, params(max_tokens=4))  # the worker is free
+        calls = len(spy.shapes)
+    assert after.choices[0].finish_reason == "length"
+    assert calls < 1000
 
 
 @pytest.mark.parametrize(
@@ -283,16 +335,9 @@ async def test_threads_apply_to_the_worker_only(tiny_model_dir: Any) -> None:
     main_threads = torch.get_num_threads()
     engine = TransformersEngine.from_path(tiny_model_dir, threads=1)
     try:
-        seen: list[int] = []
-        original = engine.model.generate
-
-        def probe(**kwargs: Any) -> Any:
-            seen.append(torch.get_num_threads())
-            return original(**kwargs)
-
-        engine.model.generate = probe
-        await engine.complete(CHAT, params(max_tokens=2))
-        assert seen == [1]
+        with ForwardSpy(engine) as spy:
+            await engine.complete(CHAT, params(max_tokens=2))
+        assert spy.threads and set(spy.threads) == {1}
         assert torch.get_num_threads() == main_threads  # the process setting is untouched
     finally:
         await engine.aclose()
