@@ -259,6 +259,26 @@ def ingest(
     report = IngestReport(corpus=source.description, index=sink.description)
     start = time.perf_counter()
 
+    state = _open_checkpoint(sink, identity, rebuild)
+    report.resumed_after_line = int(state["lines_done"])
+    if state["complete"]:
+        report.already_complete = True
+        report.resumed_after_line = 0
+    else:
+        if report.resumed_after_line:
+            log(f"resuming {sink.description} after line {report.resumed_after_line}")
+        _run(source, sink, state, size, on_bad_line, progress, report, log)
+    report.lines = int(state["lines_done"])
+    report.passages = int(state["passages"])
+    report.bad = int(state["bad"])
+    report.indexed = sink.count()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _open_checkpoint(sink: IndexSink, identity: dict[str, Any], rebuild: bool) -> dict[str, Any]:
+    """The index's build checkpoint; a fresh, empty index (and checkpoint) when there is none
+    or on `rebuild`. Refuses a checkpoint of another format, analyzer or corpus."""
     state = None if rebuild else sink.load_state()
     if state is not None and state.get("format") != STATE_FORMAT:
         raise IngestError(
@@ -287,20 +307,72 @@ def ingest(
             "complete": False,
         }
         sink.save_state(state)
-    report.resumed_after_line = int(state["lines_done"])
-    if state["complete"]:
-        report.already_complete = True
-        report.resumed_after_line = 0
-    else:
-        if report.resumed_after_line:
-            log(f"resuming {sink.description} after line {report.resumed_after_line}")
-        _run(source, sink, state, size, on_bad_line, progress, report, log)
-    report.lines = int(state["lines_done"])
-    report.passages = int(state["passages"])
-    report.bad = int(state["bad"])
-    report.indexed = sink.count()
-    report.seconds = time.perf_counter() - start
-    return report
+    return state
+
+
+class _Batches:
+    """The batch being filled and the checkpoint it is committed with (one `_run`)."""
+
+    def __init__(self, sink: IndexSink, state: dict[str, Any], report: IngestReport) -> None:
+        self.sink, self.state, self.report = sink, state, report
+        self.done = int(state["lines_done"])
+        """Lines a previous run committed: skipped."""
+        self.replace = self.done > 0  # the batch after a checkpoint may already be committed
+        self.passages: list[CorpusPassage] = []
+        self.bad = 0
+        self.last_line = self.done
+        """The last line read: the checkpoint of the next flush."""
+
+    def flush(self) -> None:
+        """Commit the batch, then record the lines it covers as done."""
+        if self.passages:
+            self.sink.add(self.passages, replace=self.replace)
+            self.report.added_now += len(self.passages)
+        self.replace = False
+        state = self.state
+        state["lines_done"] = self.last_line
+        state["passages"] = int(state["passages"]) + len(self.passages)
+        state["bad"] = int(state["bad"]) + self.bad
+        self.sink.save_state(state)
+        self.passages = []
+        self.bad = 0
+
+
+def _progress_bar(source: CorpusSource, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=source.total,
+        unit=source.unit,
+        unit_scale=source.unit == "B",
+        desc=f"indexing {Path(source.description).name}",
+        disable=not progress,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
+
+
+def _bad_line(
+    source: CorpusSource,
+    n: int,
+    error: BadLine,
+    on_bad_line: OnBadLine,
+    batches: _Batches,
+    log: Callable[[str], None],
+) -> None:
+    """Skip (count, report the first few) or abort at a bad line, committing what came before."""
+    if on_bad_line == "abort":
+        batches.last_line = n - 1  # this line is not done: a rerun starts here
+        batches.flush()
+        raise IngestError(
+            f"{source.description}:{n}: {error}; fix the line or pass "
+            "--on-bad-line skip (rerunning resumes at this line)"
+        ) from None
+    batches.bad += 1
+    report = batches.report
+    if len(report.bad_lines) < MAX_REPORTED_BAD_LINES:
+        report.bad_lines.append((n, str(error)))
+        log(f"skipping {source.description}:{n}: {error}")
 
 
 def _run(
@@ -313,66 +385,28 @@ def _run(
     report: IngestReport,
     log: Callable[[str], None],
 ) -> None:
-    from tqdm import tqdm
-
-    done = int(state["lines_done"])
-    replace = done > 0  # the batch after a checkpoint may already be committed
-    batch: list[CorpusPassage] = []
-    bad_in_batch = 0
-    last_line = done
-    bar = tqdm(
-        total=source.total,
-        unit=source.unit,
-        unit_scale=source.unit == "B",
-        desc=f"indexing {Path(source.description).name}",
-        disable=not progress,
-        mininterval=1.0,
-        file=sys.stderr,
-    )
-
-    def flush() -> None:
-        nonlocal batch, bad_in_batch, replace
-        if batch:
-            sink.add(batch, replace=replace)
-            report.added_now += len(batch)
-        replace = False
-        state["lines_done"] = last_line
-        state["passages"] = int(state["passages"]) + len(batch)
-        state["bad"] = int(state["bad"]) + bad_in_batch
-        sink.save_state(state)
-        batch = []
-        bad_in_batch = 0
-
+    batches = _Batches(sink, state, report)
+    bar = _progress_bar(source, progress)
     try:
         with bar:
             pos = 0
             for n, raw, pos in source.lines():
-                if n <= done:
+                if n <= batches.done:
                     if n % 100_000 == 0:
                         bar.update(pos - bar.n)
                     continue
-                last_line = n
+                batches.last_line = n
                 if not raw.strip():
                     continue
                 try:
-                    batch.append(parse_line(raw))
+                    batches.passages.append(parse_line(raw))
                 except BadLine as e:
-                    if on_bad_line == "abort":
-                        last_line = n - 1  # this line is not done: a rerun starts here
-                        flush()
-                        raise IngestError(
-                            f"{source.description}:{n}: {e}; fix the line or pass "
-                            "--on-bad-line skip (rerunning resumes at this line)"
-                        ) from None
-                    bad_in_batch += 1
-                    if len(report.bad_lines) < MAX_REPORTED_BAD_LINES:
-                        report.bad_lines.append((n, str(e)))
-                        log(f"skipping {source.description}:{n}: {e}")
-                if len(batch) >= size:
-                    flush()
+                    _bad_line(source, n, e, on_bad_line, batches, log)
+                if len(batches.passages) >= size:
+                    batches.flush()
                     bar.update(pos - bar.n)
                     bar.set_postfix(passages=int(state["passages"]), refresh=False)
-            flush()
+            batches.flush()
             bar.update(pos - bar.n)
         state["complete"] = True
         sink.save_state(state)

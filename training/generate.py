@@ -76,6 +76,21 @@ class GenerateSummary:
     elapsed_s: float = 0.0
     error_types: dict[str, int] = field(default_factory=dict)
 
+    def count(self, rec: dict[str, Any]) -> None:
+        """Add one finished record (a `run_question` result)."""
+        self.generated += 1
+        self.prompt_tokens += rec["usage"]["prompt_tokens"]
+        self.completion_tokens += rec["usage"]["completion_tokens"]
+        if rec["status"] == "ok":
+            self.succeeded += 1
+        else:
+            self.errors += 1
+            et = str(rec["error_type"])
+            self.error_types[et] = self.error_types.get(et, 0) + 1
+        if rec["correct"] is not None:
+            self.graded += 1
+            self.correct += int(rec["correct"])
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["accuracy"] = round(self.correct / self.graded, 4) if self.graded else None
@@ -167,10 +182,37 @@ async def run_question(
     judge: ModelClient | None = None,
 ) -> dict[str, Any]:
     """One question -> one record. Never raises for model/executor failures (recorded)."""
-    from agent.agent import run_agent
-
     started = time.monotonic()
-    rec: dict[str, Any] = {
+    rec = _new_record(q, cfg, tools, model.model_name)
+    prediction: Any = None
+    try:
+        if cfg.mode == "cot" or cfg.ftp:
+            cot = await _cot_pass(model, q, cfg, agent_config.seed)
+            rec["cot"] = cot
+            _add_usage(rec, cot["usage"]["prompt_tokens"], cot["usage"]["completion_tokens"])
+        if cfg.mode == "cot":
+            prediction = extract_answer(rec["cot"]["text"])
+        else:
+            prediction = await _agent_pass(
+                q, rec, model=model, executor=executor, tools=tools, cfg=cfg,
+                agent_config=agent_config,
+            )  # fmt: skip
+    except ModelError as e:
+        rec.update(status="error", error=str(e), error_type=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one broken run must not end the job; it is recorded
+        rec.update(status="error", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+    rec["prediction"] = _json_safe(prediction)
+    if rec["status"] == "ok" and q.answer is not None:
+        await _grade(rec, q, prediction, judge)
+    rec["elapsed_s"] = round(time.monotonic() - started, 3)
+    return rec
+
+
+def _new_record(
+    q: Question, cfg: GenerateConfig, tools: Mapping[str, ToolFn], teacher: str
+) -> dict[str, Any]:
+    """A record with every field, before the run (status ok until something fails)."""
+    return {
         "id": q.id,
         "question": q.question,
         "gold": q.answer,
@@ -185,60 +227,66 @@ async def run_question(
         "trajectory": None,
         "cot": None,
         "tools": sorted(tools),
-        "teacher": model.model_name,
+        "teacher": teacher,
         "error": None,
         "error_type": None,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "created_at": time.time(),
     }
-    prediction: Any = None
+
+
+def _add_usage(rec: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None:
+    rec["usage"]["prompt_tokens"] += prompt_tokens
+    rec["usage"]["completion_tokens"] += completion_tokens
+
+
+async def _agent_pass(
+    q: Question,
+    rec: dict[str, Any],
+    *,
+    model: ModelClient,
+    executor: Executor,
+    tools: Mapping[str, ToolFn],
+    cfg: GenerateConfig,
+    agent_config: AgentConfig,
+) -> Any:
+    """The agent run (its first thought prefilled under ftp) into `rec`; returns its answer."""
+    from agent.agent import run_agent
+
+    prefix = None
+    if cfg.ftp:
+        paragraph = first_paragraph(rec["cot"]["text"])
+        rec["cot"]["prefix"] = paragraph or None
+        # run_agent prefills "Thought: <prefix>": the paragraph, then a blank line
+        prefix = f"{paragraph}\n\n" if paragraph else None
+    traj = await run_agent(
+        q.question,
+        model=model,
+        executor=executor,
+        tools=tools,
+        config=agent_config,
+        thought_prefix=prefix,
+        run_id=q.id,
+    )
+    rec["trajectory"] = traj.to_dict()
+    _add_usage(rec, traj.usage.prompt_tokens, traj.usage.completion_tokens)
+    if traj.finish_reason in ("error", "timeout"):
+        rec["status"] = "error"
+        rec["error"] = traj.error or traj.finish_reason
+        rec["error_type"] = traj.error_type or traj.finish_reason
+    return traj.answer
+
+
+async def _grade(
+    rec: dict[str, Any], q: Question, prediction: Any, judge: ModelClient | None
+) -> None:
     try:
-        if cfg.mode == "cot" or cfg.ftp:
-            cot = await _cot_pass(model, q, cfg, agent_config.seed)
-            rec["cot"] = cot
-            for k in ("prompt_tokens", "completion_tokens"):
-                rec["usage"][k] += cot["usage"][k]
-        if cfg.mode == "cot":
-            prediction = extract_answer(rec["cot"]["text"])
-        else:
-            prefix = None
-            if cfg.ftp:
-                paragraph = first_paragraph(rec["cot"]["text"])
-                rec["cot"]["prefix"] = paragraph or None
-                # run_agent prefills "Thought: <prefix>": the paragraph, then a blank line
-                prefix = f"{paragraph}\n\n" if paragraph else None
-            traj = await run_agent(
-                q.question,
-                model=model,
-                executor=executor,
-                tools=tools,
-                config=agent_config,
-                thought_prefix=prefix,
-                run_id=q.id,
-            )
-            rec["trajectory"] = traj.to_dict()
-            for k in ("prompt_tokens", "completion_tokens"):
-                rec["usage"][k] += getattr(traj.usage, k)
-            if traj.finish_reason in ("error", "timeout"):
-                rec["status"] = "error"
-                rec["error"] = traj.error or traj.finish_reason
-                rec["error_type"] = traj.error_type or traj.finish_reason
-            prediction = traj.answer
-    except ModelError as e:
-        rec.update(status="error", error=str(e), error_type=type(e).__name__)
-    except Exception as e:  # noqa: BLE001 - one broken run must not end the job; it is recorded
-        rec.update(status="error", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
-    rec["prediction"] = _json_safe(prediction)
-    if rec["status"] == "ok" and q.answer is not None:
-        try:
-            g = await grade_with_judge(q.task, q.question, prediction, q.answer, judge)
-            # (the sympy check runs in a helper process; a slow one only delays this run)
-            rec["grade"] = g.to_dict()
-            rec["correct"] = g.correct
-        except ModelError as e:  # the judge is down: keep the run, grade it later
-            rec["grade"] = {"error": f"judge unavailable: {e}"}
-    rec["elapsed_s"] = round(time.monotonic() - started, 3)
-    return rec
+        g = await grade_with_judge(q.task, q.question, prediction, q.answer, judge)
+        # (the sympy check runs in a helper process; a slow one only delays this run)
+        rec["grade"] = g.to_dict()
+        rec["correct"] = g.correct
+    except ModelError as e:  # the judge is down: keep the run, grade it later
+        rec["grade"] = {"error": f"judge unavailable: {e}"}
 
 
 def _json_safe(x: Any) -> Any:
@@ -268,28 +316,9 @@ async def generate(
     from tqdm import tqdm
 
     cfg = config or GenerateConfig()
-    if cfg.concurrency < 1:
-        raise GenerateError("concurrency must be at least 1")
-    if cfg.mode not in ("agent", "cot"):
-        raise GenerateError(f"unknown mode {cfg.mode!r}: 'agent' or 'cot'")
-    agent_config = cfg.agent or default_agent_config()
-    try:
-        from agent.prompts import load_prompt_template
-
-        agent_config.validate()
-        load_prompt_template(agent_config.prompt)
-    except ValueError as e:
-        raise GenerateError(str(e)) from e
+    agent_config = _check_config(cfg)
     out = Path(out)
-    done, first = done_ids(out, retry_errors=cfg.retry_errors)
-    if first is not None:
-        want_ftp = cfg.ftp and cfg.mode == "agent"
-        if first.get("mode") != cfg.mode or bool(first.get("ftp")) != want_ftp:
-            raise GenerateError(
-                f"{out} holds mode={first.get('mode')} ftp={first.get('ftp')} records; this run is "
-                f"mode={cfg.mode} ftp={want_ftp}: use another --out"
-            )
-    todo = [q for q in questions if q.id not in done]
+    todo = _pending(questions, out, cfg)
     summary = GenerateSummary(out=str(out), questions=len(questions))
     summary.skipped_done = len(questions) - len(todo)
     started = time.monotonic()
@@ -325,18 +354,7 @@ async def generate(
                 judge=judge,
             )
             appender.write(rec)
-            summary.generated += 1
-            summary.prompt_tokens += rec["usage"]["prompt_tokens"]
-            summary.completion_tokens += rec["usage"]["completion_tokens"]
-            if rec["status"] == "ok":
-                summary.succeeded += 1
-            else:
-                summary.errors += 1
-                et = str(rec["error_type"])
-                summary.error_types[et] = summary.error_types.get(et, 0) + 1
-            if rec["correct"] is not None:
-                summary.graded += 1
-                summary.correct += int(rec["correct"])
+            summary.count(rec)
             bar.set_postfix(ok=summary.succeeded, err=summary.errors, correct=summary.correct)
             bar.update(1)
 
@@ -347,3 +365,33 @@ async def generate(
         bar.close()
         appender.close()
     return summary
+
+
+def _check_config(cfg: GenerateConfig) -> AgentConfig:
+    """GenerateError for settings that cannot run; returns the agent configuration to use."""
+    if cfg.concurrency < 1:
+        raise GenerateError("concurrency must be at least 1")
+    if cfg.mode not in ("agent", "cot"):
+        raise GenerateError(f"unknown mode {cfg.mode!r}: 'agent' or 'cot'")
+    agent_config = cfg.agent or default_agent_config()
+    try:
+        from agent.prompts import load_prompt_template
+
+        agent_config.validate()
+        load_prompt_template(agent_config.prompt)
+    except ValueError as e:
+        raise GenerateError(str(e)) from e
+    return agent_config
+
+
+def _pending(questions: Sequence[Question], out: Path, cfg: GenerateConfig) -> list[Question]:
+    """The questions `out` has no finished record of; refuses a file of another mode."""
+    done, first = done_ids(out, retry_errors=cfg.retry_errors)
+    if first is not None:
+        want_ftp = cfg.ftp and cfg.mode == "agent"
+        if first.get("mode") != cfg.mode or bool(first.get("ftp")) != want_ftp:
+            raise GenerateError(
+                f"{out} holds mode={first.get('mode')} ftp={first.get('ftp')} records; this run is "
+                f"mode={cfg.mode} ftp={want_ftp}: use another --out"
+            )
+    return [q for q in questions if q.id not in done]

@@ -211,15 +211,15 @@ def _check_resume(settings: SFTSettings) -> Path | None:
 
 
 @contextmanager
-def _graceful_stop(flag: dict[str, Any]) -> Iterator[None]:
+def _graceful_stop(loop: _LoopState) -> Iterator[None]:
     """SIGTERM/SIGINT ask the trainer to checkpoint and stop after the current step."""
 
     def handler(signum: int, _frame: Any) -> None:
-        if flag.get("requested"):  # second signal: stop now
+        if loop.requested:  # second signal: stop now
             raise KeyboardInterrupt
-        flag["requested"] = signal.Signals(signum).name
+        loop.requested = signal.Signals(signum).name
         print(
-            f"\ndistillery: {flag['requested']} received: saving a checkpoint after this step "
+            f"\ndistillery: {loop.requested} received: saving a checkpoint after this step "
             "(send again to stop at once)",
             file=sys.stderr,
         )
@@ -245,6 +245,33 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@dataclass
+class _Plan:
+    """What the settings resolve to on this machine (step 1 of train_sft)."""
+
+    device: str
+    precision: str
+    resume_from: Path | None
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class _LoopState:
+    """What the callbacks see and record while the trainer runs."""
+
+    requested: str | None = None
+    """Why training must stop early (a signal name or stop_after_steps), None to go on."""
+    last_loss: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    """Set when the trainer is built: `runtime_s` and the log's `elapsed_s` count from it."""
+    runtime_s: float = 0.0
+    t0: float = 0.0
+    tok0: int = 0
+    t1: float = 0.0
+    tok1: int = 0
+
+
 def train_sft(
     settings: SFTSettings,
     *,
@@ -255,10 +282,24 @@ def train_sft(
 
     Raises SFTError for bad settings/data and Interrupted when stopped early.
     """
+    plan = _plan_run(settings)
+    tokenizer = _load_tokenizer(settings.model)
+    dataset, stats = _prepare_dataset(settings, tokenizer)
+    plan.grad_accum = _gradient_accumulation(settings, plan.device)
+    gc = settings.gradient_checkpointing
+    plan.gradient_checkpointing = plan.device == "cuda" if gc is None else gc
+    model = _load_model(settings, plan)
+    loop = _LoopState()
+    callbacks = [_progress_callback(settings, loop, on_log), *extra_callbacks]
+    trainer = _build_trainer(settings, plan, model, tokenizer, dataset, callbacks)
+    result = _train(trainer, loop, plan.resume_from, settings.output_dir)
+    final = _save_final(trainer, tokenizer, settings.output_dir)
+    return _write_summary(settings, plan, stats, loop, trainer, result, final)
+
+
+def _plan_run(settings: SFTSettings) -> _Plan:
+    """Check the settings, resolve device/precision/resume and record the settings."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     if not (settings.model / "config.json").is_file():
         raise SFTError(
@@ -277,10 +318,22 @@ def train_sft(
     out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "sft_config.json").write_text(json.dumps(settings.to_dict(), indent=2))
+    return _Plan(device=device, precision=precision, resume_from=resume_from)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(settings.model))
+
+def _load_tokenizer(model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _prepare_dataset(settings: SFTSettings, tokenizer: Any) -> tuple[Any, DataStats]:
+    """Read, mask and length-filter the conversations into a `datasets.Dataset`."""
+    from datasets import Dataset
+
     rows = read_conversations(settings.data)
     encoded, stats = encode_dataset(tokenizer, rows, settings.max_length)
     if not encoded:
@@ -293,6 +346,12 @@ def train_sft(
 
         datasets.disable_progress_bars()
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    return dataset, stats
+
+
+def _gradient_accumulation(settings: SFTSettings, device: str) -> int:
+    """Steps to accumulate so that the effective batch counts every data-parallel replica."""
+    import torch
 
     # data-parallel replicas: torchrun's WORLD_SIZE, else every visible GPU (the Trainer
     # wraps the model in DataParallel), so the effective batch stays what was asked for
@@ -303,35 +362,46 @@ def train_sft(
             f"effective batch {settings.effective_batch} is not a multiple of batch size "
             f"{settings.batch_size} x {world} data-parallel replicas"
         )
-    grad_accum = max(1, settings.effective_batch // (settings.batch_size * world))
-    gc = settings.gradient_checkpointing
-    if gc is None:
-        gc = device == "cuda"
+    return max(1, settings.effective_batch // (settings.batch_size * world))
+
+
+def _load_model(settings: SFTSettings, plan: _Plan) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
     dtype = torch.float32
-    if settings.method == "full" and precision == "bf16" and device == "cuda":
+    if settings.method == "full" and plan.precision == "bf16" and plan.device == "cuda":
         dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(settings.model), dtype=dtype)
-    if device == "cpu":
+    if plan.device == "cpu":
         torch.manual_seed(settings.seed)
+    return model
 
-    peft_config = None
-    if settings.method == "lora":
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_alpha,
-            lora_dropout=settings.lora_dropout,
-            target_modules=settings.target_modules,
-            task_type="CAUSAL_LM",
-        )
-    elif settings.method != "full":
+def _peft_config(settings: SFTSettings) -> Any:
+    """The LoRA configuration (None for full fine-tuning)."""
+    if settings.method == "full":
+        return None
+    if settings.method != "lora":
         raise SFTError(f"unknown method {settings.method!r}: 'lora' or 'full'")
+    from peft import LoraConfig
 
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _trainer_args(settings: SFTSettings, plan: _Plan) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(settings.output_dir / "checkpoints"),
         per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=grad_accum,
+        gradient_accumulation_steps=plan.grad_accum,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
         warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the steps
@@ -339,10 +409,10 @@ def train_sft(
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
         max_length=settings.max_length,
-        gradient_checkpointing=gc,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
+        gradient_checkpointing=plan.gradient_checkpointing,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=plan.device == "cpu",
         logging_steps=settings.logging_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -357,9 +427,16 @@ def train_sft(
         include_num_input_tokens_seen="non_padding",
     )
 
-    log_path = out / "log.jsonl"
-    run: dict[str, Any] = {"requested": None, "last_loss": None}
-    started = time.monotonic()
+
+def _progress_callback(
+    settings: SFTSettings,
+    loop: _LoopState,
+    on_log: Callable[[dict[str, Any]], None] | None,
+) -> Any:
+    """A TrainerCallback: log lines, token/time marks, and the early stop on request."""
+    from transformers import TrainerCallback
+
+    log_path = settings.output_dir / "log.jsonl"
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
         def on_log(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -367,82 +444,117 @@ def train_sft(
             if not logs:
                 return
             rec = {"step": state.global_step, "max_steps": state.max_steps, **logs}
-            rec["elapsed_s"] = round(time.monotonic() - started, 2)
+            rec["elapsed_s"] = round(time.monotonic() - loop.started, 2)
             if "loss" in logs:
-                run["last_loss"] = logs["loss"]
+                loop.last_loss = logs["loss"]
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             if on_log is not None:
                 on_log(rec)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            run["t0"], run["tok0"] = time.monotonic(), state.num_input_tokens_seen
+            loop.t0, loop.tok0 = time.monotonic(), state.num_input_tokens_seen
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            run["t1"], run["tok1"] = time.monotonic(), state.num_input_tokens_seen
+            loop.t1, loop.tok1 = time.monotonic(), state.num_input_tokens_seen
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             stop_at = settings.stop_after_steps
-            if run["requested"] or (stop_at is not None and state.global_step >= stop_at):
-                run["requested"] = run["requested"] or f"stop_after_steps={stop_at}"
+            if loop.requested or (stop_at is not None and state.global_step >= stop_at):
+                loop.requested = loop.requested or f"stop_after_steps={stop_at}"
                 control.should_save = True
                 control.should_training_stop = True
 
+    return _Progress()
+
+
+def _build_trainer(
+    settings: SFTSettings,
+    plan: _Plan,
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    callbacks: list[Any],
+) -> Any:
+    from trl import SFTTrainer
+
+    peft_config = _peft_config(settings)
+    args = _trainer_args(settings, plan)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_Progress(), *extra_callbacks],
+        callbacks=callbacks,
     )
     if not settings.progress:
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
-    with _graceful_stop(run):
+    return trainer
+
+
+def _train(trainer: Any, loop: _LoopState, resume_from: Path | None, out: Path) -> Any:
+    """Run the training loop under the graceful-stop handlers; Interrupted if stopped early."""
+    with _graceful_stop(loop):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    runtime = time.monotonic() - started
-    if run["requested"]:
+    loop.runtime_s = time.monotonic() - loop.started
+    if loop.requested:
         raise Interrupted(
             f"training stopped at step {trainer.state.global_step}/{trainer.state.max_steps} "
-            f"({run['requested']}); a checkpoint is in {out / 'checkpoints'}: run the same "
+            f"({loop.requested}); a checkpoint is in {out / 'checkpoints'}: run the same "
             "command again to resume"
         )
+    return result
 
+
+def _save_final(trainer: Any, tokenizer: Any, out: Path) -> Path:
     final = out / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
+    return final
+
+
+def _write_summary(
+    settings: SFTSettings,
+    plan: _Plan,
+    stats: DataStats,
+    loop: _LoopState,
+    trainer: Any,
+    result: Any,
+    final: Path,
+) -> dict[str, Any]:
+    """The run's summary (train_summary.json); SFTError when the loss diverged."""
     epochs_done = float(trainer.state.epoch or settings.epochs)
     # this session's non-padding tokens over the training loop's time (setup excluded)
-    trained_tokens = int(run.get("tok1", 0) - run.get("tok0", 0))
-    loop_s = float(run.get("t1", 0.0) - run.get("t0", 0.0))
+    trained_tokens = int(loop.tok1 - loop.tok0)
+    loop_s = float(loop.t1 - loop.t0)
     summary: dict[str, Any] = {
         "base_model": str(settings.model),
         "method": settings.method,
-        "device": device,
-        "precision": precision,
-        "gradient_checkpointing": gc,
-        "gradient_accumulation_steps": grad_accum,
-        "resumed_from": str(resume_from) if resume_from else None,
+        "device": plan.device,
+        "precision": plan.precision,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "resumed_from": str(plan.resume_from) if plan.resume_from else None,
         "settings": settings.to_dict(),
         "data": asdict(stats),
         "metrics": {
             "train_loss": result.training_loss,
-            "final_loss": run["last_loss"],
+            "final_loss": loop.last_loss,
             "global_step": trainer.state.global_step,
             "epochs": epochs_done,
-            "runtime_s": round(runtime, 2),
+            "runtime_s": round(loop.runtime_s, 2),
             "train_loop_s": round(loop_s, 2),
             "trained_tokens": trained_tokens,
             "tokens_per_s": round(trained_tokens / loop_s, 1) if loop_s > 0 else None,
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "peak_memory_mb": round(peak_memory_mb(plan.device), 1),
         },
         "final_dir": str(final),
     }
-    if isinstance(summary["metrics"]["train_loss"], float) and math.isnan(
-        summary["metrics"]["train_loss"]
-    ):
+    loss = summary["metrics"]["train_loss"]
+    if isinstance(loss, float) and math.isnan(loss):
         raise SFTError("training diverged (loss is NaN): lower --learning-rate or use fp32")
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    (settings.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
