@@ -41,6 +41,7 @@ class ForwardSpy:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         ids = kwargs.get("input_ids", args[0] if args else None)
+        assert ids is not None
         self.shapes.append(tuple(ids.shape))
         self.threads.append(torch.get_num_threads())
         self.active += 1
