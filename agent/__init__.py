@@ -28,7 +28,12 @@ from agent.model_client import (
 from agent.observation import render_error, render_observation
 from agent.openai_client import OpenAIChatClient
 from agent.parsing import ParseError, parse_action
-from agent.prompts import initial_messages, load_prompt_template, system_prompt
+from agent.prompts import (
+    initial_messages,
+    load_prompt_template,
+    system_prompt,
+    system_prompt_template,
+)
 from agent.protocol import (
     PROTOCOL_FILE,
     ObservationLayout,
@@ -84,4 +89,5 @@ __all__ = [
     "resolve_protocol_spec",
     "run_agent",
     "system_prompt",
+    "system_prompt_template",
 ]

@@ -27,7 +27,6 @@ from typing import Any, Literal
 from agent.answer_check import AnswerCheck, apply_answer_check
 from agent.executor import ExecutionSession, Executor, ToolFn
 from agent.model_client import (
-    PROTOCOL_STOP,
     Completion,
     Message,
     ModelClient,
@@ -36,7 +35,8 @@ from agent.model_client import (
 )
 from agent.observation import render_error, render_observation
 from agent.parsing import ParseError, check_reserved_names, normalize_reply, parse_action
-from agent.prompts import FINAL_ANSWER_REQUEST, initial_messages
+from agent.prompts import initial_messages
+from agent.protocol import load_protocol
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ class AgentConfig:
     """Sampling seed (None: the server's choice)."""
     prompt: str = "student"
     """'student' | 'teacher' | a path to a prompt file."""
+    protocol: str | None = None
+    """Protocol profile (every text the model sees): 'default', 'paper', a .toml/.json
+    profile file or an exported checkpoint folder (distillery_protocol.json); unset: the
+    profile exported with the model's folder when it has one, else 'default'."""
     observation_max_chars: int = 8000
     """Longer observations are truncated with a visible marker."""
     timeout_s: float | None = None
@@ -86,6 +90,10 @@ class AgentConfig:
             problems.append("observation_max_chars must be >= 200")
         if self.timeout_s is not None and self.timeout_s <= 0:
             problems.append("timeout_s must be > 0 (or None)")
+        try:
+            load_protocol(self.protocol)
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("invalid agent config: " + "; ".join(problems))
 
@@ -95,7 +103,7 @@ class AgentConfig:
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_tokens,
-            stop=list(PROTOCOL_STOP),
+            stop=list(load_protocol(self.protocol).stop),
             seed=self.seed,
         )
 
@@ -123,13 +131,16 @@ async def run_agent(
     if not question or not question.strip():
         raise ValueError("the question is empty")
     config.validate()
-    messages = initial_messages(question, prompt=config.prompt, tool_names=list(tools))
+    protocol = load_protocol(config.protocol)
+    messages = initial_messages(
+        question, prompt=config.prompt, tool_names=list(tools), protocol=protocol
+    )
     traj = Trajectory(
         id=run_id or f"run-{uuid.uuid4().hex[:16]}",
         question=question,
         model=model.model_name,
         messages=messages,
-        config=asdict(config),
+        config={**asdict(config), "protocol_fingerprint": protocol.fingerprint()},
         started_at=time.time(),
     )
     t0 = time.perf_counter()
@@ -178,6 +189,7 @@ class _Run:
         self.traj = traj
         self.model = model
         self.config = config
+        self.protocol = load_protocol(config.protocol)
         self.thought_prefix = thought_prefix
         self.on_step = on_step
         self.session: ExecutionSession | None = None
@@ -292,13 +304,18 @@ class _Run:
     def observe(self, number: int, cand: Candidate) -> str:
         limit = self.config.observation_max_chars
         if cand.execution is not None:
-            return render_observation(number, cand.execution, max_chars=limit)
-        return render_error(number, cand.parse_error or "no action", max_chars=limit)
+            return render_observation(
+                number, cand.execution, max_chars=limit, layout=self.protocol.observation
+            )
+        return render_error(
+            number, cand.parse_error or "no action", max_chars=limit,
+            layout=self.protocol.observation,
+        )
 
     # -- the final-answer call at max_steps -------------------------------------------------
     async def final_answer_step(self, number: int) -> Step:
         t_step = time.perf_counter()
-        ask: Message = {"role": "user", "content": FINAL_ANSWER_REQUEST}
+        ask: Message = {"role": "user", "content": self.protocol.final_answer_request}
         request = ModelRequest(
             messages=[*self.traj.messages, ask], params=self.config.sampling(n=1)
         )

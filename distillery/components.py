@@ -17,6 +17,8 @@ from distillery.settings import Settings
 from retrieval.retriever import Retriever
 
 if TYPE_CHECKING:
+    from agent.protocol import Protocol
+    from retrieval.tool import SearchLayout
     from service.config import ServiceConfig
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "build_judge",
     "build_model",
     "build_retriever",
+    "load_settings_protocol",
     "NoExecutor",
     "service_config",
     "web_search_tools",
@@ -112,23 +115,41 @@ def build_retriever(settings: Settings) -> Retriever:
     )
 
 
-def web_search_tools(settings: Settings, retriever: Retriever | None) -> dict[str, ToolFn]:
-    """Fresh host-side tools for one run: web_search over `retriever` (none without one)."""
+def web_search_tools(
+    settings: Settings, retriever: Retriever | None, layout: SearchLayout | None = None
+) -> dict[str, ToolFn]:
+    """Fresh host-side tools for one run: web_search over `retriever` (none without one),
+    printing in `layout` (None: the layout of the settings' protocol profile)."""
     if retriever is None:
         return {}
+    from agent.protocol import load_protocol
     from retrieval.tool import make_web_search
 
+    if layout is None:
+        layout = load_protocol(settings.protocol_spec()).web_search
     return {
         "web_search": make_web_search(
-            retriever, k=settings.search_k, timeout_s=settings.search_timeout_s
+            retriever, k=settings.search_k, timeout_s=settings.search_timeout_s, layout=layout
         )
     }
+
+
+def load_settings_protocol(settings: Settings) -> Protocol:
+    """The protocol profile the settings select (see Settings.protocol_spec); a profile that
+    cannot be loaded is a ConfigError saying what is wrong."""
+    from agent.protocol import ProtocolError, load_protocol
+
+    try:
+        return load_protocol(settings.protocol_spec())
+    except ProtocolError as e:
+        raise ConfigError(f"{e} (--protocol / DISTILLERY_PROTOCOL)") from None
 
 
 def build_components(
     settings: Settings, *, with_retriever: bool = True, with_executor: bool = True
 ) -> Runtime:
     """Model, executor (unless disabled: chain-of-thought runs no code) and retriever."""
+    layout = load_settings_protocol(settings).web_search  # a bad profile fails first
     executor: Executor = build_executor(settings) if with_executor else NoExecutor()
     retriever = build_retriever(settings) if with_retriever else None
     model = build_model(settings)
@@ -136,7 +157,7 @@ def build_components(
         model=model,
         executor=executor,
         retriever=retriever,
-        tools_factory=lambda: web_search_tools(settings, retriever),
+        tools_factory=lambda: web_search_tools(settings, retriever, layout),
     )
 
 

@@ -6,7 +6,11 @@ Output (top-k passages, similarity = the backend's relevance score with 3 decima
     \\n===== Document 1, similarity: 14.237 =====\\n"Title"\\ntext\\n
     \\n===== Document 2, similarity: 12.010 =====\\n"Title"\\ntext\\n
 
-Title and text are the stored passage strings, byte for byte. A search that matches
+Title and text are the stored passage strings, byte for byte. The layout (header, the
+document block, where numbering starts, the score's decimals, the no-results text) is a
+`SearchLayout`; the default above is this project's protocol, and a protocol profile
+(agent/protocol.py, docs/protocol.md) passes another one to `make_web_search`. Retrieval
+imports nothing from agent: the layout arrives as plain values. A search that matches
 nothing, an unusable query and every retrieval failure (timeout, backend down, index
 missing) come back as a short text the model can act on; the tool never raises.
 
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from retrieval.analysis import prepare_query
@@ -31,25 +37,96 @@ ToolFn = Callable[..., Awaitable[str]]
 HEADER = "\nRetrieved documents:\n"
 MAX_QUERY_CHARS = 2000
 
+DOCUMENT = '\n===== Document {{number}}, similarity: {{score}} =====\n"{{title}}"\n{{text}}\n'
+NO_RESULTS = (
+    "{{header}}\nNo documents matched the query {{query}}. "
+    "Try fewer, different or more general keywords.\n"
+)
+DOCUMENT_FIELDS = ("number", "score", "title", "text")
+NO_RESULTS_FIELDS = ("header", "query")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
-def format_documents(passages: Sequence[Passage]) -> str:
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """`template` with each `{{name}}` in `values` replaced in one pass (a value is never
+    scanned again, so passage text containing `{{title}}` stays as it is)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _braced(names: Sequence[str]) -> str:
+    return ", ".join("{{" + n + "}}" for n in names)
+
+
+@dataclass(frozen=True)
+class SearchLayout:
+    """How web_search prints its results (the model reads and learns this text)."""
+
+    header: str = HEADER
+    """Printed first, before the documents (and before the no-results text)."""
+    document: str = DOCUMENT
+    """One block per passage; placeholders {{number}}, {{score}}, {{title}}, {{text}}."""
+    number_start: int = 1
+    """The number of the first (best) document."""
+    score_decimals: int = 3
+    """Decimals of the printed relevance score."""
+    no_results: str = NO_RESULTS
+    """Printed when nothing matched; placeholders {{header}} and {{query}} (the query's repr)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, text, allowed in (
+            ("document", self.document, DOCUMENT_FIELDS),
+            ("no_results", self.no_results, NO_RESULTS_FIELDS),
+        ):
+            unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(allowed))
+            if unknown:
+                problems.append(
+                    f"{name} uses unknown placeholder(s) {_braced(unknown)}"
+                    f" (allowed: {_braced(allowed)})"
+                )
+        if not 0 <= self.score_decimals <= 10:
+            problems.append(f"score_decimals must be 0..10, not {self.score_decimals}")
+        if self.number_start < 0:
+            problems.append(f"number_start must be >= 0, not {self.number_start}")
+        if problems:
+            raise ValueError("invalid web_search layout: " + "; ".join(problems))
+
+    def format_documents(self, passages: Sequence[Passage]) -> str:
+        parts = [self.header]
+        for i, p in enumerate(passages, start=self.number_start):
+            values = {
+                "number": str(i),
+                "score": f"{p.score:.{self.score_decimals}f}",
+                "title": p.title,
+                "text": p.text,
+            }
+            parts.append(fill(self.document, values))
+        return "".join(parts)
+
+    def format_no_results(self, query: str) -> str:
+        return fill(self.no_results, {"header": self.header, "query": repr(query)})
+
+
+DEFAULT_LAYOUT = SearchLayout()
+
+
+def format_documents(passages: Sequence[Passage], layout: SearchLayout = DEFAULT_LAYOUT) -> str:
     """The protocol's observation text for `passages` (in rank order)."""
-    parts = [HEADER]
-    for i, p in enumerate(passages, start=1):
-        parts.append(f"\n===== Document {i}, similarity: {p.score:.3f} =====\n")
-        parts.append(f'"{p.title}"\n{p.text}\n')
-    return "".join(parts)
+    return layout.format_documents(passages)
 
 
-def no_results(query: str) -> str:
-    return (
-        f"{HEADER}\nNo documents matched the query {query!r}. "
-        "Try fewer, different or more general keywords.\n"
-    )
+def no_results(query: str, layout: SearchLayout = DEFAULT_LAYOUT) -> str:
+    return layout.format_no_results(query)
 
 
-def make_web_search(retriever: Retriever, k: int = 3, timeout_s: float = 10.0) -> ToolFn:
-    """A fresh `web_search` tool for one agent run (holds that run's result cache)."""
+def make_web_search(
+    retriever: Retriever,
+    k: int = 3,
+    timeout_s: float = 10.0,
+    layout: SearchLayout = DEFAULT_LAYOUT,
+) -> ToolFn:
+    """A fresh `web_search` tool for one agent run (holds that run's result cache), printing
+    its results in `layout`."""
     if k < 1:
         raise ValueError("k must be >= 1")
     if timeout_s <= 0:
@@ -63,7 +140,7 @@ def make_web_search(retriever: Retriever, k: int = 3, timeout_s: float = 10.0) -
             raise RetrievalError(
                 f"the search took longer than {timeout_s:g} s; retry, or use a shorter query"
             ) from None
-        return format_documents(passages) if passages else no_results(query)
+        return layout.format_documents(passages) if passages else layout.format_no_results(query)
 
     async def web_search(*args: Any, **kwargs: Any) -> str:
         """Search Wikipedia; returns the top passages as text. web_search(query: str) -> str"""

@@ -10,6 +10,15 @@ served student sees, same tools) and the protocol's task message; assistant and
 observation turns stay verbatim. With a tokenizer, every kept conversation is
 tokenized with the loss mask and verified token by token (training/masking.py), and
 conversations longer than `max_length` are dropped.
+
+The protocol profile (agent/protocol.py) is part of the data: conversations are rendered
+with it, every example records its name and sha256, and the whole profile, self-contained,
+is written beside the data as `OUT.protocol.json` (`export` copies it into the checkpoint,
+so the student is served with what it was trained on). When `prompt` is not `student`, the
+recorded profile's `student` prompt is the template actually used, so serving with the
+default prompt role reproduces the training conversations. A record generated with
+different observation or web_search layouts than the profile's is refused: its kept turns
+would teach a layout the served student never sees.
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.model_client import Message
+from agent.prompts import initial_messages, system_prompt_template
+from agent.protocol import Protocol, ProtocolError, default_protocol, load_protocol
 from agent.trajectory import Trajectory
 from training.grading import grade
 from training.masking import MaskError, encode_conversation, verify_encoding
@@ -75,17 +86,48 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def student_messages(traj: Trajectory, *, prompt: str, tool_names: Sequence[str]) -> list[Message]:
+PROTOCOL_SUFFIX = ".protocol.json"
+
+
+def protocol_sidecar(data_path: Path) -> Path:
+    """Where build-data writes the profile of `data_path` (`train.jsonl.protocol.json`)."""
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.name + PROTOCOL_SUFFIX)
+
+
+def student_messages(
+    traj: Trajectory,
+    *,
+    prompt: str,
+    tool_names: Sequence[str],
+    protocol: Protocol | None = None,
+) -> list[Message]:
     """The trajectory's transcript as the student sees it: student system prompt + task, then
     the teacher's assistant/observation turns verbatim, ending on the last assistant turn."""
-    from agent.prompts import initial_messages
-
     if len(traj.messages) < 3 or traj.messages[0].get("role") != "system":
         raise BuildDataError(f"trajectory {traj.id} has no system/task/assistant transcript")
     turns = [dict(m) for m in traj.messages[2:]]
     while turns and turns[-1]["role"] != "assistant":
         turns.pop()
-    return [*initial_messages(traj.question, prompt=prompt, tool_names=tool_names), *turns]
+    start = initial_messages(
+        traj.question, prompt=prompt, tool_names=tool_names, protocol=protocol
+    )
+    return [*start, *turns]
+
+
+def check_turns_protocol(rec: dict[str, Any], traj: Trajectory, protocol: Protocol) -> None:
+    """Refuse a record whose observation/web_search layouts differ from `protocol`'s (records
+    from before profiles existed were made with the default profile)."""
+    made = traj.config.get("protocol_fingerprint") or default_protocol().fingerprint()
+    if made.get("turns_sha256") == protocol.turns_sha256:
+        return
+    raise BuildDataError(
+        f"record {rec.get('id')} was generated with protocol {made.get('name')!r}, whose "
+        f"observation/web_search layout differs from protocol {protocol.name!r} given to "
+        "build-data: its observation turns would not match what the served student sees. "
+        f"Build with --protocol set to the generation's profile, or generate again with "
+        f"--protocol {protocol.name}"
+    )
 
 
 def agent_drop_reason(rec: dict[str, Any], traj: Trajectory, correct: bool | None) -> str | None:
@@ -119,9 +161,11 @@ def build_examples(
     regrade: bool = False,
     keep_ungraded: bool = False,
     stats: BuildStats | None = None,
+    protocol: Protocol | None = None,
 ) -> list[dict[str, Any]]:
     """Filter and render (see the module docstring). `tool_names` None: the record's tools."""
     stats = stats or BuildStats()
+    protocol = protocol or default_protocol()
     out: list[dict[str, Any]] = []
     for rec in records:
         stats.records += 1
@@ -155,8 +199,9 @@ def build_examples(
             if reason:
                 stats.dropped[reason] += 1
                 continue
+            check_turns_protocol(rec, traj, protocol)
             tools = list(tool_names) if tool_names is not None else list(rec.get("tools", []))
-            messages = student_messages(traj, prompt=prompt, tool_names=tools)
+            messages = student_messages(traj, prompt=prompt, tool_names=tools, protocol=protocol)
             n_steps = sum(1 for s in traj.steps if s.kind == "action")
         out.append(
             {
@@ -168,6 +213,7 @@ def build_examples(
                 "source": rec.get("source"),
                 "steps": n_steps,
                 "ftp": bool(rec.get("ftp")),
+                "protocol": {"name": protocol.name, "sha256": protocol.sha256},
             }
         )
         stats.kept += 1
@@ -197,8 +243,12 @@ def build_data(
     keep_ungraded: bool = False,
     tokenizer: Any = None,
     max_length: int = 10240,
+    protocol: str | Protocol | None = None,
 ) -> dict[str, Any]:
-    """Write the kept conversations to `out` (JSONL, atomically); returns the summary."""
+    """Write the kept conversations to `out` (JSONL, atomically) and the profile they were
+    rendered with to `OUT.protocol.json`; returns the summary. `protocol`: a Protocol, a
+    name/file/folder for `load_protocol`, or None (the default profile)."""
+    recorded = training_protocol(protocol, prompt)
     stats = BuildStats()
     examples: list[dict[str, Any]] = []
     for path in inputs:
@@ -209,6 +259,7 @@ def build_data(
             regrade=regrade,
             keep_ungraded=keep_ungraded,
             stats=stats,
+            protocol=recorded,
         )
     if tokenizer is not None:
         kept = []
@@ -230,13 +281,125 @@ def build_data(
         examples = kept
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    sidecar = protocol_sidecar(out)
+    # the profile first: examples name its sha256, so a crash in between is detectable
+    _write_atomic(sidecar, [recorded.to_json()])
+    _write_atomic(out, (json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
+    return {
+        "out": str(out),
+        **stats.to_dict(),
+        "protocol": {**recorded.fingerprint(), "file": str(sidecar)},
+    }
+
+
+def training_protocol(protocol: str | Protocol | None, prompt: str = "student") -> Protocol:
+    """The profile recorded with the data: `protocol` loaded, with its `student` prompt set
+    to the template of `prompt` when another prompt renders the conversations."""
+    try:
+        loaded = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+        if prompt == "student":
+            return loaded
+        template = system_prompt_template(prompt, loaded)
+    except (ProtocolError, ValueError) as e:
+        raise BuildDataError(str(e)) from None
+    renamed = f"{loaded.name}, student prompt from {prompt}"
+    return replace(loaded.with_prompt("student", template), name=renamed)
+
+
+def data_protocol(paths: Sequence[Path]) -> Protocol | None:
+    """The profile recorded with build-data outputs `paths` (all must agree); None when
+    none records one (data built before profiles existed: the default protocol)."""
+    found: dict[str, tuple[Path, Protocol]] = {}
+    missing: list[Path] = []
+    for path in map(Path, paths):
+        sidecar = protocol_sidecar(path)
+        first = _first_example(path)
+        named = (first or {}).get("protocol")
+        if not sidecar.is_file():
+            if named:
+                raise BuildDataError(
+                    f"{path} was built with protocol {named.get('name')!r} but {sidecar} is "
+                    "missing: copy it next to the data, or build the data again"
+                )
+            missing.append(path)
+            continue
+        try:
+            prof = load_protocol(sidecar)
+        except ProtocolError as e:
+            raise BuildDataError(str(e)) from None
+        if named and named.get("sha256") != prof.sha256:
+            raise BuildDataError(
+                f"{sidecar} does not belong to {path} (its examples name protocol sha256 "
+                f"{str(named.get('sha256'))[:12]}, the file holds {prof.sha256[:12]}): build "
+                "the data again"
+            )
+        found.setdefault(prof.sha256, (path, prof))
+    if len(found) > 1:
+        listing = "; ".join(f"{p}: {prof.name!r}" for p, prof in found.values())
+        raise BuildDataError(f"the training data mixes protocol profiles ({listing})")
+    if found and missing:
+        (path, prof), = found.values()
+        if prof.sha256 != default_protocol().sha256:
+            raise BuildDataError(
+                f"{', '.join(map(str, missing))} record(s) no protocol (the default) but {path} "
+                f"was built with {prof.name!r}: the data mixes protocols"
+            )
+    return next(iter(found.values()))[1] if found else None
+
+
+def _first_example(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    return rec if isinstance(rec, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return None
+
+
+def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return {"out": str(out), **stats.to_dict()}
+
+
+def export_protocol(training: Mapping[str, Any], explicit: str | None) -> tuple[Protocol, str]:
+    """The profile an export writes, and where it came from: the one recorded with the sft
+    run's data (`training` = train_summary.json); `explicit` must agree with that record, and
+    chooses when the data records none; with neither, the default profile."""
+    paths = [Path(p) for p in (training.get("settings") or {}).get("data") or []]
+    absent = [p for p in paths if not p.is_file()]
+    chosen: Protocol | None = None
+    if explicit:
+        try:
+            chosen = load_protocol(explicit)
+        except ProtocolError as e:
+            raise BuildDataError(str(e)) from None
+    if absent:
+        if chosen is not None:
+            return chosen, f"--protocol {explicit} (training data not found: {absent[0]})"
+        raise BuildDataError(
+            f"the run's training data {absent[0]} is not here, so the protocol it was built with "
+            "is unknown: pass --protocol (its OUT.protocol.json, or the profile used)"
+        )
+    recorded = data_protocol(paths) if paths else None
+    if chosen is not None:
+        if recorded is not None and recorded.sha256 != chosen.sha256:
+            raise BuildDataError(
+                f"--protocol {explicit} ({chosen.name!r}, sha256 {chosen.sha256[:12]}) differs "
+                f"from the profile the training data was built with ({recorded.name!r}, sha256 "
+                f"{recorded.sha256[:12]}): a checkpoint must be served with the protocol it was "
+                "trained on; drop --protocol"
+            )
+        return chosen, f"--protocol {explicit}"
+    if recorded is not None:
+        return recorded, "training data"
+    return default_protocol(), "default (the training data records no profile)"

@@ -8,7 +8,9 @@ From an `sft` run directory (or an adapter + base model):
 
 Every export holds safetensors, the tokenizer with its chat template, the generation
 config, a model card (README.md: data, settings, final metrics, how to serve) and
-`distillery.json` (the same, machine-readable). Written to a temp folder and renamed,
+`distillery.json` (the same, machine-readable), and `distillery_protocol.json`: the
+protocol profile the training data was rendered with (recorded by build-data), which
+distillery picks up when it loads this folder. Written to a temp folder and renamed,
 so a failed export never leaves a half folder behind.
 """
 
@@ -71,8 +73,13 @@ def export_model(
     dtype: str = "auto",
     name: str | None = None,
     overwrite: bool = False,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
-    """Write the export; returns its summary (also in OUT/distillery.json)."""
+    """Write the export; returns its summary (also in OUT/distillery.json). `protocol`: the
+    profile to write when the training data records none (else it must agree with it)."""
+    from agent.protocol import PROTOCOL_FILE
+    from training.build_data import BuildDataError, export_protocol
+
     started = time.monotonic()
     summary: dict[str, Any] = {}
     if run_dir is not None:
@@ -96,6 +103,11 @@ def export_model(
         raise ExportError(f"base model {base} is not a Hugging Face folder: pass --base DIR")
     if method == "full" and mode == "adapter":
         raise ExportError("a full fine-tuning run has no adapter: use --mode merge")
+    try:
+        profile, profile_source = export_protocol(summary, protocol)
+    except BuildDataError as e:
+        raise ExportError(str(e)) from None
+    protocol_info = {**profile.fingerprint(), "file": PROTOCOL_FILE, "source": profile_source}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
@@ -127,6 +139,7 @@ def export_model(
             model.config.dtype = target
             model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        (tmp / PROTOCOL_FILE).write_text(profile.to_json(), encoding="utf-8")
         if base is not None and (base / "generation_config.json").is_file():
             shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
         info = {
@@ -137,6 +150,7 @@ def export_model(
             "dtype": dtype,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "training": summary,
+            "protocol": protocol_info,
         }
         (tmp / "distillery.json").write_text(json.dumps(info, indent=2))
         (tmp / "README.md").write_text(model_card(info))
@@ -153,6 +167,7 @@ def export_model(
         "files": files,
         "size_mb": round(sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20, 1),
         "elapsed_s": round(time.monotonic() - started, 2),
+        "protocol": protocol_info,
     }
 
 
@@ -224,6 +239,15 @@ def model_card(info: dict[str, Any]) -> str:
         "",
         "## Serving",
     ]
+    proto = info.get("protocol") or {}
+    if proto:
+        lines += [
+            f"Protocol profile: `{proto.get('name')}` (sha256 {str(proto.get('sha256'))[:12]}), "
+            f"in `{proto.get('file')}`: every text the student was trained to read. distillery "
+            "picks it up when it loads this folder (`--model-path`, or a `--model` name that "
+            "is this folder); elsewhere pass `--protocol <this folder>`.",
+            "",
+        ]
     if info["format"] == "adapter":
         lines += [
             "```",

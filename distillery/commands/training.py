@@ -287,6 +287,10 @@ def _add_train(sub: Any) -> None:
         type=int,
         help=f"longest conversation kept [default: {_dflt(BD, 'max_length')}]",
     )
+    add_settings_flags(
+        b, ["protocol"], helps={"protocol": "protocol profile the conversations are rendered "
+                                "with; recorded beside --out as OUT.protocol.json"},
+    )
     b.set_defaults(func=run_build_data)
 
     s = tsub.add_parser(
@@ -327,6 +331,7 @@ def run_build_data(args: argparse.Namespace) -> int:
         tools = (
             None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
         )
+        protocol = settings_from_args(args, ["protocol"]).protocol
         summary = build_data(
             args.input,
             args.out,
@@ -335,7 +340,10 @@ def run_build_data(args: argparse.Namespace) -> int:
             regrade=args.regrade,
             keep_ungraded=args.keep_ungraded,
             tokenizer=tokenizer,
+            protocol=protocol,
         )
+    except UsageError as e:
+        return _fail(str(e), EXIT_CONFIG)
     except (BuildDataError, OSError, ValueError) as e:
         return _fail(str(e), EXIT_FAILED)
     if summary["kept"] == 0:
@@ -422,6 +430,11 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument("--name", help="model name for the card (default: the folder name)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--protocol",
+        help="protocol profile to write as distillery_protocol.json (default: the one recorded "
+        "with the training data; given, it must agree with that record)",
+    )
     p.set_defaults(func=run_export)
 
 
@@ -437,6 +450,7 @@ def run_export(args: argparse.Namespace) -> int:
             **_given(args, "mode", "dtype"),
             name=args.name,
             overwrite=args.overwrite,
+            protocol=args.protocol,
         )
     except ExportError as e:
         return _fail(str(e), EXIT_CONFIG)
