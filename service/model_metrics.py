@@ -32,10 +32,7 @@ class InstrumentedModel:
     def __init__(self, model: ModelClient, metrics: Metrics) -> None:
         self.inner = model
         self.metrics = metrics
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
+        self.model_name: str = model.model_name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -128,7 +128,7 @@ def install_signal_drain(drainer: Drainer) -> Callable[[], None]:
         return lambda: None
     loop = asyncio.get_running_loop()
     sigs = [signal.SIGTERM, signal.SIGINT]
-    previous = {sig: signal.getsignal(sig) for sig in sigs}
+    previous: dict[int, Any] = {int(sig): signal.getsignal(sig) for sig in sigs}
     task: list[asyncio.Task[None]] = []
 
     async def drain_then_exit(sig: int) -> None:
