@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,17 @@ def _base_dtype(base: Path) -> Any:
     return getattr(torch, str(name), torch.float32)
 
 
+@dataclass
+class _Source:
+    """What is exported: the trained weights, how they were trained, the base they need."""
+
+    trained: Path
+    method: str
+    base: Path | None
+    training: dict[str, Any]
+    """The run's train_summary.json ({} for a bare adapter)."""
+
+
 def export_model(
     out_dir: Path,
     *,
@@ -81,82 +93,27 @@ def export_model(
     from training.build_data import BuildDataError, export_protocol
 
     started = time.monotonic()
-    summary: dict[str, Any] = {}
-    if run_dir is not None:
-        summary = _read_summary(run_dir)
-        trained = Path(summary["final_dir"])
-        if not trained.is_absolute() and not trained.exists():
-            trained = run_dir / "final"
-        method = summary.get("method", "lora")
-        base = base or Path(summary["base_model"])
-    elif adapter is not None:
-        trained, method = adapter, "lora"
-        if base is None:
-            cfg = adapter / "adapter_config.json"
-            if cfg.is_file():
-                base = Path(json.loads(cfg.read_text()).get("base_model_name_or_path", ""))
-    else:
-        raise ExportError("give --run DIR (a finished sft run) or --adapter DIR [--base DIR]")
-    if not trained.is_dir():
-        raise ExportError(f"trained weights {trained} are missing")
-    if method == "lora" and (base is None or not (base / "config.json").is_file()):
-        raise ExportError(f"base model {base} is not a Hugging Face folder: pass --base DIR")
-    if method == "full" and mode == "adapter":
-        raise ExportError("a full fine-tuning run has no adapter: use --mode merge")
+    source = _resolve_source(run_dir, adapter, base)
+    _check_export(source, mode)
     try:
-        profile, profile_source = export_protocol(summary, protocol)
+        profile, profile_source = export_protocol(source.training, protocol)
     except BuildDataError as e:
         raise ExportError(str(e)) from None
     protocol_info = {**profile.fingerprint(), "file": PROTOCOL_FILE, "source": profile_source}
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ExportError(
-                f"{out_dir} exists and is not empty: pass --overwrite or another --out"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = _prepare_out_dir(Path(out_dir), overwrite)
     name = name or out_dir.name
-
+    as_adapter = source.method == "lora" and mode == "adapter"
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(trained if _has_tokenizer(trained) else base))
-        if not tokenizer.chat_template:
-            raise ExportError("the tokenizer has no chat template: the student needs one to serve")
-        if method == "lora" and mode == "adapter":
-            for f in trained.iterdir():
-                if f.name.startswith("adapter_") or f.name == "README.md":
-                    shutil.copy2(f, tmp / f.name)
-            cfg_path = tmp / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = str(Path(base).resolve()) if base else None
-            cfg_path.write_text(json.dumps(cfg, indent=2))
+        tokenizer = _load_tokenizer(source)
+        if as_adapter:
+            _write_adapter(source, tmp)
         else:
-            model = _load_merged(trained, base, method)
-            target = _torch_dtype(dtype, _base_dtype(base) if base else None)
-            model = model.to(target)
-            model.config.dtype = target
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            _write_merged(source, dtype, tmp)
         tokenizer.save_pretrained(str(tmp))
         (tmp / PROTOCOL_FILE).write_text(profile.to_json(), encoding="utf-8")
-        if base is not None and (base / "generation_config.json").is_file():
-            shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
-        info = {
-            "name": name,
-            "format": "adapter" if (method == "lora" and mode == "adapter") else "model",
-            "base_model": str(base) if base else None,
-            "method": method,
-            "dtype": dtype,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "training": summary,
-            "protocol": protocol_info,
-        }
-        (tmp / "distillery.json").write_text(json.dumps(info, indent=2))
-        (tmp / "README.md").write_text(model_card(info))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info)
+        _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -169,6 +126,110 @@ def export_model(
         "elapsed_s": round(time.monotonic() - started, 2),
         "protocol": protocol_info,
     }
+
+
+def _resolve_source(run_dir: Path | None, adapter: Path | None, base: Path | None) -> _Source:
+    """The trained weights and their base, from a finished sft run or a bare adapter."""
+    if run_dir is not None:
+        summary = _read_summary(run_dir)
+        trained = Path(summary["final_dir"])
+        if not trained.is_absolute() and not trained.exists():
+            trained = run_dir / "final"
+        method = summary.get("method", "lora")
+        return _Source(trained, method, base or Path(summary["base_model"]), summary)
+    if adapter is not None:
+        if base is None:
+            cfg = adapter / "adapter_config.json"
+            if cfg.is_file():
+                base = Path(json.loads(cfg.read_text()).get("base_model_name_or_path", ""))
+        return _Source(adapter, "lora", base, {})
+    raise ExportError("give --run DIR (a finished sft run) or --adapter DIR [--base DIR]")
+
+
+def _check_export(source: _Source, mode: Mode) -> None:
+    if not source.trained.is_dir():
+        raise ExportError(f"trained weights {source.trained} are missing")
+    base = source.base
+    if source.method == "lora" and (base is None or not (base / "config.json").is_file()):
+        raise ExportError(f"base model {base} is not a Hugging Face folder: pass --base DIR")
+    if source.method == "full" and mode == "adapter":
+        raise ExportError("a full fine-tuning run has no adapter: use --mode merge")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Refuse a non-empty OUT unless `overwrite`; create its parent (the temp folder's home)."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ExportError(
+                f"{out_dir} exists and is not empty: pass --overwrite or another --out"
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _load_tokenizer(source: _Source) -> Any:
+    """The trained folder's tokenizer (else the base's); it must have a chat template."""
+    from transformers import AutoTokenizer
+
+    folder = source.trained if _has_tokenizer(source.trained) else source.base
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not tokenizer.chat_template:
+        raise ExportError("the tokenizer has no chat template: the student needs one to serve")
+    return tokenizer
+
+
+def _write_adapter(source: _Source, tmp: Path) -> None:
+    """Copy the LoRA adapter, pointing its config at the base's absolute path."""
+    for f in source.trained.iterdir():
+        if f.name.startswith("adapter_") or f.name == "README.md":
+            shutil.copy2(f, tmp / f.name)
+    cfg_path = tmp / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(Path(source.base).resolve()) if source.base else None
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def _write_merged(source: _Source, dtype: str, tmp: Path) -> None:
+    """Save the adapter folded into the base (or the full model), cast to `dtype`."""
+    model = _load_merged(source.trained, source.base, source.method)
+    target = _torch_dtype(dtype, _base_dtype(source.base) if source.base else None)
+    model = model.to(target)
+    model.config.dtype = target
+    model.save_pretrained(str(tmp), safe_serialization=True)
+
+
+def _write_metadata(
+    source: _Source,
+    name: str,
+    as_adapter: bool,
+    dtype: str,
+    tmp: Path,
+    protocol: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generation config, distillery.json and the model card; returns distillery.json."""
+    base = source.base
+    if base is not None and (base / "generation_config.json").is_file():
+        shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
+    info = {
+        "name": name,
+        "format": "adapter" if as_adapter else "model",
+        "base_model": str(base) if base else None,
+        "method": source.method,
+        "dtype": dtype,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "training": source.training,
+        "protocol": protocol,
+    }
+    (tmp / "distillery.json").write_text(json.dumps(info, indent=2))
+    (tmp / "README.md").write_text(model_card(info))
+    return info
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Put the finished export in place (an old one under --overwrite goes first)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
 
 
 def _has_tokenizer(path: Path) -> bool:
