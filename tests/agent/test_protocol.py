@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,7 @@ from agent.protocol import (
     load_protocol,
     protocol_from_dict,
 )
+from distillery.settings import Settings
 from retrieval.retriever import Passage
 from retrieval.tool import format_documents, make_web_search, no_results
 from sandbox.executor import SandboxExecutor
@@ -336,9 +338,12 @@ def test_unknown_prompt_role_lists_the_profile_roles(custom: Protocol) -> None:
 
 
 # ---------------------------------------------------------------- settings pick it up
+def _settings(**values: Any) -> Settings:
+    return Settings(**values)  # (a dict: mypy without the pydantic plugin wants every field)
+
+
 async def test_settings_pick_up_a_checkpoint_profile(tmp_path: Path) -> None:
     from distillery.components import ConfigError, load_settings_protocol, web_search_tools
-    from distillery.settings import Settings
 
     ckpt = tmp_path / "student"
     ckpt.mkdir()
@@ -346,23 +351,23 @@ async def test_settings_pick_up_a_checkpoint_profile(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
 
-    assert Settings(model_path=plain).agent_config().protocol is None
-    cfg = Settings(model_path=ckpt).agent_config()
+    assert _settings(model_path=plain).agent_config().protocol is None
+    cfg = _settings(model_path=ckpt).agent_config()
     assert cfg.protocol == str(ckpt.resolve())
     assert load_protocol(cfg.protocol) == load_protocol("paper")
     # a served model whose name is its local folder (vLLM's default name)
-    url = Settings(model_url="http://localhost:1/v1", model=str(ckpt))
+    url = _settings(model_url="http://localhost:1/v1", model=str(ckpt))
     assert url.agent_config().protocol == str(ckpt.resolve())
     # an explicit profile wins
-    assert Settings(model_path=ckpt, protocol="default").agent_config().protocol == "default"
+    assert _settings(model_path=ckpt, protocol="default").agent_config().protocol == "default"
 
-    tools = web_search_tools(Settings(model_path=ckpt), StaticRetriever(PASSAGES))
+    tools = web_search_tools(_settings(model_path=ckpt), StaticRetriever(PASSAGES))
     out = await tools["web_search"]("tatra")
     assert out.startswith('\nRetrieved documents:\n\n===== Document 0, similarity: 0.87 =====')
 
     with pytest.raises(ConfigError, match=r"protocol .*bad.toml.*DISTILLERY_PROTOCOL"):
         (tmp_path / "bad.toml").write_text("nonsense = 1\n")
-        load_settings_protocol(Settings(protocol=str(tmp_path / "bad.toml")))
+        load_settings_protocol(_settings(protocol=str(tmp_path / "bad.toml")))
 
 
 def test_protocol_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
