@@ -65,7 +65,7 @@ def test_model_ids_and_headers_that_cannot_be_encoded_are_not_5xx(
     r = httpx.get(gateway.url + "/v1/models/%ED%B3%BF")  # the surrogate's bytes in a path
     assert r.status_code == 404
     r = httpx.post(gateway.url + "/v1/solve", content=b'{"question": "\xff\xfe"}',
-                   headers={"content-type": "application/json", "x-request-id": b"\xff"})
+                   headers={b"content-type": b"application/json", b"x-request-id": b"\xff"})
     assert r.status_code in (400, 422)
 
 
