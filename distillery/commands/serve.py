@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_for(args)
     except UsageError as e:
         return fail(str(e), EXIT_CONFIG)
+    from distillery.components import ConfigError, load_settings_protocol
+
+    try:  # a bad protocol profile: one line now, not a failed startup later
+        load_settings_protocol(settings)
+    except ConfigError as e:
+        return fail(str(e), EXIT_CONFIG)
     configure_logging(settings.log_level)
     common: dict[str, Any] = {
         "host": settings.host,
