@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,7 +267,16 @@ def _enable(group: Path, controllers: tuple[str, ...], hint: str) -> None:
     if not todo:
         return
     try:
-        _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+        for attempt in range(20):
+            try:
+                _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+                break
+            except OSError as e:
+                # right after moving processes out the kernel may still say EBUSY for a
+                # moment (crun retries too); processes really left in it are reported below
+                if e.errno != errno.EBUSY or _pids(group) or attempt == 19:
+                    raise
+                time.sleep(0.05)
     except OSError as e:
         if e.errno == errno.EBUSY:
             why = (
