@@ -146,10 +146,7 @@ def _pairs_md(pairs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare_runs(
-    dirs: Sequence[Path], out: Path, *, resamples: int = 10_000, seed: int = 0, html: bool = True
-) -> dict[str, Any]:
-    """Compare evaluation folders (the first is the baseline); writes the comparison to `out`."""
+def _load_runs(dirs: Sequence[Path]) -> list[Run]:
     if len(dirs) < 2:
         raise CompareError("compare needs at least two run folders (the first is the baseline)")
     runs = []
@@ -158,37 +155,49 @@ def compare_runs(
             runs.append(load_run(Path(d)))
         except (ValueError, OSError) as e:
             raise CompareError(str(e)) from e
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
+    if len({r.name for r in runs}) != len(runs):
         # folder names may repeat (a/run, b/run): label by path then
         for r in runs:
             r.config = {**r.config, "name": str(r.out)}
-    reports = [build_report(r) for r in runs]
-    pairs = [pair_runs(runs[0], r, resamples=resamples, seed=seed) for r in runs[1:]]
-    empty = [p for p in pairs if not p["sets"]]
-    if empty:
-        p = empty[0]
-        base_sets = ", ".join(f"{k} ({len(v)})" for k, v in runs[0].rows.items()) or "none"
+    return runs
+
+
+def _refuse_unpaired(runs: Sequence[Run], pairs: Sequence[dict[str, Any]]) -> None:
+    for p in pairs:
+        if p["sets"]:
+            continue
         other = next(r for r in runs if r.name == p["other"])
+        base_sets = ", ".join(f"{k} ({len(v)})" for k, v in runs[0].rows.items()) or "none"
         other_sets = ", ".join(f"{k} ({len(v)})" for k, v in other.rows.items()) or "none"
         raise CompareError(
             f"runs {p['base']} and {p['other']} share no questions (baseline: {base_sets}; "
             f"other: {other_sets}): compare runs of the same question sets"
         )
-    out = Path(out)
+
+
+def _write_comparison(
+    out: Path,
+    runs: Sequence[Run],
+    reports: Sequence[dict[str, Any]],
+    pairs: Sequence[dict[str, Any]],
+    *,
+    resamples: int,
+    seed: int,
+    html: bool,
+) -> None:
+    from evaluation.runner import write_json
+
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "runs": [{"name": r.name, "out": str(r.out)} for r in runs],
-        "reports": reports,
-        "pairs": pairs,
+        "reports": list(reports),
+        "pairs": list(pairs),
         "resamples": resamples,
         "seed": seed,
     }
-    from evaluation.runner import write_json
-
     write_json(out / "compare.json", doc)
     md = [
-        "# Comparison: " + " vs ".join(names),
+        "# Comparison: " + " vs ".join(r.name for r in runs),
         "",
         "## Accuracy (%)",
         "",
@@ -211,9 +220,21 @@ def compare_runs(
             f"95% bootstrap CI</h2>{md_table_html(_pairs_md(pairs))}</section>"
         )
         write_html(out / "compare.html", runs, reports, extra_sections=[section])
+
+
+def compare_runs(
+    dirs: Sequence[Path], out: Path, *, resamples: int = 10_000, seed: int = 0, html: bool = True
+) -> dict[str, Any]:
+    """Compare evaluation folders (the first is the baseline); writes the comparison to `out`."""
+    runs = _load_runs(dirs)
+    reports = [build_report(r) for r in runs]
+    pairs = [pair_runs(runs[0], r, resamples=resamples, seed=seed) for r in runs[1:]]
+    _refuse_unpaired(runs, pairs)
+    out = Path(out)
+    _write_comparison(out, runs, reports, pairs, resamples=resamples, seed=seed, html=html)
     return {
         "out": str(out),
-        "runs": names,
+        "runs": [r.name for r in runs],
         "pairs": [
             {
                 "other": p["other"],

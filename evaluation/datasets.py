@@ -167,6 +167,82 @@ def _paper_set(spec: str) -> PaperSet | None:
     return _BY_STEM.get(Path(spec).stem) if "/" not in spec else None
 
 
+def _locate(spec: str, data_dir: Path, task: Task | None) -> tuple[Path, str, str, Task, bool]:
+    """(file, name, label, domain, is a paper set) of one `--questions` argument."""
+    paper = _paper_set(spec)
+    if paper is not None:
+        path = data_dir / "questions" / paper.file
+        if not path.is_file():
+            raise DatasetError(
+                f"set {paper.name!r} reads {path}, which does not exist: point --data-dir "
+                "(DISTILLERY_DATA_DIR) at the folder holding questions/ and wiki/"
+            )
+        return path, paper.name, paper.label, task or paper.domain, True
+    path = Path(spec)
+    if not path.is_file():
+        known = ", ".join(["paper", *PAPER_SETS])
+        raise DatasetError(
+            f"unknown question set {spec!r}: use one of {known} or a question file "
+            "(the paper's JSON or .jsonl)"
+        )
+    return path, path.stem, path.stem, task or task_for_dataset(path.stem), False
+
+
+def _load_set(
+    spec: str,
+    data_dir: Path,
+    gold: dict[tuple[str, str], GoldPassages],
+    *,
+    limit: int | None,
+    only_covered: bool,
+    task: Task | None,
+) -> EvalSet:
+    path, name, label, domain, is_paper = _locate(spec, data_dir, task)
+    try:
+        qs = load_questions(path, task=task)
+    except QuestionSetError as e:
+        raise DatasetError(str(e)) from e
+    if not qs:
+        raise DatasetError(f"{path} holds no questions")
+    if not is_paper and task is None:
+        kinds = {q.task for q in qs}
+        domain = kinds.pop() if len(kinds) == 1 else domain
+    eval_qs = [
+        Question(
+            id=f"{name}/{q.id}",
+            question=q.question,
+            answer=q.answer,
+            task=domain if is_paper else q.task,
+            source=name,
+            meta={**q.meta, "qid": q.id},
+        )
+        for q in qs
+    ]
+    set_gold = {f"{name}/{q.id}": gold[(path.name, q.id)] for q in qs if (path.name, q.id) in gold}
+    chosen = eval_qs
+    if only_covered and domain == "factual":  # coverage is about Wikipedia: math runs whole
+        chosen = [q for q in eval_qs if q.id in set_gold]
+        if not chosen:
+            raise DatasetError(
+                f"--only-covered: no question of {name!r} has gold passages in "
+                f"{data_dir / 'wiki' / 'gold.jsonl'} (see {data_dir / 'README.md'})"
+            )
+    if limit is not None:
+        chosen = chosen[:limit]
+    chosen_ids = {q.id for q in chosen}
+    return EvalSet(
+        name=name,
+        label=label,
+        domain=domain,
+        path=path.resolve(),
+        sha256=file_sha256(path),
+        questions=chosen,
+        total=len(eval_qs),
+        gold={qid: g for qid, g in set_gold.items() if qid in chosen_ids},
+        covered_total=len(set_gold),
+    )
+
+
 def resolve_sets(
     specs: list[str],
     data_dir: Path,
@@ -184,75 +260,9 @@ def resolve_sets(
         names.extend(PAPER_SETS if spec.lower() == "paper" else [spec])
     gold = load_gold(data_dir)
     sets: list[EvalSet] = []
-    seen: set[str] = set()
     for spec in names:
-        paper = _paper_set(spec)
-        if paper is not None:
-            path = data_dir / "questions" / paper.file
-            if not path.is_file():
-                raise DatasetError(
-                    f"set {paper.name!r} reads {path}, which does not exist: point --data-dir "
-                    "(DISTILLERY_DATA_DIR) at the folder holding questions/ and wiki/"
-                )
-            name, label, domain = paper.name, paper.label, task or paper.domain
-        else:
-            path = Path(spec)
-            if not path.is_file():
-                known = ", ".join(["paper", *PAPER_SETS])
-                raise DatasetError(
-                    f"unknown question set {spec!r}: use one of {known} or a question file "
-                    "(the paper's JSON or .jsonl)"
-                )
-            name, label = path.stem, path.stem
-            domain = task or task_for_dataset(path.stem)
-        if name in seen:
-            raise DatasetError(f"set {name!r} is given twice")
-        seen.add(name)
-        try:
-            qs = load_questions(path, task=task)
-        except QuestionSetError as e:
-            raise DatasetError(str(e)) from e
-        if not qs:
-            raise DatasetError(f"{path} holds no questions")
-        if paper is None and task is None:
-            kinds = {q.task for q in qs}
-            domain = kinds.pop() if len(kinds) == 1 else domain
-        eval_qs = [
-            Question(
-                id=f"{name}/{q.id}",
-                question=q.question,
-                answer=q.answer,
-                task=q.task if paper is None else domain,
-                source=name,
-                meta={**q.meta, "qid": q.id},
-            )
-            for q in qs
-        ]
-        set_gold = {
-            f"{name}/{q.id}": gold[(path.name, q.id)] for q in qs if (path.name, q.id) in gold
-        }
-        chosen = [q for q in eval_qs if q.id in set_gold] if only_covered else eval_qs
-        if only_covered and not chosen and domain == "factual":
-            raise DatasetError(
-                f"--only-covered: no question of {name!r} has gold passages in "
-                f"{data_dir / 'wiki' / 'gold.jsonl'} (see {data_dir / 'README.md'})"
-            )
-        if only_covered and domain == "math":
-            chosen = eval_qs  # coverage is about Wikipedia: math sets run whole
-        if limit is not None:
-            chosen = chosen[:limit]
-        chosen_ids = {q.id for q in chosen}
-        sets.append(
-            EvalSet(
-                name=name,
-                label=label,
-                domain=domain,
-                path=path.resolve(),
-                sha256=file_sha256(path),
-                questions=chosen,
-                total=len(eval_qs),
-                gold={qid: g for qid, g in set_gold.items() if qid in chosen_ids},
-                covered_total=len(set_gold),
-            )
-        )
+        s = _load_set(spec, data_dir, gold, limit=limit, only_covered=only_covered, task=task)
+        if any(s.name == other.name for other in sets):
+            raise DatasetError(f"set {s.name!r} is given twice")
+        sets.append(s)
     return sets

@@ -51,8 +51,19 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+try:  # a faster encoder for big reports when it is installed; the standard library otherwise
+    import orjson
+
+    def _dumps(obj: Any) -> str:
+        return orjson.dumps(obj, default=str).decode()
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _dumps(obj: Any) -> str:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def _json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    return _dumps(obj).replace("<", "\\u003c")
 
 
 # --------------------------------------------------------------------------- charts
@@ -219,7 +230,19 @@ def _blob(rec: Mapping[str, Any]) -> dict[str, Any]:
     steps = []
     if traj:
         for s in traj.get("steps") or []:
-            steps.append({k: v for k, v in s.items() if k != "request"})
+            step = {k: v for k, v in s.items() if k != "request"}
+            # a parsed candidate's text is its thought and code again: keep it only when
+            # it did not parse (then the text is what the model wrote)
+            cands = []
+            for c in s.get("candidates") or []:
+                c2 = {k: v for k, v in c.items() if k != "text" or c.get("parse_error")
+                      or (c.get("thought") is None and c.get("code") is None)}
+                if c2.get("execution"):  # copies: _intern replaces strings in place
+                    ex = c2["execution"] = dict(c2["execution"])
+                    ex["tool_calls"] = [dict(t) for t in ex.get("tool_calls") or []]
+                cands.append(c2)
+            step["candidates"] = cands
+            steps.append(step)
     cot = rec.get("cot") or None
     return {
         "id": rec.get("id"),
@@ -235,6 +258,45 @@ def _blob(rec: Mapping[str, Any]) -> dict[str, Any]:
         "usage": rec.get("usage"),
         "elapsed_s": rec.get("elapsed_s"),
     }
+
+
+_LONG = 200
+
+
+def _intern(blob: dict[str, Any]) -> dict[str, Any]:
+    """Long stdout, tool results and observations that occur more than once (SAG candidates
+    repeat them) go once into a table `$s`; each place holds `{"$s": k}` instead."""
+    first: dict[str, tuple[Any, Any]] = {}
+    index: dict[str, int] = {}
+    table: list[str] = []
+
+    def visit(container: Any, key: Any) -> None:
+        x = container[key]
+        if not isinstance(x, str) or len(x) < _LONG:
+            return
+        k = index.get(x)
+        if k is None:
+            where = first.get(x)
+            if where is None:
+                first[x] = (container, key)
+                return
+            k = index[x] = len(table)
+            table.append(x)
+            where[0][where[1]] = {"$s": k}
+        container[key] = {"$s": k}
+
+    for step in blob["steps"]:
+        visit(step, "observation")
+        for c in step.get("candidates") or []:
+            ex = c.get("execution")
+            if not ex:
+                continue
+            visit(ex, "stdout")
+            for call in ex.get("tool_calls") or []:
+                visit(call, "result")
+    if table:
+        blob["$s"] = table
+    return blob
 
 
 def _step_counts(rows_recs: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -297,6 +359,8 @@ function opt(sel,vals){vals.forEach(function(v){var o=document.createElement('op
  o.value=v[0];o.textContent=v[1];sel.appendChild(o)})}
 opt($('f-run'),[['','all runs']].concat(runs.map(function(r,i){return [String(i),r]})));
 opt($('f-set'),[['','all sets']].concat(idx.sets.map(function(s){return [s,s]})));
+var outs={};rows.forEach(function(r){outs[r.o]=1});
+opt($('f-out'),[['','any outcome']].concat(Object.keys(outs).sort().map(function(o){return [o,o.replace('_',' ')]})));
 function filtered(){var fr=$('f-run').value,fs=$('f-set').value,fo=$('f-out').value,
  fc=$('f-cor').value,ft=$('f-txt').value.toLowerCase();
  return rows.filter(function(r){return (!fr||String(r.r)===fr)&&(!fs||r.s===fs)&&
@@ -331,7 +395,7 @@ function cand(c,kept,shown){var ex=c.execution||{};var out=c.parse_error?'parse_
 function show(key){var p=key.indexOf(':');var run=+key.slice(0,p),id=key.slice(p+1);
  var r=null;for(var i=0;i<rows.length;i++){if(rows[i].r===run&&rows[i].i===id){r=rows[i];break}}
  if(!r){$('detail').innerHTML='<p class="bad">no question '+esc(key)+' in this report</p>';return}
- var el=document.getElementById('t'+r.k);var d=JSON.parse(el.textContent);
+ var el=document.getElementById('t'+r.k);var d=unintern(JSON.parse(el.textContent));
  var prev=document.querySelector('#list tr.sel');if(prev)prev.classList.remove('sel');
  var tr=$('row-'+r.k);if(tr)tr.classList.add('sel');
  var h=['<h3 id="q-title">'+esc((runs.length>1?runs[r.r]+' \u00b7 ':'')+d.id)+' <span class="'+(r.c?'ok':'bad')+'">'+
@@ -352,13 +416,97 @@ function show(key){var p=key.indexOf(':');var run=+key.slice(0,p),id=key.slice(p
  cands.forEach(function(c,ci){var fin=s.kind!=='action';h.push(cand(c,s.chosen===c.index||(fin&&ci===0),
  s.chosen==null&&!fin&&ci===0))});
  h.push(pre('observation',s.observation));h.push('</div>')});
- $('detail').innerHTML=h.join('');}
+ $('detail').innerHTML=h.join('');
+ document.documentElement.setAttribute('data-question-opened-ms',performance.now().toFixed(1));}
+function unintern(d){var t=d['$s'];if(!t)return d;function sub(x){if(x&&typeof x==='object'){
+ if(!Array.isArray(x)&&typeof x['$s']==='number'&&Object.keys(x).length===1)return t[x['$s']];
+ for(var k in x)if(k!=='$s')x[k]=sub(x[k]);}return x}delete d['$s'];return sub(d)}
 function route(){var m=/^#q=(.*)$/.exec(location.hash);if(m)show(decodeURIComponent(m[1]))}
 window.addEventListener('hashchange',route);
 renderList();
 if(document.readyState==='loading')document.addEventListener('DOMContentLoaded',route);else route();
 })();
 """
+
+
+def _set_labels(reports: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    set_names: list[str] = []
+    labels: dict[str, str] = {}
+    for rep in reports:
+        for name, m in rep["sets"].items():
+            if name not in set_names:
+                set_names.append(name)
+                labels[name] = str(m.get("label") or name)
+    return set_names, labels
+
+
+def _charts(
+    runs: Sequence[Run], reports: Sequence[dict[str, Any]], set_names: list[str],
+    labels: dict[str, str],
+) -> str:
+    run_names = [rep["run"]["name"] for rep in reports]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(reports))]
+    series = [
+        (rn, col, [rep["sets"].get(n, {}).get("accuracy") for n in set_names]
+         + [rep["average_accuracy"]])
+        for rn, col, rep in zip(run_names, colors, reports, strict=True)
+    ]
+    acc = bar_chart([labels[n] for n in set_names] + ["Avg."], series, title="Accuracy per set",
+                    width=max(640, 70 * (len(set_names) + 1) + 60))
+    points = []
+    for rn, col, rep in zip(run_names, colors, reports, strict=True):
+        for n in set_names:
+            m = rep["sets"].get(n)
+            if m and m["accuracy"] is not None and m["tokens_mean"] is not None:
+                points.append((float(m["tokens_mean"]), float(m["accuracy"]), f"{rn} - {labels[n]}", col))
+    legend = list(zip(run_names, colors, strict=True)) if len(reports) > 1 else []
+    scatter = scatter_chart(points, title="Accuracy vs tokens per question", legend=legend)
+    groups, counts = [], []
+    for run, rn in zip(runs, run_names, strict=True):
+        for n in set_names:
+            if n in run.rows:
+                groups.append(f"{rn} - {labels[n]}" if len(runs) > 1 else labels[n])
+                counts.append(_step_counts([run.records[r.id] for r in run.rows[n]]))
+    steps = stacked_chart(groups, counts, title="Outcome of every step")
+    return acc + scatter + steps
+
+
+def _index_and_blobs(
+    runs: Sequence[Run], set_names: list[str], labels: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    index_rows: list[dict[str, Any]] = []
+    blobs: list[str] = []
+    for ri, run in enumerate(runs):
+        for n in set_names:
+            for row in run.rows.get(n, []):
+                k = len(index_rows)
+                rec = run.records[row.id]
+                index_rows.append({
+                    "k": k, "r": ri, "i": row.id, "s": labels.get(n, n), "c": row.correct,
+                    "o": row.finish_reason, "q": _short(rec.get("question"), 180),
+                    "p": _short(row.prediction, 80),
+                })
+                blobs.append(
+                    f'<script type="application/json" id="t{k}">{_json(_intern(_blob(rec)))}</script>'
+                )
+    return index_rows, blobs
+
+
+FILTERS = (
+    '<section><h2>Questions</h2><div id="filters">'
+    '<select id="f-run"></select><select id="f-set"></select><select id="f-out"></select>'
+    '<select id="f-cor"><option value="">correct and wrong</option><option value="1">correct'
+    '</option><option value="0">wrong</option></select>'
+    '<input id="f-txt" type="search" placeholder="search question / id / answer">'
+    '<span id="count" class="muted"></span></div>'
+    '<div id="browser"><div id="list"></div><div id="detail"><p class="muted">Pick a '
+    "question to see its steps.</p></div></div></section></main>"
+)
+FIRST_CHART_MARK = (
+    "<script>document.documentElement.dataset.firstChartMs=performance.now().toFixed(1);"
+    "requestAnimationFrame(function(){document.documentElement.setAttribute("
+    "'data-first-chart-painted-ms',performance.now().toFixed(1))});</script>"
+)
 
 
 def render_html(
@@ -370,72 +518,10 @@ def render_html(
 ) -> str:
     from evaluation.report import describe_run, paper_table
 
-    set_names: list[str] = []
-    labels: dict[str, str] = {}
-    for rep in reports:
-        for name, m in rep["sets"].items():
-            if name not in set_names:
-                set_names.append(name)
-                labels[name] = str(m.get("label") or name)
+    set_names, labels = _set_labels(reports)
     run_names = [rep["run"]["name"] for rep in reports]
-    colors = [PALETTE[i % len(PALETTE)] for i in range(len(reports))]
-    acc = bar_chart(
-        [labels[n] for n in set_names] + ["Avg."],
-        [
-            (
-                rn,
-                col,
-                [rep["sets"].get(n, {}).get("accuracy") for n in set_names]
-                + [rep["average_accuracy"]],
-            )
-            for rn, col, rep in zip(run_names, colors, reports, strict=True)
-        ],
-        title="Accuracy per set",
-        width=max(640, 70 * (len(set_names) + 1) + 60),
-    )
-    points = []
-    for rn, col, rep in zip(run_names, colors, reports, strict=True):
-        for n in set_names:
-            m = rep["sets"].get(n)
-            if m and m["accuracy"] is not None and m["tokens_mean"] is not None:
-                points.append((float(m["tokens_mean"]), float(m["accuracy"]), f"{rn} - {labels[n]}", col))
-    scatter = scatter_chart(
-        points,
-        title="Accuracy vs tokens per question",
-        legend=list(zip(run_names, colors, strict=True)) if len(reports) > 1 else (),
-    )
-    groups, counts = [], []
-    for run, rn in zip(runs, run_names, strict=True):
-        for n in set_names:
-            if n not in run.rows:
-                continue
-            recs = [run.records[r.id] for r in run.rows[n]]
-            groups.append(f"{rn} - {labels[n]}" if len(runs) > 1 else labels[n])
-            counts.append(_step_counts(recs))
-    steps = stacked_chart(groups, counts, title="Outcome of every step")
-
-    index_rows: list[dict[str, Any]] = []
-    blobs: list[str] = []
-    for ri, run in enumerate(runs):
-        for n in set_names:
-            for row in run.rows.get(n, []):
-                k = len(index_rows)
-                index_rows.append(
-                    {
-                        "k": k,
-                        "r": ri,
-                        "i": row.id,
-                        "s": labels.get(n, n),
-                        "c": row.correct,
-                        "o": row.finish_reason,
-                        "q": _short(run.records[row.id].get("question"), 180),
-                        "p": _short(row.prediction, 80),
-                    }
-                )
-                blobs.append(
-                    f'<script type="application/json" id="t{k}">'
-                    f"{_json(_blob(run.records[row.id]))}</script>"
-                )
+    charts = _charts(runs, reports, set_names, labels)
+    index_rows, blobs = _index_and_blobs(runs, set_names, labels)
     index = {"runs": run_names, "sets": [labels[n] for n in set_names], "rows": index_rows}
     heading = title or (
         f"Evaluation: {run_names[0]}" if len(runs) == 1 else "Comparison: " + " vs ".join(run_names)
@@ -444,29 +530,16 @@ def render_html(
         f"<p>{_e(rn)}: {_e(describe_run(rep).replace('**', '').replace('`', ''))}</p>"
         for rn, rep in zip(run_names, reports, strict=True)
     )
-    table = md_table_html(paper_table(reports))
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
         f"<title>{_e(heading)}</title><style>{CSS}</style></head><body>",
         f"<header><h1>{_e(heading)}</h1>{desc}</header><main>",
-        f'<section id="summary"><h2>Accuracy (%)</h2>{table}</section>',
-        f'<section><h2>Charts</h2><div class="charts" id="charts">{acc}{scatter}{steps}</div></section>',
-        "<script>document.documentElement.dataset.firstChartMs=performance.now().toFixed(1);"
-        "requestAnimationFrame(function(){document.documentElement.setAttribute("
-        "'data-first-chart-painted-ms',performance.now().toFixed(1))});</script>",
+        f'<section id="summary"><h2>Accuracy (%)</h2>{md_table_html(paper_table(reports))}</section>',
+        f'<section><h2>Charts</h2><div class="charts" id="charts">{charts}</div></section>',
+        FIRST_CHART_MARK,
         *extra_sections,
-        '<section><h2>Questions</h2><div id="filters">'
-        '<select id="f-run"></select><select id="f-set"></select>'
-        '<select id="f-out"><option value="">any outcome</option><option value="answer">answer'
-        '</option><option value="max_steps">max steps</option><option value="error">error</option>'
-        '<option value="timeout">timeout</option></select>'
-        '<select id="f-cor"><option value="">correct and wrong</option><option value="1">correct'
-        '</option><option value="0">wrong</option></select>'
-        '<input id="f-txt" type="search" placeholder="search question / id / answer">'
-        '<span id="count" class="muted"></span></div>'
-        '<div id="browser"><div id="list"></div><div id="detail"><p class="muted">Pick a '
-        "question to see its steps.</p></div></div></section></main>",
+        FILTERS,
         f'<script type="application/json" id="index">{_json(index)}</script>',
         f"<script>{JS}</script>",
         "\n".join(blobs),

@@ -85,6 +85,22 @@ def _agent_dict(a: AgentConfig) -> dict[str, Any]:
     return d
 
 
+def _protocol_doc(a: AgentConfig) -> dict[str, Any] | None:
+    """The protocol profile the agent runs with (`--protocol`), with the file's sha256."""
+    spec = getattr(a, "protocol", None)
+    if not spec:
+        return None
+    import hashlib
+
+    doc: dict[str, Any] = {"spec": str(spec)}
+    path = Path(str(spec))
+    if path.is_dir():
+        path = path / "distillery_protocol.json"
+    if path.is_file():
+        doc["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return doc
+
+
 def config_document(sets: Sequence[EvalSet], cfg: EvalConfig) -> dict[str, Any]:
     """config.json's content (JSON values only: it is compared with the saved one on resume)."""
     doc = {
@@ -101,7 +117,7 @@ def config_document(sets: Sequence[EvalSet], cfg: EvalConfig) -> dict[str, Any]:
         "seed": cfg.agent.seed,
         "retrieval": cfg.retrieval,
         "judge": cfg.judge,
-        "protocol": cfg.protocol,
+        "protocol": cfg.protocol or _protocol_doc(cfg.agent),
         "limit": cfg.limit,
         "only_covered": cfg.only_covered,
         "data_dir": cfg.data_dir,
@@ -177,16 +193,25 @@ def write_config(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+try:  # a faster decoder for big runs when it is installed; the standard library otherwise
+    import orjson
+
+    _loads: Any = orjson.loads
+    _DecodeError: Any = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads, _DecodeError = json.loads, json.JSONDecodeError
+
+
 def load_records(path: Path) -> dict[str, dict[str, Any]]:
     """id -> the last record for it (a half-written last line is skipped)."""
     out: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return out
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for line in f:
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = _loads(line)
+            except (_DecodeError, UnicodeDecodeError, ValueError):
                 continue
             if isinstance(rec, dict) and "id" in rec:
                 out[str(rec["id"])] = rec

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillery.options import (
     AGENT_FIELDS,
@@ -36,6 +37,11 @@ from distillery.options import (
     settings_from_args,
 )
 from distillery.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.agent import AgentConfig
+    from evaluation.datasets import EvalSet
+    from evaluation.runner import EvalConfig
 
 EVAL_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "data_dir"]
 
@@ -174,9 +180,19 @@ def _no_index_message(settings: Settings, factual: list[str]) -> str:
     )
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
+@dataclass
+class _Plan:
+    settings: Settings
+    agent: AgentConfig
+    sets: list[EvalSet]
+    cfg: EvalConfig
+    local_search: bool
+
+
+def _plan(args: argparse.Namespace) -> _Plan | int:
+    """Validate the flags and read the sets; an exit status when they cannot work."""
     from evaluation.datasets import DatasetError, resolve_sets
-    from evaluation.runner import EvalConfig, EvalError
+    from evaluation.runner import EvalConfig
 
     if bool(args.judge_url) != bool(args.judge_model):
         return _fail("--judge-url and --judge-model go together", EXIT_CONFIG)
@@ -193,38 +209,26 @@ def run_eval_command(args: argparse.Namespace) -> int:
         settings = settings_from_args(args, EVAL_FIELDS)
         agent_cfg = settings.agent_config(timeout_s=args.run_timeout)
         agent_cfg.validate()
-    except (UsageError, ValueError) as e:
-        return _fail(str(e), EXIT_CONFIG)
-    try:
-        sets = resolve_sets(
-            args.questions,
-            settings.data_dir,
-            limit=args.limit,
-            only_covered=args.only_covered,
-            task=args.task,
-        )
-    except DatasetError as e:
+        sets = resolve_sets(args.questions, settings.data_dir, limit=args.limit,
+                            only_covered=args.only_covered, task=args.task)
+    except (UsageError, ValueError, DatasetError) as e:
         return _fail(str(e), EXIT_CONFIG)
     for s in sets:
         cov = ""
         if s.domain == "factual":
-            cov = (
-                f", {len(s.gold)} with gold passages in the mini-Wikipedia "
-                f"({s.covered_total} of {s.total} in the file)"
-            )
+            cov = (f", {len(s.gold)} with gold passages in the mini-Wikipedia "
+                   f"({s.covered_total} of {s.total} in the file)")
         _note(f"{s.name} ({s.domain}): {len(s.questions)} questions{cov}")
     factual = [s.name for s in sets if s.domain == "factual"]
     local_search = bool(factual) and args.mode == "agent" and not args.gateway_url
     if local_search and not settings.es_url and settings.index_dir is None:
         return _fail(_no_index_message(settings, factual), EXIT_CONFIG)
-
-    judge_doc = {"url": args.judge_url, "model": args.judge_model} if args.judge_url else None
     cfg = EvalConfig(
         mode=args.mode,
         agent=agent_cfg,
         concurrency=args.concurrency,
         retrieval=_retrieval_description(settings) if local_search else None,
-        judge=judge_doc,
+        judge={"url": args.judge_url, "model": args.judge_model} if args.judge_url else None,
         limit=args.limit,
         only_covered=args.only_covered,
         cot_temperature=args.cot_temperature,
@@ -233,48 +237,58 @@ def run_eval_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_dir=str(settings.data_dir),
     )
+    return _Plan(settings, agent_cfg, sets, cfg, local_search)
+
+
+async def _execute(args: argparse.Namespace, plan: _Plan) -> dict[str, Any]:
+    from distillery.components import build_components, build_judge
+    from evaluation.gateway_client import GatewayClient
+    from evaluation.judge import Judge, JudgeCache
+    from evaluation.runner import run_eval
+
+    settings, cfg = plan.settings, plan.cfg
     key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
-
-    async def main() -> dict[str, Any]:
-        from distillery.components import build_components, build_judge
-        from evaluation.gateway_client import GatewayClient
-        from evaluation.judge import Judge, JudgeCache
-        from evaluation.runner import run_eval
-
-        closers: list[Any] = []
-        cache: JudgeCache | None = None
-        try:
-            judge = None
-            if args.judge_url:
-                client = build_judge(args.judge_url, args.judge_model, args.judge_api_key)
-                closers.append(client)
-                cache = JudgeCache(args.judge_cache or args.out / "judge_cache.jsonl")
-                judge = Judge(client, cache)
-            if args.gateway_url:
-                gateway = GatewayClient(args.gateway_url, api_key=key, agent=agent_cfg)
-                closers.append(gateway)
-                cfg.model = {"kind": "gateway", **(await gateway.check())}
-                return await run_eval(
-                    sets, args.out, cfg, gateway=gateway, judge=judge, html=not args.no_html
-                )
-            runtime = build_components(
-                settings, with_executor=args.mode == "agent", with_retriever=local_search
-            )
-            closers.append(runtime)
-            if settings.model_url:
-                await _check_model(runtime.model, settings)
-            cfg.model = _model_description(settings, runtime.model.model_name)
-            return await run_eval(
-                sets, args.out, cfg, runtime=runtime, judge=judge, html=not args.no_html
-            )
-        finally:
-            for c in reversed(closers):
-                await c.aclose()
-            if cache is not None:
-                cache.close()
-
+    closers: list[Any] = []
+    cache: JudgeCache | None = None
     try:
-        summary = asyncio.run(main())
+        judge = None
+        if args.judge_url:
+            client = build_judge(args.judge_url, args.judge_model, args.judge_api_key)
+            closers.append(client)
+            cache = JudgeCache(args.judge_cache or args.out / "judge_cache.jsonl")
+            judge = Judge(client, cache)
+        if args.gateway_url:
+            gateway = GatewayClient(args.gateway_url, api_key=key, agent=plan.agent)
+            closers.append(gateway)
+            cfg.model = {"kind": "gateway", **(await gateway.check())}
+            return await run_eval(
+                plan.sets, args.out, cfg, gateway=gateway, judge=judge, html=not args.no_html
+            )
+        runtime = build_components(
+            settings, with_executor=args.mode == "agent", with_retriever=plan.local_search
+        )
+        closers.append(runtime)
+        if settings.model_url:
+            await _check_model(runtime.model, settings)
+        cfg.model = _model_description(settings, runtime.model.model_name)
+        return await run_eval(
+            plan.sets, args.out, cfg, runtime=runtime, judge=judge, html=not args.no_html
+        )
+    finally:
+        for c in reversed(closers):
+            await c.aclose()
+        if cache is not None:
+            cache.close()
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from evaluation.runner import EvalError
+
+    plan = _plan(args)
+    if isinstance(plan, int):
+        return plan
+    try:
+        summary = asyncio.run(_execute(args, plan))
     except EvalError as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
