@@ -375,10 +375,11 @@ def _check_config(cfg: GenerateConfig) -> AgentConfig:
         raise GenerateError(f"unknown mode {cfg.mode!r}: 'agent' or 'cot'")
     agent_config = cfg.agent or default_agent_config()
     try:
-        from agent.prompts import load_prompt_template
+        from agent.prompts import system_prompt_template
+        from agent.protocol import load_protocol
 
-        agent_config.validate()
-        load_prompt_template(agent_config.prompt)
+        agent_config.validate()  # (loads the protocol profile too)
+        system_prompt_template(agent_config.prompt, load_protocol(agent_config.protocol))
     except ValueError as e:
         raise GenerateError(str(e)) from e
     return agent_config

@@ -227,3 +227,29 @@ def test_a_data_file_whose_profile_went_missing_is_refused(
                        r".*train.jsonl.protocol.json is missing"):
         export_model(tmp_path / "x", run_dir=run)
     assert not (tmp_path / "x").exists()
+
+
+async def test_generate_accepts_a_prompt_role_the_profile_defines(
+    teacher: Any, questions_file: Path, tmp_path: Path, local_executor: SandboxExecutor
+) -> None:
+    profile = tmp_path / "roles.toml"
+    profile.write_text('[prompts]\nsolver = "You solve. {{tool_list}}"\n')
+    client = OpenAIChatClient(teacher.url, teacher.model, retries=0)
+    try:
+        summary = await generate(
+            load_questions(questions_file, limit=1),
+            tmp_path / "gen.jsonl",
+            model=client,
+            executor=local_executor,
+            tools_factory=dict,
+            config=GenerateConfig(
+                agent=AgentConfig(prompt="solver", samples=1, max_steps=3, protocol=str(profile)),
+                progress=False,
+            ),
+        )
+    finally:
+        await client.aclose()
+    assert summary.succeeded == 1
+    system = teacher.chat_requests[0]["messages"][0]["content"]
+    assert system == system_prompt("solver", [], protocol=load_protocol(profile))
+    assert system.startswith("You solve. - final_answer(answer: any) -> None")
