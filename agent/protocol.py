@@ -408,76 +408,33 @@ def _read_prompt(src: _Source, key: str, value: Any) -> str:
     return text
 
 
+_FLAT = {
+    ("tools", "entry"): "tool_entry",
+    ("tools", "separator"): "tool_separator",
+    ("tools", "fallback"): "tool_fallback",
+    ("task", "prefix"): "task_prefix",
+    ("task", "suffix"): "task_suffix",
+    ("final_answer", "request"): "final_answer_request",
+}
+"""Section keys that set a plain text field of Protocol."""
+
+
 def _apply(base: Protocol, data: Mapping[str, Any], src: _Source) -> Protocol:
-    """`base` with the keys of a parsed profile applied (all keys checked first)."""
-    allowed_top = [*_TOP, *_TABLES]
-    for key, value in data.items():
-        if key in _TOP:
-            _check_type(src, key, value, _TOP[key])
-        elif key in _TABLES:
-            if not isinstance(value, dict):
-                raise src.error(key, f"must be a table, not {_describe(value)}")
-        else:
-            raise _unknown(src, key, allowed_top)
-    if "version" in data and data["version"] != FORMAT_VERSION:
-        raise src.error("version", f"this release reads version {FORMAT_VERSION} profiles")
-    changes: dict[str, Any] = {}
-    for key in ("name", "description"):
-        if key in data:
-            changes[key] = data[key]
+    """`base` with the keys of a parsed profile applied (every key checked)."""
+    _check_top(data, src)
+    changes: dict[str, Any] = {k: data[k] for k in ("name", "description") if k in data}
     if "stop" in data:
-        stop = data["stop"]
-        if not stop or any(not s for s in stop):
+        if not data["stop"] or any(not s for s in data["stop"]):
             raise src.error("stop", "must list at least one non-empty stop string")
-        changes["stop"] = tuple(stop)
+        changes["stop"] = tuple(data["stop"])
     if "prompts" in data:
-        prompts = dict(base.prompts)
-        for role, value in data["prompts"].items():
-            if not role.isidentifier():
-                raise src.error(f"prompts.{role}", "a role name must be an identifier")
-            prompts[role] = _read_prompt(src, f"prompts.{role}", value)
-        changes["prompts"] = tuple(prompts.items())
+        changes["prompts"] = _merge_prompts(base, data["prompts"], src)
     if "tool_docs" in data:
-        docs = {d.name: d for d in base.tool_docs}
-        for name, value in data["tool_docs"].items():
-            key = f"tool_docs.{name}"
-            if not name.isidentifier():
-                raise src.error(key, "a tool name must be a Python identifier")
-            if not isinstance(value, dict):
-                raise src.error(key, "must be a table with signature and/or description")
-            for sub, text in value.items():
-                if sub not in ("signature", "description"):
-                    raise _unknown(src, f"{key}.{sub}", ["signature", "description"])
-                _check_type(src, f"{key}.{sub}", text, _STR)
-            old = docs.get(name, ToolDoc(name))
-            docs[name] = ToolDoc(
-                name,
-                value.get("signature", old.signature),
-                value.get("description", old.description),
-            )
-        changes["tool_docs"] = tuple(docs.values())
-    sections: dict[str, dict[str, Any]] = {}
-    for section, schema in _SECTIONS.items():
-        values = data.get(section, {})
-        for sub, value in values.items():
-            key = f"{section}.{sub}"
-            if sub not in schema:
-                raise _unknown(src, key, list(schema))
-            _check_type(src, key, value, schema[sub])
-            if schema[sub] == _STR:
-                _check_placeholders(src, key, value)
-        sections[section] = values
-    t = sections["tools"]
-    for sub, attr in (("entry", "tool_entry"), ("separator", "tool_separator"),
-                      ("fallback", "tool_fallback")):  # fmt: skip
-        if sub in t:
-            changes[attr] = t[sub]
-    if "prefix" in sections["task"]:
-        changes["task_prefix"] = sections["task"]["prefix"]
-    if "suffix" in sections["task"]:
-        changes["task_suffix"] = sections["task"]["suffix"]
-    if "request" in sections["final_answer"]:
-        changes["final_answer_request"] = sections["final_answer"]["request"]
+        changes["tool_docs"] = _merge_tool_docs(base, data["tool_docs"], src)
+    sections = {name: _checked_section(name, data.get(name, {}), src) for name in _SECTIONS}
+    for (section, sub), attr in _FLAT.items():
+        if sub in sections[section]:
+            changes[attr] = sections[section][sub]
     if sections["observation"]:
         changes["observation"] = replace(base.observation, **sections["observation"])
     if sections["web_search"]:
@@ -487,6 +444,63 @@ def _apply(base: Protocol, data: Mapping[str, Any], src: _Source) -> Protocol:
             bad = next((k for k in sections["web_search"] if k in str(e)), None)
             raise src.error(f"web_search.{bad}" if bad else "web_search", str(e)) from None
     return replace(base, **changes)
+
+
+def _check_top(data: Mapping[str, Any], src: _Source) -> None:
+    for key, value in data.items():
+        if key in _TOP:
+            _check_type(src, key, value, _TOP[key])
+        elif key in _TABLES:
+            if not isinstance(value, dict):
+                raise src.error(key, f"must be a table, not {_describe(value)}")
+        else:
+            raise _unknown(src, key, [*_TOP, *_TABLES])
+    if "version" in data and data["version"] != FORMAT_VERSION:
+        raise src.error("version", f"this release reads version {FORMAT_VERSION} profiles")
+
+
+def _checked_section(section: str, values: Mapping[str, Any], src: _Source) -> dict[str, Any]:
+    schema = _SECTIONS[section]
+    for sub, value in values.items():
+        key = f"{section}.{sub}"
+        if sub not in schema:
+            raise _unknown(src, key, list(schema))
+        _check_type(src, key, value, schema[sub])
+        if schema[sub] == _STR:
+            _check_placeholders(src, key, value)
+    return dict(values)
+
+
+def _merge_prompts(
+    base: Protocol, table: Mapping[str, Any], src: _Source
+) -> tuple[tuple[str, str], ...]:
+    prompts = dict(base.prompts)
+    for role, value in table.items():
+        if not role.isidentifier():
+            raise src.error(f"prompts.{role}", "a role name must be an identifier")
+        prompts[role] = _read_prompt(src, f"prompts.{role}", value)
+    return tuple(prompts.items())
+
+
+def _merge_tool_docs(
+    base: Protocol, table: Mapping[str, Any], src: _Source
+) -> tuple[ToolDoc, ...]:
+    docs = {d.name: d for d in base.tool_docs}
+    for name, value in table.items():
+        key = f"tool_docs.{name}"
+        if not name.isidentifier():
+            raise src.error(key, "a tool name must be a Python identifier")
+        if not isinstance(value, dict):
+            raise src.error(key, "must be a table with signature and/or description")
+        for sub, text in value.items():
+            if sub not in ("signature", "description"):
+                raise _unknown(src, f"{key}.{sub}", ["signature", "description"])
+            _check_type(src, f"{key}.{sub}", text, _STR)
+        old = docs.get(name, ToolDoc(name))
+        docs[name] = ToolDoc(
+            name, value.get("signature", old.signature), value.get("description", old.description)
+        )
+    return tuple(docs.values())
 
 
 # ---------------------------------------------------------------- loading
