@@ -5,7 +5,10 @@
 timed into `distillery_model_request_seconds{outcome="ok"|"error"}`, and a failure adds
 one to `distillery_model_failures_total{error_type}` (ModelUnavailable, ModelRequestError,
 ...). Other attributes pass through to the wrapped client, which stays the runtime's.
-`ModelStatsCollector` exposes `distillery_model_retries_total` (and attempts) from the
+Replies are also made safe to re-send: a choice's text (or a streamed delta's) that
+holds characters UTF-8 cannot encode (a lone surrogate from a `\udfff` escape in the
+server's JSON) has them replaced, so the next model request and the response can always
+be encoded. `ModelStatsCollector` exposes `distillery_model_retries_total` (and attempts) from the
 client's own counters (`OpenAIChatClient.stats.retries` / `.attempts`), read at scrape time:
 a retry happens inside one call, so only the client can count it. A client without
 `stats` reports 0.
@@ -22,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from agent.model_client import Completion, Message, ModelClient, SamplingParams
 from service.metrics import Metrics
+from service.textsafe import is_encodable, scrub
 
 __all__ = ["InstrumentedModel", "ModelStatsCollector", "instrument"]
 
@@ -53,6 +57,9 @@ class InstrumentedModel:
             self._observe(t0, e)
             raise
         self._observe(t0, None)
+        for choice in completion.choices:
+            if not is_encodable(choice.text):
+                choice.text = scrub(choice.text)
         return completion
 
     async def aclose(self) -> None:
@@ -89,6 +96,9 @@ class _TimedStream:
         self._started = time.perf_counter()
         try:
             async for item in self._inner:
+                text = getattr(item, "text", None)
+                if isinstance(text, str) and not is_encodable(text):
+                    item.text = scrub(text)
                 yield item
         except Exception as e:
             self._end(e)

@@ -195,3 +195,42 @@ def test_what_cannot_be_honoured_is_an_openai_400(
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param
+
+
+def test_model_replies_that_cannot_be_encoded_are_not_5xx(
+    gateway: GatewayServer, scripted_server: ScriptedServer
+) -> None:
+    from tests.service.conftest import reply
+
+    # the model server's JSON escapes a lone surrogate; the agent must still work with it
+    scripted_server.script(["x\udfff not code"] * 2, reply('final_answer("ok")'))
+    r = httpx.post(gateway.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "q"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "ok"
+    resent = json.dumps(scripted_server.chat_requests[1]["messages"])
+    assert "x? not code" in resent  # replaced, then sent back to the model
+
+
+def test_client_gone_while_sending_the_body_is_labelled_with_the_route(
+    gateway: GatewayServer,
+) -> None:
+    import socket
+    import time
+
+    def count(text: str) -> float:
+        return metric_value(text, "distillery_http_requests_total", route="/v1/solve",
+                            status="499")
+
+    before = count(httpx.get(gateway.url + "/metrics").text)
+    c = socket.create_connection(("127.0.0.1", gateway.port))
+    c.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"question\"")
+    time.sleep(0.2)
+    c.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if count(httpx.get(gateway.url + "/metrics").text) == before + 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no 499 labelled route=/v1/solve")
