@@ -1,12 +1,27 @@
 """The agent loop: thought -> code -> observation, with self-consistent action generation.
 
-Per step, ONE model request samples N candidate replies (`n=N`). Each is parsed;
-the parsable ones run in isolation (`session.try_candidates`). Policy `first` keeps the
-first valid candidate in sampling order (parses, runs without error); `majority` keeps
-the earliest member of the most common observation among valid candidates. The kept
-candidate's state is committed; if none is valid, all are discarded and candidate 0's
-error becomes the observation. `final_answer(x)` ends the run. When `max_steps` run
-out, one more call (n=1) asks for the final answer from the transcript.
+Per step, ONE model request samples N candidate replies (`n=N`; streamed when the
+client can stream, so every candidate's tokens are counted and timeouts are about
+silence). Each is parsed; the parsable ones run in isolation (`session.try_candidates`).
+Policies:
+- `first` (the paper's): wait for all N, keep the first valid candidate in sampling
+  order (parses, runs without error);
+- `majority`: wait for all N, keep the earliest member of the most common observation
+  among valid candidates;
+- `early`: run each candidate in its own fork as soon as it is complete (stop string or
+  end), keep the first that is valid, and close the stream: the server stops the others,
+  which are recorded with finish_reason 'cancelled', their partial text and tokens.
+  A step then costs about as much as its first valid candidate, not its longest one.
+The kept candidate's state is committed; if none is valid, all are discarded and
+candidate 0's error becomes the observation. `final_answer(x)` ends the run.
+
+Stuck detection (`stuck_detection`): a valid candidate that repeats the code of an
+earlier step's kept action with the same observation is a repeat; another valid
+candidate is preferred. When the kept action is a repeat all the same (valid or not),
+the step is flagged `stuck` and the run goes to the final-answer call at once, ending
+with finish_reason 'stuck'. When `max_steps` run out, the same final-answer call (n=1)
+asks for the answer from the transcript; its reply is read per the protocol
+(`agent.final_answer`), and `Trajectory.answer_source` says how.
 
 The same loop serves requests, generates teacher trajectories (with a first-thought
 prefix) and runs evaluations.
@@ -14,7 +29,6 @@ prefix) and runs evaluations.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import logging
 import time
@@ -25,23 +39,27 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from agent.answer_check import AnswerCheck, apply_answer_check
-from agent.executor import ExecutionSession, Executor, ToolFn
+from agent.executor import ExecutionResult, ExecutionSession, Executor, ToolFn
+from agent.final_answer import extract_answer
 from agent.model_client import (
     Completion,
     Message,
     ModelClient,
     ModelError,
     SamplingParams,
+    Usage,
 )
 from agent.observation import render_error, render_observation
 from agent.parsing import ParseError, check_reserved_names, normalize_reply, parse_action
 from agent.prompts import initial_messages
 from agent.protocol import load_protocol
+from agent.streaming import ChoiceState, collect, supports_streaming
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 
 log = logging.getLogger(__name__)
 
-Policy = Literal["first", "majority"]
+Policy = Literal["first", "early", "majority"]
+POLICIES = ("first", "early", "majority")
 StepCallback = Callable[[Step], Awaitable[None]]
 
 
@@ -52,7 +70,8 @@ class AgentConfig:
     samples: int = 8
     """N: candidate actions sampled per step (one request with n=N); 1 = the plain agent."""
     policy: Policy = "first"
-    """How a step picks its candidate: 'first' valid in sampling order, or 'majority'."""
+    """How a step picks its candidate: 'first' valid in sampling order (waits for all N),
+    'early' first valid to finish (stops the rest), or 'majority'."""
     temperature: float = 0.4
     """Sampling temperature of action steps."""
     top_p: float = 0.8
@@ -71,6 +90,12 @@ class AgentConfig:
     """Longer observations are truncated with a visible marker."""
     timeout_s: float | None = None
     """Wall-clock limit for the whole run; past it the run ends with finish_reason 'timeout'."""
+    stuck_detection: bool = True
+    """Prefer a candidate that does not repeat an earlier step (code and observation); when
+    the kept action repeats one anyway, go to the final-answer call at once ('stuck')."""
+    stream: bool = True
+    """Stream model replies when the client can (per-candidate tokens, silence timeouts);
+    policy 'early' needs it and falls back to 'first' without it."""
 
     def validate(self) -> None:
         problems = []
@@ -78,8 +103,8 @@ class AgentConfig:
             problems.append("max_steps must be >= 1")
         if self.samples < 1:
             problems.append("samples must be >= 1")
-        if self.policy not in ("first", "majority"):
-            problems.append(f"policy must be 'first' or 'majority', not {self.policy!r}")
+        if self.policy not in POLICIES:
+            problems.append(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.max_tokens < 1:
             problems.append("max_tokens must be >= 1")
         if not 0 < self.top_p <= 1:
@@ -195,6 +220,9 @@ class _Run:
         self.session: ExecutionSession | None = None
         self.tool_names: frozenset[str] = frozenset({"final_answer"})
         self.answer_check: AnswerCheck | None = None
+        self.history: set[tuple[str, tuple[Any, ...]]] = set()
+        """(code, outcome) of every earlier step's kept action (stuck detection)."""
+        self.streaming = config.stream and supports_streaming(model)
 
     async def execute(self, executor: Executor, tools: Mapping[str, ToolFn]) -> None:
         self.tool_names = frozenset({"final_answer", *tools})
@@ -205,11 +233,15 @@ class _Run:
             final = step.kept.execution if step.chosen is not None else None
             if final is not None and final.is_final:
                 self.traj.answer = final.final_answer
+                self.traj.answer_source = "final_answer"
                 self.traj.finish_reason = "answer"
                 return
-        step = await self.final_answer_step(self.config.max_steps + 1)
+            if step.stuck:
+                break
+        stuck = bool(self.traj.steps) and self.traj.steps[-1].stuck
+        step = await self.final_answer_step(len(self.traj.steps) + 1)
         await self.record(step)
-        self.traj.finish_reason = "max_steps"
+        self.traj.finish_reason = "stuck" if stuck else "max_steps"
 
     async def close(self) -> None:
         if self.session is not None:
@@ -238,15 +270,25 @@ class _Run:
             params=self.config.sampling(),
             continue_final_message=bool(prefix),
         )
-        completion, model_s = await self.call_model(request)
-        candidates = [
-            _candidate(i, prefix + c.text, c.finish_reason, self.tool_names)
-            for i, c in enumerate(completion.choices)
-        ]
-        t_exec = time.perf_counter()
-        chosen = await self.execute_and_choose(candidates)
-        exec_s = time.perf_counter() - t_exec
+        policy = self.config.policy
+        first_valid_s: float | None = None
+        if policy == "early" and self.streaming:
+            candidates, chosen, usage, model_s, exec_s = await self.early_exit(request, prefix)
+            if chosen is not None:
+                first_valid_s = time.perf_counter() - t_step
+        else:
+            policy = "first" if policy == "early" else policy
+            completion, model_s = await self.call_model(request)
+            candidates = [
+                _candidate(i, prefix + c.text, c.finish_reason, self.tool_names, c.tokens)
+                for i, c in enumerate(completion.choices)
+            ]
+            t_exec = time.perf_counter()
+            chosen = await self.execute_and_choose(candidates, policy)
+            exec_s = time.perf_counter() - t_exec
+            usage = completion.usage
         kept = candidates[chosen if chosen is not None else 0]
+        stuck = self.note_kept(kept)
         observation = self.observe(number, kept)
         self.traj.messages.append({"role": "assistant", "content": kept.text})
         if not (chosen is not None and kept.execution is not None and kept.execution.is_final):
@@ -257,20 +299,147 @@ class _Run:
             candidates=candidates,
             chosen=chosen,
             observation=observation,
-            usage=completion.usage,
+            usage=usage,
             model_s=model_s,
             exec_s=exec_s,
             total_s=time.perf_counter() - t_step,
+            stuck=stuck,
+            policy=policy,
+            first_valid_s=first_valid_s,
         )
+
+    def note_kept(self, kept: Candidate) -> bool:
+        """Remember the kept action; True when it repeats an earlier one (and detection is on)."""
+        if kept.code is None or kept.execution is None:
+            return False
+        key = (kept.code.strip(), _outcome_key(kept))
+        repeat = key in self.history
+        self.history.add(key)
+        if repeat:
+            kept.repeat = kept.valid
+        return repeat and self.config.stuck_detection and not kept.execution.is_final
+
+    def is_repeat(self, cand: Candidate) -> bool:
+        if not self.config.stuck_detection or cand.code is None or cand.execution is None:
+            return False
+        if cand.execution.is_final:
+            return False
+        return (cand.code.strip(), _outcome_key(cand)) in self.history
 
     async def call_model(self, request: ModelRequest) -> tuple[Completion, float]:
         t = time.perf_counter()
-        completion = await self.model.complete(
-            request.messages, request.params, continue_final_message=request.continue_final_message
-        )
+        if self.streaming:
+            stream = self.model.stream(  # type: ignore[attr-defined]
+                request.messages,
+                request.params,
+                continue_final_message=request.continue_final_message,
+            )
+            completion: Completion = await collect(stream)
+        else:
+            completion = await self.model.complete(
+                request.messages,
+                request.params,
+                continue_final_message=request.continue_final_message,
+            )
         return completion, time.perf_counter() - t
 
-    async def execute_and_choose(self, candidates: list[Candidate]) -> int | None:
+    async def early_exit(
+        self, request: ModelRequest, prefix: str
+    ) -> tuple[list[Candidate], int | None, Usage, float, float]:
+        """Policy 'early': run candidates as they complete; stop at the first valid one.
+
+        Candidates run one at a time (`try_candidates([code])`, then `commit(0)` for the
+        kept one or `discard()`), each against the state before the step, while the
+        stream goes on. A valid repeat (stuck detection) is set aside; if no other valid
+        candidate comes, it is run again and kept."""
+        assert self.session is not None
+        session = self.session
+        n = request.params.n
+        t0 = time.perf_counter()
+        stream = self.model.stream(  # type: ignore[attr-defined]
+            request.messages, request.params, continue_final_message=request.continue_final_message
+        )
+        states = [ChoiceState(i) for i in range(n)]
+        finished: asyncio.Queue[int] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for delta in stream:
+                    if not 0 <= delta.index < n:
+                        continue
+                    st = states[delta.index]
+                    was_done = st.done
+                    st.add(delta)
+                    if st.done and not was_done:
+                        finished.put_nowait(delta.index)
+            finally:
+                finished.put_nowait(-1)
+
+        reader = asyncio.create_task(read())
+        done: dict[int, Candidate] = {}
+        chosen: int | None = None
+        repeats: list[Candidate] = []
+        exec_s = 0.0
+        model_s = 0.0
+        try:
+            while True:
+                i = await finished.get()
+                if i < 0:
+                    break
+                st = states[i]
+                cand = _candidate(i, prefix + st.text, st.finish_reason, self.tool_names, st.tokens)
+                done[i] = cand
+                if cand.code is None:
+                    continue
+                t_exec = time.perf_counter()
+                cand.execution = (await session.try_candidates([cand.code]))[0]
+                apply_answer_check(self.answer_check, cand.execution)
+                if cand.valid and not self.is_repeat(cand):
+                    await session.commit(0)
+                    exec_s += time.perf_counter() - t_exec
+                    chosen = i
+                    break
+                await session.discard()
+                exec_s += time.perf_counter() - t_exec
+                if cand.valid:
+                    cand.repeat = True
+                    repeats.append(cand)
+        finally:
+            model_s = time.perf_counter() - t0
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await stream.aclose()
+        error = reader.exception() if not reader.cancelled() else None
+        if chosen is None and repeats:
+            cand = repeats[0]
+            t_exec = time.perf_counter()
+            cand.execution = (await session.try_candidates([cand.code or ""]))[0]
+            apply_answer_check(self.answer_check, cand.execution)
+            if cand.valid:
+                await session.commit(0)
+                chosen = cand.index
+            else:
+                await session.discard()
+            exec_s += time.perf_counter() - t_exec
+        if chosen is None and error is not None:
+            raise error
+        candidates = []
+        for i, st in enumerate(states):
+            if i in done:
+                candidates.append(done[i])
+            else:  # stopped before it was complete: kept as it was, never parsed nor run
+                candidates.append(
+                    Candidate(
+                        index=i, text=prefix + st.text, finish_reason="cancelled", tokens=st.tokens
+                    )  # fmt: skip
+                )
+        usage = Usage(stream.usage.prompt_tokens, stream.usage.completion_tokens)
+        return candidates, chosen, usage, model_s, exec_s
+
+    async def execute_and_choose(
+        self, candidates: list[Candidate], policy: str | None = None
+    ) -> int | None:
         """Run the parsable candidates in isolation, pick one by policy, commit or discard."""
         assert self.session is not None
         runnable = [c for c in candidates if c.code is not None]
@@ -280,23 +449,27 @@ class _Run:
         for cand, result in zip(runnable, results, strict=True):
             apply_answer_check(self.answer_check, result)
             cand.execution = result
-        chosen = self.choose(candidates)
+        chosen = self.choose(candidates, policy or self.config.policy)
         if chosen is None:
             await self.session.discard()
         else:
             await self.session.commit(runnable.index(candidates[chosen]))
         return chosen
 
-    def choose(self, candidates: list[Candidate]) -> int | None:
+    def choose(self, candidates: list[Candidate], policy: str) -> int | None:
         valid = [c for c in candidates if c.valid]
         if not valid:
             return None
-        if self.config.policy == "first" or len(valid) == 1:
-            return valid[0].index
-        keys = [_outcome_key(c) for c in valid]
+        fresh = [c for c in valid if not self.is_repeat(c)]
+        for c in valid:
+            c.repeat = c not in fresh
+        pool = fresh or valid  # all repeats: the step will be flagged stuck
+        if policy != "majority" or len(pool) == 1:
+            return pool[0].index
+        keys = [_outcome_key(c) for c in pool]
         counts = Counter(keys)
         best = max(counts.values())
-        for cand, key in zip(valid, keys, strict=True):  # earliest of the most common
+        for cand, key in zip(pool, keys, strict=True):  # earliest of the most common
             if counts[key] == best:
                 return cand.index
         return None  # unreachable
@@ -308,11 +481,13 @@ class _Run:
                 number, cand.execution, max_chars=limit, layout=self.protocol.observation
             )
         return render_error(
-            number, cand.parse_error or "no action", max_chars=limit,
+            number,
+            cand.parse_error or "no action",
+            max_chars=limit,
             layout=self.protocol.observation,
         )
 
-    # -- the final-answer call at max_steps -------------------------------------------------
+    # -- the final-answer call at max_steps (or when stuck) -------------------------------
     async def final_answer_step(self, number: int) -> Step:
         t_step = time.perf_counter()
         ask: Message = {"role": "user", "content": self.protocol.final_answer_request}
@@ -321,15 +496,13 @@ class _Run:
         )
         completion, model_s = await self.call_model(request)
         choice = completion.choices[0]
-        cand = _candidate(0, choice.text, choice.finish_reason, self.tool_names)
+        cand = _candidate(0, choice.text, choice.finish_reason, self.tool_names, choice.tokens)
         t_exec = time.perf_counter()
-        chosen = await self.execute_and_choose([cand])
+        chosen = await self.execute_and_choose([cand], "first")
         exec_s = time.perf_counter() - t_exec
-        if chosen is not None and cand.execution is not None and cand.execution.is_final:
-            answer = cand.execution.final_answer
-        else:
-            answer = _answer_from_text(cand)
+        answer, source = extract_answer(choice.text, cand.code, cand.execution)
         self.traj.answer = answer
+        self.traj.answer_source = source
         self.traj.messages.extend([ask, {"role": "assistant", "content": cand.text}])
         return Step(
             number=number,
@@ -346,7 +519,11 @@ class _Run:
 
 
 def _candidate(
-    index: int, text: str, finish_reason: str | None, reserved: frozenset[str]
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    reserved: frozenset[str],
+    tokens: int | None = None,
 ) -> Candidate:
     try:
         action = parse_action(text)
@@ -357,6 +534,7 @@ def _candidate(
             text=normalize_reply(text),
             parse_error=str(e),
             finish_reason=finish_reason,
+            tokens=tokens,
         )
     return Candidate(
         index=index,
@@ -364,6 +542,7 @@ def _candidate(
         thought=action.thought,
         code=action.code,
         finish_reason=finish_reason,
+        tokens=tokens,
     )
 
 
@@ -371,30 +550,12 @@ def _outcome_key(cand: Candidate) -> tuple[Any, ...]:
     """What 'the same observation' means for the majority policy."""
     ex = cand.execution
     assert ex is not None
+    return _result_key(ex)
+
+
+def _result_key(ex: ExecutionResult) -> tuple[Any, ...]:
     if ex.is_final:
         return ("final", repr(ex.final_answer))
+    if ex.error is not None:
+        return ("error", ex.error)
     return ("obs", ex.stdout, ex.value_repr)
-
-
-def _answer_from_text(cand: Candidate) -> Any:
-    """The answer when the final-answer call did not run a final_answer(...) cleanly:
-    a literal argument of final_answer in its code, else the reply's text."""
-    tree = None
-    if cand.code:
-        try:
-            tree = ast.parse(cand.code)
-        except SyntaxError:
-            pass
-    for node in ast.walk(tree) if tree is not None else ():
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "final_answer"
-            and node.args
-        ):
-            try:
-                return ast.literal_eval(node.args[0])
-            except (ValueError, SyntaxError):
-                break  # an expression that did not run: its text is no answer
-    text = cand.text.removesuffix("<end_code>").strip()
-    return text or None

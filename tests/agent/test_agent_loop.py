@@ -184,10 +184,11 @@ async def test_max_steps_then_final_answer_call(
     assert last["n"] == 1 and last["messages"][-1]["content"] == FINAL_ANSWER_REQUEST
     assert traj.messages[-2]["content"] == FINAL_ANSWER_REQUEST
     assert traj.messages[-1]["role"] == "assistant"
-    # a final reply in prose: its text is the answer
+    # a final reply in prose: the answer it states (agent.final_answer)
     srv.script([act("total = 1")] * 2, ["The answer is 12."])
     traj = await solve(model, executor, config=AgentConfig(samples=2, max_steps=1))
-    assert traj.finish_reason == "max_steps" and traj.answer == "The answer is 12."
+    assert traj.finish_reason == "max_steps" and traj.answer == "12"
+    assert traj.answer_source == "stated"
     assert traj.steps[-1].candidates[0].parse_error
 
 
