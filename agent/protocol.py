@@ -583,12 +583,13 @@ def _load_file(path: Path, seen: frozenset[str] = frozenset()) -> Protocol:
             f"({', '.join(BUILTIN_PROTOCOLS)}), a .toml/.json profile or an exported checkpoint "
             f"folder holding {PROTOCOL_FILE}"
         ) from None
-    return _load_file_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, seen)
+    return _load_file_cached(str(path), st.st_mtime_ns, st.st_size, seen)
 
 
 @functools.lru_cache(maxsize=64)
 def _load_file_cached(path_s: str, _mtime: int, _size: int, seen: frozenset[str]) -> Protocol:
-    path = Path(path_s)
+    path = Path(path_s).resolve()
+    path_s = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -604,10 +605,9 @@ def load_protocol(spec: str | os.PathLike[str] | None = None) -> Protocol:
     if spec is None or spec == "" or spec == "default":
         return default_protocol()
     if isinstance(spec, str) and spec in _BUILTIN_FILES:
-        ref = resources.files("agent.prompt_files") / _BUILTIN_FILES[spec]
-        return _load_builtin(spec, ref.read_text(encoding="utf-8"))
+        return _load_builtin(spec)
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if os.path.isdir(path):
         inner = path / PROTOCOL_FILE
         if not inner.is_file():
             raise ProtocolError(
@@ -620,7 +620,8 @@ def load_protocol(spec: str | os.PathLike[str] | None = None) -> Protocol:
 
 
 @functools.cache
-def _load_builtin(name: str, text: str) -> Protocol:
+def _load_builtin(name: str) -> Protocol:
+    text = (resources.files("agent.prompt_files") / _BUILTIN_FILES[name]).read_text("utf-8")
     data = tomllib.loads(text)
     return protocol_from_dict(data, label=f"built-in '{name}'", text=text)
 
