@@ -58,7 +58,7 @@ EXIT_INTERRUPTED = 130
 MODEL_FIELDS = ["model_url", "model", "model_path", "model_api_key", "engine_threads"]
 AGENT_FIELDS = [
     "samples", "max_steps", "policy", "temperature", "top_p", "max_tokens", "seed", "prompt",
-    "protocol", "observation_max_chars",
+    "protocol", "observation_max_chars", "stuck_detection", "stream",
 ]
 SANDBOX_FIELDS = [
     "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_memory_mb", "sandbox_pids",

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
 
     # --- agent / SAG (defaults: agent.agent.AgentConfig) ------------------------
     samples: int = _agent("samples", ge=1, le=64)
-    policy: Literal["first", "majority"] = _agent("policy")
+    policy: Literal["first", "early", "majority"] = _agent("policy")
     max_steps: int = _agent("max_steps", ge=1, le=50)
     temperature: float = _agent("temperature", ge=0.0, le=2.0)
     top_p: float = _agent("top_p", gt=0.0, le=1.0)
@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     prompt: str = _agent("prompt")
     protocol: str | None = _agent("protocol")
     observation_max_chars: int = _agent("observation_max_chars", ge=200)
+    stuck_detection: bool = _agent("stuck_detection")
+    stream: bool = _agent("stream")
 
     # --- sandbox (defaults: sandbox.config.SandboxConfig) -----------------------
     executor: Literal["sandbox", "local"] = Field(
