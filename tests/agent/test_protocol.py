@@ -382,3 +382,49 @@ def test_protocol_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILLERY_PROTOCOL", "paper")
     args = build_parser().parse_args(["solve", "q"])
     assert settings_from_args(args, ["protocol"]).protocol == "paper"
+
+
+def test_the_gateway_serves_a_checkpoint_with_its_profile(
+    scripted_server: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distillery serve --model-url URL --model CHECKPOINT_DIR` (vLLM names a model after
+    its folder): the gateway speaks the checkpoint's profile, the tool output included."""
+    import httpx
+
+    from retrieval.embedded import EmbeddedIndexWriter
+    from retrieval.ingest import IterSource, ingest
+    from tests.helpers.gateway_server import GatewayServer
+
+    index = tmp_path / "index"
+    rows = [{"id": "1", "title": "Tatra", "text": "The Tatra peaks are high."}]
+    ingest(IterSource("t", rows, "1"), EmbeddedIndexWriter(index, heap_mb=16, threads=1),
+           progress=False, log=lambda _m: None)  # fmt: skip
+    ckpt = tmp_path / "student"
+    ckpt.mkdir()
+    (ckpt / PROTOCOL_FILE).write_text(load_protocol("paper").to_json())
+    monkeypatch.setattr(scripted_server, "check_model", False)
+    replies = iter([
+        "Thought: look.\nCode:\n```py\nprint(web_search('tatra peaks'))\n```<end_code>",
+        "Thought: done.\nCode:\n```py\nfinal_answer('high')\n```<end_code>",
+    ])  # fmt: skip
+    scripted_server.handler = lambda body: next(replies)
+    settings = _settings(
+        model_url=scripted_server.url, model=str(ckpt), model_retries=0, executor="local",
+        sandbox_pool_size=0, samples=1, max_steps=3, index_dir=index,
+    )  # fmt: skip
+    with GatewayServer(settings) as gw:
+        r = httpx.post(gw.url + "/v1/solve", json={"question": "How high?"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == "high"
+    first, second = scripted_server.chat_requests
+    paper = load_protocol("paper")
+    assert first["messages"][0]["content"] == system_prompt(
+        "student", ["web_search"], protocol=paper
+    )
+    observation = second["messages"][3]["content"]
+    assert observation.startswith(
+        "Call id: call_1\nObservation:\nExecution logs:\n\nRetrieved documents:\n\n"
+        "===== Document 0, similarity: "
+    )
+    score = observation.split("similarity: ")[1].split(" ")[0]
+    assert len(score.split(".")[1]) == 2, score  # two decimals
