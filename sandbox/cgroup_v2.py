@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 SERVICE_LEAF = "distillery-service"
 """Leaf cgroup (next to the jails' parent) that this service's processes move into."""
 PROC_SELF_CGROUP = "/proc/self/cgroup"
+INIT_CGROUP_NS_INO = 0xEFFFFFFB
+"""Inode of the initial cgroup namespace (the kernel's PROC_CGROUP_INIT_INO): the host's."""
+
+
+def in_container_cgroup_ns() -> bool:
+    """True in a cgroup namespace other than the host's (a container's own)."""
+    try:
+        return os.stat("/proc/self/ns/cgroup").st_ino != INIT_CGROUP_NS_INO
+    except OSError:
+        return False
 
 WAYS_OUT = (
     "Ways out: (1) cgroup v2: run the service as root in a cgroup of its own whose parent "
@@ -187,8 +197,9 @@ def delegate(
     if "/" in parent or parent in ("", ".", "..") or parent == SERVICE_LEAF:
         raise SandboxSetupError(f"cgroup_parent {parent!r} must be one plain directory name")
     own = own_cgroup(base, proc_file)
-    if own == base and self_cgroup_path(proc_file) in ("/", f"/{SERVICE_LEAF}"):
-        mount_own_view(base)  # a container at its cgroup namespace's root: make it writable
+    at_ns_root = own == base and self_cgroup_path(proc_file) in ("/", f"/{SERVICE_LEAF}")
+    if at_ns_root and in_container_cgroup_ns():
+        mount_own_view(base)  # a container's own view: make it writable (never the host's)
     available = _words(own / "cgroup.controllers")
     missing = [c for c in controllers if c not in available]
     if missing:

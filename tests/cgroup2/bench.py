@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--measure", type=Path, help="measure here and write JSON to this path")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--host-json", type=Path, help="reuse a host measurement")
+    ap.add_argument("--tree", type=Path, help="checkout the VM measures (default: this one)")
     args = ap.parse_args()
     if args.measure:
         args.measure.write_text(json.dumps(asyncio.run(measure(args.reps)), indent=1))
@@ -111,7 +112,8 @@ def main() -> int:
             else asyncio.run(measure(args.reps)))
     python = str(vm.REPO / ".venv" / "bin" / "python")
     job = {"steps": [{
-        "name": "bench", "scenario": "container", "cwd": str(vm.REPO), "timeout_s": 3000,
+        "name": "bench", "scenario": "container", "cwd": str((args.tree or vm.REPO).resolve()),
+        "timeout_s": 3000,
         "argv": [python, "-m", "tests.cgroup2.bench", "--measure", "/tmp/out/bench-v2.json",
                  "--reps", str(args.reps)],
         "env": {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
