@@ -58,7 +58,10 @@ def add_parser(subparsers: Any) -> None:
 
     s = sub.add_parser("search", help="search the index and print what web_search returns")
     s.add_argument("query")
-    add_settings_flags(s, ["search_k"], flags={"search_k": ["-k", "--search-k"]})
+    add_settings_flags(
+        s, ["search_k", "protocol"], flags={"search_k": ["-k", "--search-k"]},
+        helps={"protocol": "protocol profile whose web_search layout to print"},
+    )
     _backend_args(s)
     s.add_argument("--json", action="store_true", help="print passages as JSON lines")
     s.set_defaults(func=_search)
@@ -82,7 +85,7 @@ class _Target:
         from retrieval.demo_corpus import demo_index_dir
 
         try:
-            st = settings_from_args(args, [*FIELDS, "search_k"])
+            st = settings_from_args(args, [*FIELDS, "search_k", "protocol"])
         except UsageError as e:
             raise SystemExit(f"distillery index: {e}") from None
         self.es_url: str | None = st.es_url
@@ -93,6 +96,7 @@ class _Target:
         self.api_key = st.es_api_key.get_secret_value() if st.es_api_key else None
         self.timeout_s = st.search_timeout_s
         self.k: int = st.search_k
+        self.protocol: str | None = st.protocol
         self.cache_dir: Path = st.cache_dir
         if self.backend == "es" and not self.es_url:
             raise SystemExit("distillery index: --backend es needs --es-url or DISTILLERY_ES_URL")
@@ -162,11 +166,15 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from agent.protocol import ProtocolError, load_protocol
     from retrieval.factory import open_retriever
     from retrieval.retriever import RetrievalError
-    from retrieval.tool import format_documents, no_results
 
     t = _Target(args)
+    try:
+        layout = load_protocol(t.protocol).web_search
+    except ProtocolError as e:
+        return _err(str(e))
     k = t.k
     retriever = open_retriever(
         es_url=t.es_url if t.backend == "es" else None,
@@ -190,5 +198,7 @@ def _search(args: argparse.Namespace) -> int:
         for p in passages:
             print(json.dumps(p.__dict__, ensure_ascii=False))
     else:
-        print(format_documents(passages) if passages else no_results(args.query))
+        print(
+            layout.format_documents(passages) if passages else layout.format_no_results(args.query)
+        )
     return 0

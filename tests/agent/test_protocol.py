@@ -428,3 +428,24 @@ def test_the_gateway_serves_a_checkpoint_with_its_profile(
     )
     score = observation.split("similarity: ")[1].split(" ")[0]
     assert len(score.split(".")[1]) == 2, score  # two decimals
+
+
+def test_index_search_prints_a_profiles_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distillery.cli import main
+    from retrieval.embedded import EmbeddedIndexWriter
+    from retrieval.ingest import IterSource, ingest
+
+    index = tmp_path / "index"
+    rows = [{"id": "1", "title": "Tatra", "text": "The Tatra peaks are high."}]
+    ingest(IterSource("t", rows, "1"), EmbeddedIndexWriter(index, heap_mb=16, threads=1),
+           progress=False, log=lambda _m: None)  # fmt: skip
+    argv = ["index", "search", "tatra", "--index-dir", str(index)]
+    assert main([*argv, "--protocol", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("\nRetrieved documents:\n\n===== Document 0, similarity: ")
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("\nRetrieved documents:\n\n===== Document 1, ")
+    assert main([*argv, "--protocol", str(tmp_path / "nope.toml")]) == 1
+    assert "nope.toml does not exist" in capsys.readouterr().err
