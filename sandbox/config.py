@@ -22,6 +22,10 @@ DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
 )
 
 
+MAX_TOOL_ARGS_BYTES = 1 << 20
+"""Upper bound of tool_args_max_bytes (one tool call is one frame)."""
+
+
 @dataclass
 class SandboxConfig:
     memory_mb: int = 512
@@ -68,6 +72,25 @@ class SandboxConfig:
     """A worker that is not ready in this time is a start failure."""
     control_timeout_s: float = 5.0
     """The state process must answer a control request (fork, kill) in this time."""
+    uid_base: int = 200_000
+    """First host uid/gid of the jails. Every live jail runs as its own uid (and the same
+    gid) from uid_base .. uid_base + uid_count - 1, so per-uid kernel limits (descriptors in
+    flight, inotify instances, pending signals, ...) are per tenant. The range must not hold
+    real users nor overlap the host's subordinate uid ranges (/etc/subuid); gateways that
+    share a kernel (pods on one node) need disjoint ranges."""
+    uid_count: int = 4096
+    """Size of the uid range: at least the number of live jails (runs + pool_size)."""
+    tool_args_max_bytes: int = 16_384
+    """JSON size of one tool call's arguments. Larger calls raise in the code (an honest
+    call) or kill the process that forged them."""
+    tool_args_step_max_bytes: int = 262_144
+    """JSON size of all tool-call arguments of one execution together."""
+    json_depth_max: int = 32
+    """Nesting depth of the JSON values the jail sends (final answers, tool arguments)."""
+    freeze_between_steps: bool = True
+    """Freeze the jail (cgroup freezer) when a step ends and thaw it when the next starts,
+    after killing every process but init and the state process: nothing of the run uses
+    CPU between steps."""
     unjailed: bool = False
     """DEVELOPMENT ONLY: run the worker as a plain subprocess with the service's privileges
     (no namespaces, no cgroups, no seccomp). Never chosen automatically."""
@@ -93,6 +116,18 @@ class SandboxConfig:
             ),
             (self.start_timeout_s > 0, "start_timeout_s must be > 0"),
             (self.control_timeout_s > 0, "control_timeout_s must be > 0"),
+            (self.uid_base >= 1000, "uid_base must be >= 1000 (not a system account)"),
+            (self.uid_count >= 1, "uid_count must be >= 1"),
+            (self.uid_base + self.uid_count < 2**31, "uid_base + uid_count must be < 2**31"),
+            (
+                1024 <= self.tool_args_max_bytes <= MAX_TOOL_ARGS_BYTES,
+                f"tool_args_max_bytes must be in 1024..{MAX_TOOL_ARGS_BYTES}",
+            ),
+            (
+                self.tool_args_step_max_bytes >= self.tool_args_max_bytes,
+                "tool_args_step_max_bytes must be >= tool_args_max_bytes",
+            ),
+            (2 <= self.json_depth_max <= 200, "json_depth_max must be in 2..200"),
         ]
         for name in [*self.allowed_imports, *self.preload]:
             parts = name.split(".")
@@ -104,8 +139,10 @@ class SandboxConfig:
 
     @property
     def max_frame_bytes(self) -> int:
-        """Largest frame the host accepts from the jail (JSON may escape text up to 6x)."""
-        return 12 * self.output_max_bytes + (1 << 16)
+        """Largest frame the host accepts from the jail. Long text (output, reprs, errors)
+        travels in chunks of at most TEXT_CHUNK_CHARS characters, so no frame - and no
+        single decode on the host's event loop - is large."""
+        return max(1 << 16, self.tool_args_max_bytes + 4096)
 
 
 def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:

@@ -19,15 +19,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sandbox.cgroups import CgroupSetup, prepare
+from sandbox.cgroups import CgroupSetup, ensure_parents, prepare
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxError
+from sandbox.freezer import v1_available
 from sandbox.jail import locate_nsjail
 from sandbox.pool import WorkerPool
 from sandbox.probe import probe_interpreter
 from sandbox.process import WorkerProcess
 from sandbox.results import ToolFn
 from sandbox.session import SandboxSession
+from sandbox.uids import UidAllocator, allocator_for
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,18 @@ class SandboxExecutor:
         self.config.validate()
         self._nsjail: str | None = None
         self.cgroups: CgroupSetup | None = None
+        self.uids: UidAllocator | None = None
         if self.config.unjailed:
             log.warning(UNJAILED_WARNING)
         else:
             self._nsjail = locate_nsjail(self.config.nsjail)
             self.cgroups = prepare(self.config)  # cgroup v1/v2 set up, or explicit rlimit-only
+            if self.config.freeze_between_steps and self.cgroups.mode == "v1" and v1_available(
+                self.config.cgroup_root
+            ):  # the freezer groups' parent (stale groups of dead jails removed)
+                ensure_parents(self.config.cgroup_root, self.config.cgroup_parent, ("freezer",))
+            # per-jail uids (root only: without root nsjail maps every jail to our own uid)
+            self.uids = allocator_for(self.config.uid_base, self.config.uid_count)
         modules = tuple(dict.fromkeys([*self.config.allowed_imports, *self.config.preload]))
         self.layout = probe_interpreter(self.config.python, modules)
         if self.layout.missing:
@@ -74,7 +83,7 @@ class SandboxExecutor:
     async def _start_worker(self) -> WorkerProcess:
         if self.config.unjailed:
             log.warning("starting an UNJAILED sandbox worker (development only)")
-        return await WorkerProcess.start(self.config, self.layout, self._nsjail)
+        return await WorkerProcess.start(self.config, self.layout, self._nsjail, self.uids)
 
     async def start(self) -> None:
         """Fill the worker pool (otherwise the first session starts its own worker)."""

@@ -2,16 +2,20 @@
 
 What the jail gets:
 - namespaces: user (only when not root), mount, pid, net (loopback only), ipc, uts, cgroup;
-- identity: uid/gid 65534 with no capabilities and no_new_privs. As root nsjail sets up
-  the mounts itself and then drops to the real nobody user (no user namespace: root
-  cannot traverse /root-owned 0700 paths from inside one);
+- identity: the jail's own uid/gid from SandboxConfig.uid_base/uid_count (sandbox.uids),
+  no capabilities, no_new_privs. As root nsjail sets up the mounts itself and then drops
+  to that real uid (no user namespace: root cannot traverse /root-owned 0700 paths from
+  inside one); without root every jail is 65534 inside, the service's uid outside;
 - files, all read-only: the system libraries (/usr/lib*), the interpreter's base
   installation (same path, for its stdlib and libpython), the allowed packages' top-level
   directories under /opt/site, the two worker files under /opt/distillery, /dev/null,
-  /dev/zero, /dev/urandom. Writable: a private size-limited tmpfs at /tmp (the cwd).
+  /dev/zero, /dev/urandom. The site-/dist-packages directories inside those trees are
+  covered by empty read-only tmpfs mounts (only the allowed packages are reachable).
+  Writable: a private size-limited tmpfs at /tmp (the cwd).
   No /proc, no /etc, nothing else of the host (not the checkout, not the venv);
 - limits: cgroup memory (+swap), pids, optional CPU throttle; RLIMIT_FSIZE, RLIMIT_NOFILE;
-  seccomp denying namespace, mount, ptrace, bpf, keyring, io_uring and module syscalls.
+  seccomp denying namespace, mount, ptrace, bpf, keyring, io_uring and module syscalls,
+  sysinfo, SysV IPC and POSIX message queues, and every socket family but AF_UNIX.
 """
 
 from __future__ import annotations
@@ -37,12 +41,27 @@ DENIED_SYSCALLS = (
     "io_uring_setup io_uring_enter io_uring_register pidfd_getfd acct swapon swapoff reboot "
     "syslog quotactl fsopen fsmount move_mount open_tree mount_setattr"
 ).split()
+# sysinfo() reports host-wide uptime, load, memory and process counts: a side channel on
+# other tenants. glibc uses it only for sysconf(_SC_PHYS_PAGES/_SC_AVPHYS_PAGES).
+INFO_SYSCALLS = ("sysinfo",)
+# SysV IPC and POSIX message queues outlive the process that made them (per IPC
+# namespace, i.e. per run): a rejected candidate could leave state for the next step.
+# Python and the allowed packages do not use them.
+IPC_SYSCALLS = (
+    "msgget msgsnd msgrcv msgctl shmget shmat shmdt shmctl semget semop semtimedop semctl "
+    "mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr"
+).split()
+AF_UNIX = 1
 # 0x7e020000 = every CLONE_NEW* flag. clone3 gets ENOSYS so libc falls back to clone,
-# whose flags seccomp can inspect.
+# whose flags seccomp can inspect. Sockets: only AF_UNIX (the worker's channels; the
+# network namespace does not cover every family - AF_VSOCK reaches the hypervisor),
+# anything else gets EAFNOSUPPORT (97) as if the family were not compiled in.
 SECCOMP_POLICY = (
     "ERRNO(1) { "
-    + ", ".join(DENIED_SYSCALLS)
-    + ", clone { (clone_flags & 0x7e020000) != 0 } } ERRNO(38) { clone3 } DEFAULT ALLOW"
+    + ", ".join([*DENIED_SYSCALLS, *INFO_SYSCALLS, *IPC_SYSCALLS])
+    + ", clone { (clone_flags & 0x7e020000) != 0 } } ERRNO(38) { clone3 } "
+    + f"ERRNO(97) {{ socket(domain, type, protocol) {{ domain != {AF_UNIX} }}, "
+    + f"socketpair(domain, type, protocol, sv) {{ domain != {AF_UNIX} }} }} DEFAULT ALLOW"
 )
 
 JAIL_ENV = {
@@ -94,7 +113,27 @@ def system_mount_args(prefixes: tuple[str, ...]) -> list[str]:
     for prefix in prefixes:
         if not _inside(prefix, lib_dirs):
             args += ["-R", prefix]
+    # the interpreters' own third-party packages: an empty read-only directory over each
+    for path in hidden_package_dirs(prefixes):
+        args += ["-m", f"none:{path}:tmpfs:size=4096,mode=0555"]
     return args
+
+
+def hidden_package_dirs(prefixes: tuple[str, ...]) -> list[str]:
+    """site-/dist-packages directories inside the mounted trees (the base interpreter's
+    and the system's): only the allowed packages are mounted, under SITE_DIR."""
+    import glob
+
+    patterns = ["/usr/lib/python3*/*-packages", "/usr/lib64/python3*/*-packages"]
+    for prefix in prefixes:
+        patterns += [f"{prefix}/lib/python3*/*-packages", f"{prefix}/lib64/python3*/*-packages"]
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            name = os.path.basename(path)
+            if name in ("site-packages", "dist-packages") and os.path.isdir(path):
+                found.setdefault(os.path.realpath(path), None)
+    return list(found)
 
 
 def nsjail_argv(
@@ -103,12 +142,16 @@ def nsjail_argv(
     nsjail: str,
     fd: int,
     log_path: str,
+    uid: int | None = None,
 ) -> list[str]:
+    """`uid`: the jail's own host uid/gid (root only, see sandbox.uids); None = nobody."""
     mb = 1 << 20
     argv = [nsjail, "-Mo", "--quiet", "--log", log_path, "--time_limit", "0"]
     if os.geteuid() == 0:
-        argv += ["--disable_clone_newuser", "-u", str(NOBODY), "-g", str(NOBODY)]
+        jid = NOBODY if uid is None else uid
+        argv += ["--disable_clone_newuser", "-u", f"{jid}:{jid}", "-g", f"{jid}:{jid}"]
     else:
+        # without root, every jail maps to the service's own uid outside (documented)
         argv += ["-u", f"{NOBODY}:{os.geteuid()}", "-g", f"{NOBODY}:{os.getegid()}"]
     argv += ["--hostname", "sandbox", "--cwd", "/tmp", "--disable_proc"]
     argv += ["--nice_level", str(config.nice), "--pass_fd", str(fd)]

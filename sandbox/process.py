@@ -3,6 +3,12 @@
 The control channel is the socket of the jail's current state process. Forking a
 candidate returns a `Fork` with the candidate's own channel; promoting a fork makes its
 channel the control channel (the old state process is killed inside the jail).
+
+The state process is untrusted too (it is a promoted candidate that ran model code): a
+control frame the host did not ask for, a descriptor it did not request or that is not a
+fresh unix stream socket made inside this jail, or a flood, is a violation that kills the
+jail (`death_reason` says why). Between steps the host kills every process but init and
+the state process, then freezes the jail (`quiesce`); `resume` thaws it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import os
 import shutil
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -26,8 +34,15 @@ from sandbox.cgroups import JailCounters, jail_cgroups
 from sandbox.channel import Channel
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError, WorkerDied
+from sandbox.freezer import Freezer, make_freezer
 from sandbox.probe import InterpreterLayout
 from sandbox.protocol import Message, ProtocolError
+from sandbox.uids import UidAllocator
+
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+CONTROL_OPS = frozenset({"spawned", "spawn_failed", "exited", "pong"})
+SETTLE_S = 0.25
+"""After a step, the jail is frozen once the killed processes are gone, or this much later."""
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +85,16 @@ class WorkerProcess:
     cgroups: JailCounters | None = None
     started_s: float = 0.0
     preloaded: list[str] = field(default_factory=list)
+    uid: int | None = None
+    """The jail's own host uid/gid (None: unjailed, or nsjail without root)."""
+    uids: UidAllocator | None = None
+    freezer: Freezer | None = None
+    init_host_pid: int | None = None
+    state_host_pid: int | None = None
+    death_reason: str | None = None
+    """Why the host killed the jail (a protocol violation), if it did."""
+    _fork_pids: set[int] = field(default_factory=set)
+    _settle: asyncio.Future[None] | None = None
     _reader: asyncio.Task[None] | None = None
     _spawns: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
     _exits: dict[int, _Exit] = field(default_factory=dict)
@@ -83,15 +108,40 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, config: SandboxConfig, layout: InterpreterLayout, nsjail: str | None
+        cls,
+        config: SandboxConfig,
+        layout: InterpreterLayout,
+        nsjail: str | None,
+        uids: UidAllocator | None = None,
     ) -> WorkerProcess:
+        """Start a worker; with `uids` (jailed, as root) the jail gets its own uid/gid."""
         t0 = time.perf_counter()
+        jailed_root = nsjail is not None and os.geteuid() == 0
+        uid = uids.acquire() if (uids is not None and jailed_root) else None
+        try:
+            worker = await cls._start(config, layout, nsjail, uid, t0)
+        except BaseException as e:
+            if uid is not None and uids is not None and not getattr(e, "leaked_uid", False):
+                uids.release(uid)
+            raise
+        worker.uids = uids if uid is not None else None
+        return worker
+
+    @classmethod
+    async def _start(
+        cls,
+        config: SandboxConfig,
+        layout: InterpreterLayout,
+        nsjail: str | None,
+        uid: int | None,
+        t0: float,
+    ) -> WorkerProcess:
         tmpdir = tempfile.mkdtemp(prefix="distillery-sandbox-")
         log_path = os.path.join(tmpdir, "worker.log")
         host_end, jail_end = socket.socketpair()
         fd = jail_end.fileno()
         if nsjail is not None:
-            argv = jail.nsjail_argv(config, layout, nsjail, fd, log_path)
+            argv = jail.nsjail_argv(config, layout, nsjail, fd, log_path, uid)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             cwd = tmpdir
             site_dirs = jail.site_dirs_in_jail(layout)
@@ -120,21 +170,31 @@ class WorkerProcess:
             raise SandboxSetupError(f"cannot start the sandbox worker ({argv[0]}): {e}") from e
         finally:
             jail_end.close()
-        control = Channel(host_end, max_frame=config.max_frame_bytes, accept_fds=True)
-        worker = cls(config, popen, control, tmpdir, jailed=nsjail is not None)
+        control = Channel(
+            host_end,
+            max_frame=config.max_frame_bytes,
+            accept_fds=True,
+            max_depth=config.json_depth_max + 2,
+        )
+        worker = cls(config, popen, control, tmpdir, jailed=nsjail is not None, uid=uid)
         try:
             await asyncio.wait_for(worker._handshake(site_dirs), config.start_timeout_s)
         except BaseException as e:
             detail = worker.log_tail()
             await worker.close()
+            leaked = not worker.all_gone()
             if isinstance(e, asyncio.CancelledError):
+                e.leaked_uid = leaked  # type: ignore[attr-defined]
                 raise
             why = "timed out" if isinstance(e, TimeoutError) else f"failed ({e})"
-            raise SandboxSetupError(
+            err = SandboxSetupError(
                 f"the sandbox worker {why} while starting. nsjail/worker log:\n{detail}"
-            ) from e
+            )
+            err.leaked_uid = leaked  # type: ignore[attr-defined]
+            raise err from e
         worker.started_s = time.perf_counter() - t0
         worker._reader = asyncio.create_task(worker._control_loop(worker.control))
+        worker.quiesce()  # a pooled worker waits frozen
         return worker
 
     async def _handshake(self, site_dirs: list[str]) -> None:
@@ -146,7 +206,16 @@ class WorkerProcess:
             init = first_child(self.popen.pid)
             if init is None:
                 raise WorkerDied("the jailed process disappeared")
+            self.init_host_pid = init
             self.cgroups = jail_cgroups(self.config, init)  # None under rlimit-only
+            if self.config.freeze_between_steps and self.cgroups is not None:
+                self.freezer = make_freezer(
+                    self.config.cgroup_root, self.config.cgroup_parent, f"NSJAIL.{init}",
+                    self.cgroups,
+                )
+                if self.freezer is not None:
+                    # only init and the state process exist now (the state waits for config)
+                    self.freezer.attach(self.cgroups.procs())
         await self.control.send(
             {
                 "op": "config",
@@ -155,6 +224,9 @@ class WorkerProcess:
                 "output_max_bytes": self.config.output_max_bytes,
                 "cpu_s": self.config.cpu_s,
                 "site_dirs": site_dirs,
+                "tool_args_max_bytes": self.config.tool_args_max_bytes,
+                "tool_args_step_max_bytes": self.config.tool_args_step_max_bytes,
+                "json_depth_max": self.config.json_depth_max,
             }
         )
         ready = await self.control.recv_msg()
@@ -176,20 +248,39 @@ class WorkerProcess:
                 try:
                     self._dispatch(msg, fd)
                 except (KeyError, TypeError, ValueError) as e:
-                    raise ProtocolError(f"bad control frame {msg!r}: {e}") from e
+                    if fd is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                    raise ProtocolError(f"bad control frame: {type(e).__name__}: {e}") from e
         except ProtocolError as e:
-            log.warning("sandbox worker broke the control protocol: %s", e)
+            if channel is self.control:
+                log.warning("sandbox: the state process broke the control protocol: %s", e)
+                self.death_reason = (
+                    f"the sandbox state process broke the protocol ({e}) and was killed"
+                )
+                self._kill_jail()
         finally:
             if channel is self.control:
                 self._mark_dead()
 
     def _dispatch(self, msg: Message, fd: int | None) -> None:
         op = msg["op"]
+        if op not in CONTROL_OPS:
+            raise ProtocolError(f"unexpected control frame {op!r}")
+        if fd is not None and op != "spawned":
+            raise ValueError("a descriptor on a frame that carries none")
         if op == "spawned":
             fut = self._spawns.pop(msg["cid"], None)
-            if fd is not None and fut is not None and not fut.done():
-                fut.set_result((int(msg["pid"]), fd))
-                return
+            if fd is None or fut is None or fut.done():
+                raise ValueError("a candidate socket the host did not ask for")
+            pid = msg["pid"]
+            if not isinstance(pid, int) or pid < 2:
+                raise ValueError("bad candidate pid")
+            problem = self._check_candidate_socket(fd)
+            if problem is not None:
+                raise ValueError(problem)
+            fut.set_result((pid, fd))
+            return
         elif op == "spawn_failed":
             fut = self._spawns.pop(msg["cid"], None)
             if fut is not None and not fut.done():
@@ -198,7 +289,10 @@ class WorkerProcess:
                     SpawnFailed(str(msg.get("error")), errno if isinstance(errno, int) else None)
                 )
         elif op == "exited":
-            pid = int(msg["pid"])
+            pid = msg["pid"]
+            if not isinstance(pid, int) or pid not in self._fork_pids:
+                return  # not a candidate the host knows of: nothing to record (bounded)
+            self._fork_pids.discard(pid)
             code, sig = msg.get("code"), msg.get("signal")
             self._exits[pid] = _Exit(
                 code if isinstance(code, int) else None, sig if isinstance(sig, int) else None
@@ -212,8 +306,43 @@ class WorkerProcess:
                 if not fut2.done():
                     fut2.set_result(None)
                     break
-        if fd is not None:
-            os.close(fd)
+
+    def _check_candidate_socket(self, fd: int) -> str | None:
+        """Why `fd` is not a fresh candidate socket of this jail (None: it is one)."""
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return "the candidate's descriptor is not a socket"
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError as e:
+            return f"bad candidate descriptor: {e}"
+        try:
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                return "the candidate's descriptor is not a unix stream socket"
+            pid, uid, _gid = PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+            )
+        except OSError as e:
+            return f"bad candidate socket: {e}"
+        finally:
+            sock.close()
+        # a socketpair carries its creator's credentials: a process of the jail, never
+        # this host process (that would be one of the host's own channels)
+        if pid == os.getpid() or pid <= 0:
+            return "the candidate socket was not made inside the jail"
+        if self.uid is not None and uid != self.uid:
+            return f"the candidate socket belongs to uid {uid}, not to this jail"
+        return None
+
+    def _kill_jail(self) -> None:
+        """SIGKILL every process of the jail now (the host's answer to a violation)."""
+        if self.freezer is not None:
+            self.freezer.thaw()
+        if self.cgroups is not None:
+            for pid in self.cgroups.procs():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        elif not self.jailed and self.popen.poll() is None:
+            procs.kill_tree(self.popen.pid)
 
     def _mark_dead(self) -> None:
         if self._dead:
@@ -269,11 +398,22 @@ class WorkerProcess:
         except OSError as e:
             os.close(fd)
             raise WorkerDied(f"bad candidate socket: {e}") from e
-        if sock.family != socket.AF_UNIX:
-            sock.close()
-            raise WorkerDied("the candidate's descriptor is not a unix socket")
-        channel = Channel(sock, max_frame=self.config.max_frame_bytes)
-        return Fork(cid, pid, channel)
+        holder: list[Fork] = []
+
+        def violation(_error: ProtocolError) -> None:
+            if holder:
+                self.kill(holder[0])
+
+        channel = Channel(
+            sock,
+            max_frame=self.config.max_frame_bytes,
+            max_depth=self.config.json_depth_max + 2,
+            on_violation=violation,
+        )
+        fork = Fork(cid, pid, channel)
+        holder.append(fork)
+        self._fork_pids.add(pid)
+        return fork
 
     def kill(self, fork: Fork) -> None:
         """SIGKILL a candidate (through the state process) and drop its channel."""
@@ -298,15 +438,21 @@ class WorkerProcess:
 
     async def discard(self) -> None:
         """Kill every candidate and stray process; the state stays as it was."""
+        self._fork_pids.clear()
+        self._exits.clear()
         await self._send_control({"op": "discard"})
 
     async def promote(self, fork: Fork) -> None:
         """Make `fork` the state process; every other process of the jail is killed."""
         fork.channel.accept_fds = True  # it will hand over its own candidates' sockets
+        fork.channel.on_violation = None  # as the control channel, _control_loop judges
+        fork.channel.unsilence()
         await asyncio.wait_for(fork.channel.send({"op": "promote"}), self.config.control_timeout_s)
         old, old_reader = self.control, self._reader
         self.control = fork.channel
         self.state_pid = fork.pid
+        self.state_host_pid = None  # looked up when needed (quiesce)
+        self._fork_pids.clear()
         self._exits.clear()
         # the old state process may have died already (code can kill it): the fork carries
         # the state on, so the worker lives as long as the jail does
@@ -324,12 +470,83 @@ class WorkerProcess:
             return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pongs.append(fut)
+        self.resume()
         try:
             await self._send_control({"op": "ping"})
             await asyncio.wait_for(fut, timeout)
         except (WorkerDied, TimeoutError):
             return False
+        finally:
+            self.quiesce()
         return not self.dead
+
+    # --- between steps -----------------------------------------------------------------
+
+    def quiesce(self) -> None:
+        """The step is over: kill every process but init and the state process now, and
+        freeze the jail as soon as the killed ones are gone (a background task, at most
+        SETTLE_S later; `resume` cancels it). Never raises."""
+        if not self.jailed or self.cgroups is None or self.dead:
+            return
+        self._cancel_settle()
+        self._kill_strays()
+        if self.freezer is not None:
+            self._settle = asyncio.ensure_future(self._freeze_when_settled())
+
+    def _kill_strays(self) -> bool:
+        """SIGKILL every process of the jail but init and the state; True if none was left."""
+        if self.cgroups is None:
+            return True
+        keep = {self.init_host_pid, self._state_host_pid()}
+        strays = [pid for pid in self.cgroups.procs() if pid not in keep]
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return not strays
+
+    async def _freeze_when_settled(self) -> None:
+        deadline = time.monotonic() + SETTLE_S
+        delay = 0.0005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+            if self._kill_strays():
+                break
+        if self.freezer is not None and not self._closed:
+            self.freezer.freeze()
+
+    def _cancel_settle(self) -> None:
+        if self._settle is not None and not self._settle.done():
+            self._settle.cancel()
+        self._settle = None
+
+    def resume(self) -> None:
+        """A step starts: thaw the jail, and continue the state process if the last step's
+        code stopped it (SIGSTOP)."""
+        self._cancel_settle()
+        if self.freezer is not None:
+            self.freezer.thaw()
+        pid = self.state_host_pid
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _state_host_pid(self) -> int | None:
+        """Host pid of the state process (its pid namespace's pid is `state_pid`)."""
+        if self.state_host_pid is None and self.cgroups is not None:
+            for pid in self.cgroups.procs():
+                if pid != self.init_host_pid and _ns_pid(pid) == self.state_pid:
+                    self.state_host_pid = pid
+                    break
+        return self.state_host_pid
+
+    def all_gone(self) -> bool:
+        """No process of this jail is left (its uid may be handed out again)."""
+        if self.jailed:
+            return self.popen.poll() is not None and not (
+                self.cgroups is not None and self.cgroups.procs()
+            )
+        return self.popen.poll() is not None
 
     # --- accounting --------------------------------------------------------------------
 
@@ -371,6 +588,9 @@ class WorkerProcess:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self.control.close()
+        self._cancel_settle()
+        if self.freezer is not None:
+            self.freezer.thaw()  # frozen processes do not die of SIGKILL before they thaw
         if self.jailed:
             # nsjail kills the jail and removes its cgroups on SIGTERM
             with contextlib.suppress(ProcessLookupError):
@@ -395,6 +615,26 @@ class WorkerProcess:
                 procs.kill_tree(self.popen.pid)
                 await asyncio.sleep(0.01)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self.freezer is not None:
+            self.freezer.remove()
+        if self.uids is not None and self.uid is not None:
+            if self.all_gone():
+                self.uids.release(self.uid)
+            else:  # never hand out a uid that a live process still has
+                log.warning("sandbox: uid %d stays reserved: a process of its jail lives", self.uid)
+            self.uids = None
+
+
+def _ns_pid(pid: int) -> int | None:
+    """The innermost pid-namespace pid of host process `pid` (NSpid's last field)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

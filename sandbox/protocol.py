@@ -9,8 +9,15 @@ as end-of-file.
 This module is loaded both by the host (`sandbox.protocol`) and, as a plain top-level
 module, by the worker inside the jail: standard library only, no package imports.
 
+Bounds (the host treats everything from the jail as hostile): a frame is at most the
+host's `max_frame` bytes (64 KiB by default), strict JSON (NaN and Infinity are refused),
+nested at most `max_depth` deep; long text - output, reprs, tracebacks, a final answer -
+travels in `text` frames of at most TEXT_CHUNK_CHARS characters each, so no single decode
+on the host is long and the host counts every byte against its own caps.
+
 Messages (host -> worker process):
-  config   {allowed_imports, output_max_bytes, cpu_s, file_size_mb, preload, site_dirs}
+  config   {allowed_imports, output_max_bytes, cpu_s, preload, site_dirs,
+            tool_args_max_bytes, tool_args_step_max_bytes, json_depth_max}
   tools    {names}                      define the proxied tool functions
   spawn    {cid, code}                  fork a candidate that runs `code`
   kill     {pid}                        SIGKILL a candidate (and its process group)
@@ -26,7 +33,10 @@ Messages (worker -> host):
   exited   {pid, code, signal}          a candidate was reaped
   pong     {}
   tool     {id, name, args, kwargs}     (from a candidate)
-  result   {stdout, value_repr, error, error_kind, is_final, final_answer, exec_s}
+  text     {field, data}                (from a candidate) a piece of a result's text field
+  result   {texts, error_kind, is_final, final_json, exec_s, keep}
+           texts: the text fields sent before it (stdout, value_repr, error, final_answer);
+           final_json: the final_answer text is JSON (a structured answer) or plain text
 """
 
 from __future__ import annotations
@@ -39,7 +49,13 @@ from collections.abc import Iterator
 from typing import Any
 
 HEADER = struct.Struct(">I")
-MAX_FDS_PER_MESSAGE = 4
+MAX_FDS_PER_MESSAGE = 1
+TEXT_CHUNK_CHARS = 8192
+"""Characters per `text` frame: at most 6 bytes each in JSON, so a frame stays < 50 KB."""
+TEXT_FIELDS = ("stdout", "value_repr", "error", "final_answer")
+FINAL_JSON_MAX_BYTES = 1 << 15
+"""A structured final answer's JSON is at most this large; bigger ones are sent as str()."""
+DEFAULT_MAX_DEPTH = 64
 
 Message = dict[str, Any]
 
@@ -54,24 +70,60 @@ def encode(msg: Message) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Message:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_loads(text: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """json.loads that refuses NaN/Infinity and values nested deeper than `max_depth`
+    (ValueError either way; never RecursionError)."""
     try:
-        msg = json.loads(body.decode("utf-8"))
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    if json_depth(value, max_depth) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    return value
+
+
+def json_depth(value: Any, stop: int = DEFAULT_MAX_DEPTH) -> int:
+    """Nesting depth of lists/dicts in `value` (a scalar is 0), without recursion; it stops
+    counting past `stop` (returns stop + 1)."""
+    if not isinstance(value, (list, dict)):
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > deepest:
+            deepest = d
+            if d > stop:
+                return d
+        children = v.values() if isinstance(v, dict) else v
+        stack.extend((c, d + 1) for c in children if isinstance(c, (list, dict)))
+    return deepest
+
+
+def decode_body(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
+    try:
+        msg = strict_loads(body.decode("utf-8"), max_depth)
     except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
+        raise ProtocolError(f"frame is not strict UTF-8 JSON: {e}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ProtocolError("frame is not a JSON object with a string 'op'")
     return msg
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes, get complete messages; oversize frames are errors."""
+    """Incremental decoder: feed bytes, get (message, frame size); oversize frames, bad or
+    too deeply nested JSON are errors."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self.max_frame = max_frame
+        self.max_depth = max_depth
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[Message]:
+    def feed_sized(self, data: bytes) -> Iterator[tuple[Message, int]]:
         self._buf += data
         while len(self._buf) >= HEADER.size:
             (n,) = HEADER.unpack_from(self._buf)
@@ -81,7 +133,11 @@ class FrameDecoder:
                 return
             body = bytes(self._buf[HEADER.size : HEADER.size + n])
             del self._buf[: HEADER.size + n]
-            yield decode_body(body)
+            yield decode_body(body, self.max_depth), n
+
+    def feed(self, data: bytes) -> Iterator[Message]:
+        for msg, _ in self.feed_sized(data):
+            yield msg
 
     @property
     def pending(self) -> int:
@@ -89,6 +145,12 @@ class FrameDecoder:
 
 
 # --- blocking helpers (used by the worker inside the jail) ------------------------------
+
+
+def send_text(sock: socket.socket, field: str, text: str) -> None:
+    """Send `text` as `text` frames of at most TEXT_CHUNK_CHARS characters."""
+    for i in range(0, len(text), TEXT_CHUNK_CHARS):
+        send_blocking(sock, {"op": "text", "field": field, "data": text[i : i + TEXT_CHUNK_CHARS]})
 
 
 def send_blocking(sock: socket.socket, msg: Message, fds: tuple[int, ...] = ()) -> None:

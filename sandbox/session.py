@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import signal
 import time
@@ -21,7 +22,15 @@ from typing import Any, get_args
 from sandbox.config import SandboxConfig
 from sandbox.errors import WorkerDied
 from sandbox.process import Fork, SpawnFailed, WorkerProcess
-from sandbox.protocol import Message, ProtocolError
+from sandbox.protocol import (
+    FINAL_JSON_MAX_BYTES,
+    TEXT_CHUNK_CHARS,
+    TEXT_FIELDS,
+    Message,
+    ProtocolError,
+    json_depth,
+    strict_loads,
+)
 from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
 from sandbox.toolcache import ToolCache
 
@@ -124,13 +133,16 @@ class SandboxSession:
             if not codes:
                 return []
             worker = await self._ensure_worker()
+            worker.resume()
             pairs = await self._run_round(worker, codes)
             if all(r is _NOT_STARTED for r, _ in pairs):
                 # the worker died before any code ran (e.g. between steps): nothing was
                 # executed, so run the step again on a fresh worker
                 worker = await self._ensure_worker()
+                worker.resume()
                 pairs = await self._run_round(worker, codes)
-            pairs = [(_worker_died() if r is _NOT_STARTED else r, f) for r, f in pairs]
+            died = _worker_died(worker.death_reason)
+            pairs = [(died if r is _NOT_STARTED else r, f) for r, f in pairs]
             self._pending = [fork for _, fork in pairs]
             results = [r for r, _ in pairs]
             if worker.dead and not any(f is not None and f.usable for f in self._pending):
@@ -191,6 +203,11 @@ class SandboxSession:
         chosen = pending[index]
         if chosen is None or not chosen.usable or self._worker is None:
             # it died (limit, crash): nothing to adopt, the state stays as before the step
+            if chosen is not None:
+                # it had a result, then died or broke the protocol while parked: the caller
+                # believes its changes were kept - the next result says they were not
+                log.warning("sandbox: the chosen candidate died after its result")
+                self._lost_notice = True
             await self._discard_locked()
             return
         self._pending = None
@@ -204,6 +221,8 @@ class SandboxSession:
             log.warning("sandbox: promoting candidate %d failed: %s", index, e)
             chosen.channel.close()
             await self._worker.close()
+        else:
+            self._worker.quiesce()
 
     async def _discard_locked(self) -> None:
         pending, self._pending = self._pending, None
@@ -216,6 +235,7 @@ class SandboxSession:
         if worker is not None and not worker.dead:
             with contextlib.suppress(WorkerDied):
                 await worker.discard()
+            worker.quiesce()
 
     # --- one candidate -----------------------------------------------------------------
 
@@ -243,6 +263,16 @@ class SandboxSession:
                 "timeout",
                 t0,
             )
+        except OutputCapExceeded as e:
+            worker.kill(fork)
+            result = _failure(
+                f"Output limit exceeded: the code printed more than "
+                f"{self.config.output_max_bytes} bytes (counted on the host; the process "
+                "was killed).",
+                "output",
+                t0,
+            )
+            result.stdout = e.stdout
         except ProtocolError as e:
             worker.kill(fork)
             result = _failure(
@@ -271,20 +301,46 @@ class SandboxSession:
     async def _converse(
         self, fork: Fork, cache: ToolCache, records: list[ToolCallRecord]
     ) -> ExecutionResult | None:
-        """Serve the candidate's tool calls until its result (None: it died)."""
+        """Serve the candidate's tool calls until its result (None: it died).
+
+        Every bound is checked here, on the host, whatever the worker claims: the size of
+        each text field (stdout in UTF-8 bytes against output_max_bytes), tool-call
+        arguments per call and per execution, the JSON and depth of a final answer.
+        """
+        cfg = self.config
+        texts = TextFields(cfg.output_max_bytes)
+        args_total = 0
         while True:
             msg = await fork.channel.recv_msg()
             if msg is None:
                 return None
             op = msg["op"]
+            if op == "text":
+                texts.add(msg)
+                continue
             if op == "result":
-                result = parse_result(msg)
+                result = parse_result(msg, texts, cfg.json_depth_max)
                 if msg.get("keep") is False:  # it cannot carry the state on
                     fork.dead = True
+                fork.channel.silence()  # parked: it must send nothing more
                 return result
             if op != "tool":
                 raise ProtocolError(f"unexpected frame {op!r} from a candidate")
             call_id, name, args, kwargs = parse_tool_call(msg)
+            size = _json_size([args, kwargs])
+            if size > cfg.tool_args_max_bytes:
+                raise ProtocolError(
+                    f"tool call arguments of {size} bytes exceed the limit of "
+                    f"{cfg.tool_args_max_bytes}"
+                )
+            args_total += size
+            if args_total > cfg.tool_args_step_max_bytes:
+                raise ProtocolError(
+                    f"tool call arguments of this execution exceed {cfg.tool_args_step_max_bytes}"
+                    " bytes in all"
+                )
+            if json_depth([args, kwargs], cfg.json_depth_max + 1) > cfg.json_depth_max + 1:
+                raise ProtocolError(f"tool call arguments nested deeper than {cfg.json_depth_max}")
             if len(records) >= self.config.max_tool_calls:
                 reply: Message = {
                     "op": "tool_error",
@@ -334,40 +390,120 @@ class SandboxSession:
         else:
             detail = "died"
         if worker.dead:
-            detail += " (the sandbox worker died with it)"
+            detail += f" ({worker.death_reason or 'the sandbox worker died with it'})"
         return _failure(f"The sandbox process {detail} before finishing the code.", "crash", t0)
 
 
 # --- validation of what the jail sends --------------------------------------------------
 
 
-def _opt_str(msg: Message, key: str) -> str | None:
-    value = msg.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ProtocolError(f"result field {key!r} must be a string")
-    return value
+class OutputCapExceeded(ProtocolError):
+    """The jail sent more output than output_max_bytes (its own cap was lifted)."""
+
+    def __init__(self, stdout: str, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes of output")
+        self.stdout = stdout
 
 
-def parse_result(msg: Message) -> ExecutionResult:
-    stdout = msg.get("stdout")
-    if not isinstance(stdout, str):
-        raise ProtocolError("result field 'stdout' must be a string")
+class TextFields:
+    """The `text` frames of one result, counted against the host's own caps.
+
+    stdout: at most `limit` UTF-8 bytes (the worker's cap; more means the code lifted it:
+    OutputCapExceeded, with the first `limit` bytes kept). value_repr, error: at most
+    `limit` characters plus room for the truncation marker and notes. final_answer: the
+    same (a structured answer's JSON is smaller still, see parse_result).
+    """
+
+    SLACK = 1024
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: dict[str, list[str]] = {}
+        self.chars: dict[str, int] = {}
+        self.stdout_bytes = 0
+
+    def add(self, msg: Message) -> None:
+        name, data = msg.get("field"), msg.get("data")
+        if name not in TEXT_FIELDS or not isinstance(data, str):
+            raise ProtocolError("a text frame needs a known 'field' and a string 'data'")
+        if len(data) > TEXT_CHUNK_CHARS:
+            raise ProtocolError(f"a text frame carries more than {TEXT_CHUNK_CHARS} characters")
+        if name == "stdout":
+            n = len(data.encode("utf-8", "replace"))
+            if self.stdout_bytes + n > self.limit:
+                room = self.limit - self.stdout_bytes
+                head = data.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                raise OutputCapExceeded(self.get("stdout") + head, self.limit)
+            self.stdout_bytes += n
+        else:
+            total = self.chars.get(name, 0) + len(data)
+            if total > self.limit + self.SLACK:
+                raise ProtocolError(f"the result's {name} exceeds {self.limit} characters")
+            self.chars[name] = total
+        self.parts.setdefault(name, []).append(data)
+
+    def get(self, name: str) -> str:
+        return "".join(self.parts.get(name, ()))
+
+    def has(self, name: str) -> bool:
+        return name in self.parts
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
+    except (TypeError, ValueError, RecursionError) as e:  # cannot happen for decoded JSON
+        raise ProtocolError(f"tool call arguments are not JSON: {e}") from None
+
+
+def parse_result(
+    msg: Message, texts: TextFields | None = None, depth_max: int = 32
+) -> ExecutionResult:
+    texts = texts if texts is not None else TextFields(1 << 30)
+    present = msg.get("texts", [])
+    if not isinstance(present, list) or any(n not in TEXT_FIELDS for n in present):
+        raise ProtocolError("result field 'texts' must list text fields")
+    if set(texts.parts) - set(present):
+        raise ProtocolError("text frames for a field the result does not list")
     kind = msg.get("error_kind")
     if kind is not None and kind not in ERROR_KINDS:
         raise ProtocolError(f"unknown error kind {kind!r}")
     is_final = msg.get("is_final")
     if not isinstance(is_final, bool):
         raise ProtocolError("result field 'is_final' must be a boolean")
-    error = _opt_str(msg, "error")
+    final_json = msg.get("final_json", False)
+    if not isinstance(final_json, bool):
+        raise ProtocolError("result field 'final_json' must be a boolean")
+
+    def opt(name: str) -> str | None:
+        return texts.get(name) if name in present else None
+
+    error = opt("error")
     if (error is None) != (kind is None):
         raise ProtocolError("result fields 'error' and 'error_kind' must come together")
+    final: Any = None
+    if is_final:
+        text = opt("final_answer")
+        if text is None:
+            raise ProtocolError("a final result without its final_answer")
+        if final_json:
+            if len(text) > FINAL_JSON_MAX_BYTES:
+                raise ProtocolError(
+                    f"a structured final answer larger than {FINAL_JSON_MAX_BYTES} bytes"
+                )
+            try:
+                final = strict_loads(text, depth_max)
+            except ValueError as e:
+                raise ProtocolError(f"the final answer is not strict JSON: {e}") from None
+        else:
+            final = text
     return ExecutionResult(
-        stdout=stdout,
-        value_repr=_opt_str(msg, "value_repr"),
+        stdout=texts.get("stdout"),
+        value_repr=opt("value_repr"),
         error=error,
         error_kind=kind,
         is_final=is_final,
-        final_answer=msg.get("final_answer") if is_final else None,
+        final_answer=final,
     )
 
 
@@ -384,9 +520,10 @@ def parse_tool_call(msg: Message) -> tuple[int, str, list[Any], dict[str, Any]]:
 _NOT_STARTED = ExecutionResult(error="not started", error_kind="crash")
 
 
-def _worker_died() -> ExecutionResult:
+def _worker_died(reason: str | None = None) -> ExecutionResult:
+    why = f" ({reason})" if reason else ""
     return ExecutionResult(
-        error="The sandbox worker died before it could run the code.", error_kind="crash"
+        error=f"The sandbox worker died before it could run the code{why}.", error_kind="crash"
     )
 
 

@@ -68,10 +68,14 @@ class ToolError(Exception):
 
 
 class Candidate:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, cfg: dict[str, Any]) -> None:
         self.sock = sock
         self.pid = os.getpid()
         self.seq = 0
+        self.args_bytes = 0  # JSON size of every tool call's arguments so far
+        self.args_max = int(cfg.get("tool_args_max_bytes", 16_384))
+        self.args_step_max = int(cfg.get("tool_args_step_max_bytes", 262_144))
+        self.depth_max = int(cfg.get("json_depth_max", 32))
 
 
 CURRENT: list[Candidate | None] = [None]
@@ -83,11 +87,24 @@ def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if cand is None or os.getpid() != cand.pid:
         raise RuntimeError(f"{name}() can only be called from the sandbox's main process")
     try:
-        json.dumps([args, kwargs], allow_nan=False)
-    except (TypeError, ValueError):
+        size = len(json.dumps([list(args), kwargs], allow_nan=False).encode("utf-8", "replace"))
+    except (TypeError, ValueError, RecursionError):
         raise TypeError(
             f"{name}() arguments must be JSON values (str, int, float, bool, None, list, dict)"
         ) from None
+    if size > cand.args_max:
+        raise ValueError(
+            f"{name}() arguments are too large: {size} bytes of JSON (the sandbox's limit is "
+            f"{cand.args_max} bytes per call)"
+        )
+    if cand.args_bytes + size > cand.args_step_max:
+        raise ValueError(
+            f"{name}(): the tool-call arguments of this code reached the sandbox's limit of "
+            f"{cand.args_step_max} bytes in all"
+        )
+    if protocol.json_depth([list(args), kwargs], cand.depth_max) > cand.depth_max:
+        raise ValueError(f"{name}() arguments are nested deeper than {cand.depth_max} levels")
+    cand.args_bytes += size
     cand.seq += 1
     protocol.send_blocking(
         cand.sock,
@@ -190,17 +207,25 @@ def truncate(s: str, limit: int) -> str:
     return s[:limit] + f"... [truncated {len(s) - limit} characters]"
 
 
-def json_safe(value: Any, limit: int) -> Any:
+def json_safe(value: Any, limit: int, depth_max: int = 32) -> tuple[bool, str]:
+    """(is_json, text) of a final answer: its strict JSON when it is a small, shallow JSON
+    value (a str is sent as itself), else its str(), truncated to `limit` characters."""
+    if isinstance(value, str):
+        return False, truncate(value, limit)
     try:
-        if len(json.dumps(value, allow_nan=False)) <= limit:
-            return value
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        if (
+            len(text) <= min(limit, protocol.FINAL_JSON_MAX_BYTES)
+            and protocol.json_depth(value, depth_max) <= depth_max
+        ):
+            return True, text
     except (TypeError, ValueError, RecursionError):
         pass
     try:
         text = str(value)
     except Exception as e:  # a broken __str__
         text = f"<unprintable {type(value).__name__}: {e!r}>"
-    return truncate(text, limit)
+    return False, truncate(text, limit)
 
 
 def classify(exc: BaseException) -> str:
@@ -213,7 +238,7 @@ def classify(exc: BaseException) -> str:
     return "exception"
 
 
-def execute(code: str, ns: dict[str, Any], limit: int) -> dict[str, Any]:
+def execute(code: str, ns: dict[str, Any], limit: int, depth_max: int = 32) -> dict[str, Any]:
     res: dict[str, Any] = {
         "op": "result",
         "stdout": "",
@@ -222,6 +247,7 @@ def execute(code: str, ns: dict[str, Any], limit: int) -> dict[str, Any]:
         "error_kind": None,
         "is_final": False,
         "final_answer": None,
+        "final_json": False,
         "exec_s": 0.0,
         "keep": True,
     }
@@ -253,7 +279,7 @@ def execute(code: str, ns: dict[str, Any], limit: int) -> dict[str, Any]:
             res["value_repr"] = truncate(text, limit)
     except FinalAnswerSignal as f:
         res["is_final"] = True
-        res["final_answer"] = json_safe(f.value, limit)
+        res["final_json"], res["final_answer"] = json_safe(f.value, limit, depth_max)
     except OutputLimitExceeded:
         pass
     except BaseException as e:
@@ -269,6 +295,18 @@ def execute(code: str, ns: dict[str, Any], limit: int) -> dict[str, Any]:
         res["is_final"] = False
         res["final_answer"] = None
     return res
+
+
+def send_result(sock: socket.socket, res: dict[str, Any]) -> None:
+    """The result as `text` frames for its long fields, then a small `result` frame."""
+    texts = []
+    for name in protocol.TEXT_FIELDS:
+        value = res.pop(name, None)
+        if isinstance(value, str):
+            texts.append(name)
+            protocol.send_text(sock, name, value)
+    res["texts"] = texts
+    protocol.send_blocking(sock, res)
 
 
 # --- process management ---------------------------------------------------------------------
@@ -323,6 +361,31 @@ def sweep(init_pid: int) -> None:
                     pass
 
 
+def close_duplicates(conn: socket.socket) -> None:
+    """Neutralize every other descriptor of this process that refers to `conn`'s socket."""
+    me = conn.fileno()
+    target = os.fstat(me)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = 1024 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 16)
+    for fd in range(3, top):
+        if fd == me:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
+            # /dev/null over it, not close(): the number stays taken, so an object that
+            # still holds it cannot later close or write to whatever reused the number
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            except OSError:
+                pass
+            finally:
+                os.close(null)
+
+
 class State:
     """The state process: owns the namespace, forks candidates, reports their exits."""
 
@@ -347,7 +410,30 @@ class State:
         os.close(self.wake_w)
 
     def become(self, conn: socket.socket) -> None:
-        """Called in a promoted candidate: its socket is the new control channel."""
+        """Called in a promoted candidate: its socket is the new control channel.
+
+        What the step's code set up for this process is undone: interval timers, signal
+        handlers, trace hooks, blocked signals; and every other descriptor of the new
+        control socket (a dup the code kept) is closed, so no later candidate inherits
+        a way to write control frames. (The host freezes the jail between steps too.)
+        """
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            signal.setitimer(timer, 0)
+        for sig in signal.valid_signals():
+            try:
+                handler = signal.getsignal(sig)
+            except (ValueError, OSError):
+                continue
+            if callable(handler) and handler is not signal.default_int_handler:
+                keep = signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL
+                try:
+                    signal.signal(sig, keep)
+                except (ValueError, OSError):
+                    pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        sys.settrace(None)
+        sys.setprofile(None)
+        close_duplicates(conn)
         self.conn = conn
         self.children = {}
         self._arm()
@@ -448,6 +534,9 @@ class State:
         # shared objects (and so their pages) alone
         gc.collect()
         gc.freeze()
+        # the gate: the child runs no code before the host has its socket (code that kills
+        # the state process at once must not take the "spawned" message with it)
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = -1
         for attempt in range(FORK_RETRIES):
             try:
@@ -459,6 +548,8 @@ class State:
                 if e.errno != errno.EAGAIN or attempt == FORK_RETRIES - 1:
                     parent_end.close()
                     child_end.close()
+                    os.close(gate_r)
+                    os.close(gate_w)
                     self.send({"op": "spawn_failed", "cid": cid, "error": str(e), "errno": e.errno})
                     return None
                 time.sleep(0.005)
@@ -466,15 +557,28 @@ class State:
             parent_end.close()
             self.conn.close()
             self._disarm()
+            os.close(gate_w)
+            while True:
+                try:
+                    opened = os.read(gate_r, 1)
+                    break
+                except InterruptedError:
+                    continue
+            os.close(gate_r)
+            if not opened:  # the state process died before it could announce this one
+                os._exit(0)
             if rnd is not None:  # `random` reseeds itself in forked children: undo that
                 rnd.setstate(rnd_state)
             return child_end, msg
         child_end.close()
+        os.close(gate_r)
         self.children[pid] = cid if isinstance(cid, int) else -1
         try:
             self.send({"op": "spawned", "cid": cid, "pid": pid, "fd": True}, (parent_end.fileno(),))
         finally:
             parent_end.close()
+            os.write(gate_w, b"g")
+            os.close(gate_w)
         return None
 
 
@@ -489,9 +593,10 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
     soft = cpu if hard == resource.RLIM_INFINITY else min(cpu, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
     me = os.getpid()
-    CURRENT[0] = Candidate(sock)
+    CURRENT[0] = Candidate(sock, state.cfg)
     limit = int(state.cfg.get("output_max_bytes", 1_000_000))
-    result = execute(str(msg.get("code", "")), state.ns, limit)
+    depth_max = int(state.cfg.get("json_depth_max", 32))
+    result = execute(str(msg.get("code", "")), state.ns, limit, depth_max)
     CURRENT[0] = None
     if os.getpid() != me:  # a process the code forked finished the code: it has no say
         os._exit(0)
@@ -507,7 +612,7 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
         result["is_final"], result["final_answer"] = False, None
         result["keep"] = False
     try:
-        protocol.send_blocking(sock, result)
+        send_result(sock, result)
         while True:
             reply = protocol.recv_blocking(sock)
             if reply is None or reply.get("op") == "exit":

@@ -26,10 +26,15 @@ def test_decoder_round_trip_across_chunks() -> None:
     "raw, message",
     [
         (HEADER.pack(10**9), "exceeds the limit"),
-        (HEADER.pack(4) + b"\xff\xfe{}", "not UTF-8 JSON"),
+        (HEADER.pack(4) + b"\xff\xfe{}", "not strict UTF-8 JSON"),
         (HEADER.pack(7) + b"[1,2,3]", "JSON object"),
         (HEADER.pack(12) + b'{"op": 12}  ', "JSON object"),
-        (HEADER.pack(5) + b"nope!", "not UTF-8 JSON"),
+        (HEADER.pack(5) + b"nope!", "not strict UTF-8 JSON"),
+        (HEADER.pack(18) + b'{"op":"x","v":NaN}', "NaN is not JSON"),
+        (HEADER.pack(24) + b'{"op":"x","v":-Infinity}', "Infinity is not JSON"),
+        (HEADER.pack(10000) + b"[" * 5000 + b"]" * 5000, "nested deeper than 64"),
+        (HEADER.pack(200) + b'{"op":"x","v":' + b"[" * 70 + b"]" * 70 + b"}" + b" " * 45,
+         "nested deeper than 64"),
     ],
 )
 def test_decoder_rejects_bad_frames(raw: bytes, message: str) -> None:
@@ -95,10 +100,13 @@ async def test_forged_result_is_validated_not_trusted(open_session: Opener) -> N
     # A well-formed forged result is accepted as that candidate's result: it can only lie
     # about its own output. It cannot claim to be someone else or pass descriptors.
     s = await open_session(attack_config(control_timeout_s=1.0))
-    forged = {"op": "result", "stdout": "forged", "value_repr": "1", "error": None,
-              "error_kind": None, "is_final": True, "final_answer": {"a": 1}}
-    r = await s.run(FIND_SOCKET + f"s.sendall(frame({forged!r}))\nimport time\n"
-                    "time.sleep(30)")
+    texts = [{"op": "text", "field": "stdout", "data": "forged"},
+             {"op": "text", "field": "value_repr", "data": "1"},
+             {"op": "text", "field": "final_answer", "data": '{"a": 1}'}]
+    forged = {"op": "result", "texts": ["stdout", "value_repr", "final_answer"],
+              "error_kind": None, "is_final": True, "final_json": True}
+    r = await s.run(FIND_SOCKET + f"for t in {texts!r}:\n    s.sendall(frame(t))\n"
+                    f"s.sendall(frame({forged!r}))\nimport time\ntime.sleep(30)")
     assert r.stdout == "forged" and r.final_answer == {"a": 1}
     # the forger kept running instead of waiting to be promoted: the next step notices
     r = await s.run("40 + 2")

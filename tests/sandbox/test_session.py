@@ -56,7 +56,8 @@ async def test_random_state_survives_the_fork_per_step(open_session: Opener) -> 
 
 
 async def test_numpy_and_sympy_work(open_session: Opener) -> None:
-    s = await open_session()
+    # importing sympy takes seconds on a busy machine: a wall limit far above that
+    s = await open_session(fast_config(step_timeout_s=60.0, cpu_s=30))
     r = await s.run("import numpy as np\nnp.arange(10).reshape(2, 5).sum(axis=1).tolist()")
     assert r.value_repr == "[10, 35]", r.error
     r = await s.run("import sympy\nx = sympy.symbols('x')\nsympy.solve(x**2 - 4, x)")
