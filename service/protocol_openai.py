@@ -162,7 +162,7 @@ class ChatChoice(BaseModel):
 
 class RunInfo(BaseModel):
     id: str
-    finish_reason: Literal["answer", "max_steps", "error", "timeout"]
+    finish_reason: Literal["answer", "max_steps", "stuck", "error", "timeout"]
     error: str | None = None
     steps_count: int
     steps: list[StepOut] | None = None

@@ -182,7 +182,7 @@ class SolveResponse(BaseModel):
     created: int = Field(description="Unix time")
     model: str
     answer: Any = Field(description="The value given to final_answer (any JSON), null if none")
-    finish_reason: Literal["answer", "max_steps", "error", "timeout"]
+    finish_reason: Literal["answer", "max_steps", "stuck", "error", "timeout"]
     error: str | None = Field(None, description="What failed, when finish_reason is 'error'")
     error_type: str | None = None
     steps: list[StepOut]

@@ -6,13 +6,17 @@ agree on prompt token counts (plain and prefilled): a cross-check of both prompt
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from agent.model_client import ModelRequestError, SamplingParams
 from agent.openai_client import OpenAIChatClient
+from agent.streaming import collect
 from agent.transformers_engine import TransformersEngine
 from tests.helpers.vllm_server import VLLMServer
 
@@ -80,3 +84,45 @@ async def test_prefilled_assistant_turn_is_continued(
 async def test_request_beyond_the_context_is_a_request_error(client: OpenAIChatClient) -> None:
     with pytest.raises(ModelRequestError):
         await client.complete(CHAT, params(max_tokens=10_000))
+
+
+async def test_streamed_n_samples_and_early_close(
+    client: OpenAIChatClient, vllm_tiny_server: VLLMServer
+) -> None:
+    # streamed n=4 gives the same samples as the plain request, with exact per-choice tokens
+    p = params(n=4, max_tokens=40, stop=["e"])
+    plain = await client.complete(CHAT, p)
+    streamed = await collect(client.stream(CHAT, p))
+    assert [c.text for c in streamed.choices] == [c.text for c in plain.choices]
+    assert [c.finish_reason for c in streamed.choices] == ["stop"] * 4
+    assert sum(c.tokens or 0 for c in streamed.choices) == plain.usage.completion_tokens
+    assert streamed.usage == plain.usage
+    # closing a long stream early aborts the request: the server stops generating
+    metrics_url = vllm_tiny_server.base_url.removesuffix("/v1") + "/metrics"
+    async with httpx.AsyncClient() as http:
+
+        async def gauge(name: str) -> float:
+            text = (await http.get(metrics_url)).text
+            found = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+            assert found, f"{name} is not among the server's metrics"
+            return sum(float(v) for v in found)
+
+        generated0 = await gauge("vllm:generation_tokens_total")
+        stream = client.stream(CHAT, params(n=4, max_tokens=3000))
+        seen: set[int] = set()
+        async for delta in stream:
+            if delta.text:  # (vLLM's first chunk per choice carries only the role)
+                seen.add(delta.index)
+            if len(seen) == 4:
+                break
+        await stream.aclose()
+        assert stream.usage.prompt_tokens > 0
+        assert 4 <= stream.usage.completion_tokens < 4 * 3000
+        deadline = asyncio.get_running_loop().time() + 60
+        while await gauge("vllm:num_requests_running") > 0:
+            assert asyncio.get_running_loop().time() < deadline, "the request kept running"
+            await asyncio.sleep(0.5)
+        generated = await gauge("vllm:generation_tokens_total") - generated0
+        await asyncio.sleep(1.0)
+        assert await gauge("vllm:generation_tokens_total") - generated0 == generated
+    assert generated < 4 * 3000 / 2  # the samples were stopped long before max_tokens
