@@ -21,7 +21,9 @@ Contract:
   and neither writes there nor moves itself (which it would otherwise try).
 - `JailCgroupsV2` reads one jail's counters: memory.events `oom_kill`, pids.events `max`,
   memory.current / memory.peak, cgroup.procs; `cleanup()` kills what is left (cgroup.kill
-  when the kernel has it) and removes the group.
+  when the kernel has it) and removes the group. `freezer()` is the jail's between-steps
+  freezer (sandbox.freezer's interface): `cgroup.freeze` of the jail's own group, which
+  already holds every process of the jail.
 """
 
 from __future__ import annotations
@@ -362,6 +364,10 @@ class JailCgroupsV2:
         """Host pids of every process in the jail (zombies excluded)."""
         return _pids(self.dir)
 
+    def freezer(self) -> CgroupV2Freezer | None:
+        """The jail's freezer (None on a kernel without cgroup.freeze, before Linux 5.2)."""
+        return CgroupV2Freezer(self.dir) if (self.dir / "cgroup.freeze").exists() else None
+
     def cleanup(self) -> bool:
         """Kill anything left (nsjail normally does) and remove the group; True when gone."""
         if not self.dir.exists():
@@ -376,3 +382,35 @@ class JailCgroupsV2:
         with contextlib.suppress(OSError):
             self.dir.rmdir()
         return not self.dir.exists()
+
+
+class CgroupV2Freezer:
+    """Freezes one jail through its group's cgroup.freeze (sandbox.freezer.Freezer)."""
+
+    def __init__(self, group: Path) -> None:
+        self.dir = group
+        self.frozen = False
+
+    def attach(self, pids: object) -> None:
+        """Nothing to do: nsjail put the jail's processes in this group already."""
+
+    def freeze(self) -> None:
+        if not self.frozen:
+            with contextlib.suppress(OSError):
+                _write(self.dir / "cgroup.freeze", "1")
+                self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            with contextlib.suppress(OSError):
+                _write(self.dir / "cgroup.freeze", "0")
+            self.frozen = False
+
+    def remove(self) -> None:
+        """Thaw (the group itself goes with the jail: nsjail or cleanup() removes it)."""
+        self.frozen = True  # force the write
+        self.thaw()
+
+    def is_frozen(self) -> bool:
+        """The kernel finished freezing every process of the group (cgroup.events)."""
+        return _read_kv(self.dir / "cgroup.events", "frozen") == 1

@@ -287,3 +287,23 @@ def test_setup_is_shared_with_the_command_line_and_the_counters(v2: Path) -> Non
     counters = cgroups.jail_cgroups(config, 42)
     assert isinstance(counters, cgroup_v2.JailCgroupsV2)
     assert counters.dir == v2 / "NSJAIL" / "NSJAIL.42"
+
+
+def test_v2_freezer_writes_the_jails_cgroup_freeze(tmp_path: Path) -> None:
+    jail = cgroup_v2.JailCgroupsV2(tmp_path, 5)
+    jail.dir.mkdir()
+    assert jail.freezer() is None  # a kernel without cgroup.freeze (before 5.2)
+    (jail.dir / "cgroup.freeze").write_text("0")
+    (jail.dir / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    freezer = jail.freezer()
+    assert freezer is not None
+    freezer.attach([1, 2])  # the jail's processes are in its group already
+    freezer.freeze()
+    assert (jail.dir / "cgroup.freeze").read_text() == "1" and not freezer.is_frozen()
+    (jail.dir / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    assert freezer.is_frozen()
+    freezer.thaw()
+    assert (jail.dir / "cgroup.freeze").read_text() == "0"
+    freezer.freeze()
+    freezer.remove()
+    assert (jail.dir / "cgroup.freeze").read_text() == "0"

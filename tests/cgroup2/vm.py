@@ -121,7 +121,7 @@ STANDARD_STEPS = [
     # misses; run it with --scenario container -- -q tests/sandbox on a quiet machine.
     # (test_recursion runs 1000 frames in its 3 s step limit: TCG under load misses that)
     ("container", ["-q", "tests/cgroup2/test_in_vm.py", "tests/sandbox/test_limits.py",
-                   "--deselect",
+                   "tests/sandbox/test_between_steps.py", "--deselect",
                    "tests/sandbox/test_limits.py::test_recursion_is_an_ordinary_error"]),
     ("container-ro", ["-q", "tests/cgroup2/test_in_vm.py"]),
     ("service", ["-q", "tests/cgroup2/test_in_vm.py"]),
