@@ -175,6 +175,16 @@ def _refuse_unpaired(runs: Sequence[Run], pairs: Sequence[dict[str, Any]]) -> No
         )
 
 
+def _warnings(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """Differences between the runs that make a factual difference hard to read."""
+    out = []
+    metrics = {rep["run"]["name"]: rep["metric"] for rep in reports}
+    if len(set(metrics.values())) > 1:
+        shown = ", ".join(f"{k}: {v}" for k, v in metrics.items())
+        out.append(f"factual accuracy is measured differently ({shown}); compare EM/F1 instead")
+    return out
+
+
 def _write_comparison(
     out: Path,
     runs: Sequence[Run],
@@ -210,6 +220,7 @@ def _write_comparison(
         f"Paired on question id; 95% percentile bootstrap over {resamples:,} resamples "
         f"(seed {seed}). * the interval excludes 0.",
         "",
+        *[f"**Warning**: {w}\n" for w in _warnings(reports)],
     ]
     (out / "compare.md").write_text("\n".join(md), encoding="utf-8")
     if html:
@@ -247,4 +258,5 @@ def compare_runs(
             for p in pairs
         ],
         "files": {k: str(out / f"compare.{k}") for k in ["json", "md", "html"][: 3 if html else 2]},
+        "warnings": _warnings(reports),
     }

@@ -161,12 +161,18 @@ def scatter_chart(
         f'<text x="{left + pw / 2}" y="{top + ph + 28}" class="ax" text-anchor="middle">'
         "tokens per question (prompt + completion)</text>"
     )
+    placed: list[tuple[float, float, float]] = []  # label boxes (x0, x1, y) already drawn
     for x, y, label, color in points:
         cx, cy = left + pw * x / xmax, top + ph - ph * max(0.0, min(1.0, y))
+        text = label.split(" - ")[-1]
+        x0, x1, ty = cx + 7, cx + 7 + 7.5 * len(text), cy + 4
+        while any(a < x1 and x0 < b and abs(ty - py) < 12 for a, b, py in placed):
+            ty -= 12  # stack labels that would overlap
+        placed.append((x0, x1, ty))
         parts.append(
             f'<circle class="pt" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}">'
             f"<title>{_e(label)}: {100 * y:.1f}% at {x:,.0f} tokens</title></circle>"
-            f'<text x="{cx + 7:.1f}" y="{cy + 4:.1f}" class="ax">{_e(label.split(" - ")[-1])}</text>'
+            f'<text x="{x0:.1f}" y="{ty:.1f}" class="ax">{_e(text)}</text>'
         )
     if legend:
         parts.append(_legend(legend, left, height - 4))

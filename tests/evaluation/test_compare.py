@@ -96,3 +96,15 @@ def test_a_set_read_from_different_files_is_refused(tmp_path: Path) -> None:
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CompareError, match="different files"):
         compare_runs([base, other], tmp_path / "cmp")
+
+
+def test_runs_graded_differently_are_compared_with_a_warning(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", fixture_records(), name="base")
+    other = write_run(tmp_path / "other", fixture_records(), name="other",
+                      judge={"url": "http://judge/v1", "model": "j"})
+    summary = compare_runs([base, other], tmp_path / "cmp", resamples=500, html=False)
+    assert summary["warnings"] == [
+        "factual accuracy is measured differently (base: exact_match, other: judge); "
+        "compare EM/F1 instead"
+    ]
+    assert "**Warning**: factual accuracy" in (tmp_path / "cmp" / "compare.md").read_text()

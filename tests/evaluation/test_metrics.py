@@ -96,3 +96,20 @@ def test_a_missing_record_is_reported_and_a_cut_last_line_is_skipped(tmp_path: P
     rep = write_reports(out, html=False)
     assert rep["missing"] == 1 and rep["sets"]["f"]["n"] == 2
     assert "have no record yet" in (out / "report.md").read_text()
+
+
+def test_eval_report_rewrites_the_reports_from_the_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = write_run(tmp_path / "run", fixture_records())
+    proc = subprocess.run([sys.executable, "-m", "distillery", "eval", "report", str(out)],
+                          capture_output=True, text=True, cwd=repo, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["sets"] == {"m": 0.5, "f": 0.3333} and summary["missing"] == 0
+    assert all((out / f).is_file() for f in ("report.json", "report.md", "report.html"))
+    proc = subprocess.run([sys.executable, "-m", "distillery", "eval", "report", str(tmp_path)],
+                          capture_output=True, text=True, cwd=repo, timeout=120)
+    assert proc.returncode == 2 and "is not an evaluation folder (no config.json)" in proc.stderr
