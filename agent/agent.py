@@ -19,7 +19,8 @@ Stuck detection (`stuck_detection`): a valid candidate that repeats the code of 
 earlier step's kept action with the same observation is a repeat; another valid
 candidate is preferred. When the kept action is a repeat all the same (valid or not),
 the step is flagged `stuck` and the run goes to the final-answer call at once, ending
-with finish_reason 'stuck'. When `max_steps` run out, the same final-answer call (n=1)
+with finish_reason 'stuck' (a repeat at the last step is flagged, the reason stays
+'max_steps'). When `max_steps` run out, the same final-answer call (n=1)
 asks for the answer from the transcript; its reply is read per the protocol
 (`agent.final_answer`), and `Trajectory.answer_source` says how.
 
@@ -236,9 +237,11 @@ class _Run:
                 self.traj.answer_source = "final_answer"
                 self.traj.finish_reason = "answer"
                 return
-            if step.stuck:
+            if step.stuck and number < self.config.max_steps:
+                stuck = True  # the final-answer call comes now, not after max_steps
                 break
-        stuck = bool(self.traj.steps) and self.traj.steps[-1].stuck
+        else:
+            stuck = False
         step = await self.final_answer_step(len(self.traj.steps) + 1)
         await self.record(step)
         self.traj.finish_reason = "stuck" if stuck else "max_steps"
