@@ -15,19 +15,31 @@ Rows (all on the real nsjail jail, default SandboxConfig limits, numpy preloaded
 - pool under load: concurrent runs (open, 3 steps, close) against a pool of 2, without and
   with 0.2 s of "model time" before each step (a real run spends seconds in the model).
 - memory: cgroup memory of one worker after some steps, and its resident processes.
+- hostile tenant (issue 12): the worst event-loop stall and the latency of another
+  tenant's `1 + 1` while one tenant sends the largest legal output, forged maximum-size
+  frames, or huge tool-call arguments from 4 candidates at a time; and the CPU a jail
+  uses between steps after a step that armed a spinning timer and left a spinner behind.
 Timings depend on machine load: the header prints the load average.
+
+`--compare REF` measures the same rows for the sandbox package of git revision REF
+(`before`) and of the working tree (`after`) in one run: the two run in alternating
+subprocesses, chunk by chunk, so that both see the same machine load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from sandbox.config import SandboxConfig
 from sandbox.executor import SandboxExecutor
@@ -267,6 +279,200 @@ async def main(quick: bool, nice: int) -> None:
     )
 
 
+# --- hostile tenant (issue 12) ------------------------------------------------------------
+
+HOSTILE = {
+    "largest legal output": "print('\\x01' * {cap_minus})",
+    "forged max-size frames": (
+        "import os, socket, stat, struct\n"
+        "for fd in range(3, 64):\n"
+        "    try:\n"
+        "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+        "            s = socket.socket(fileno=os.dup(fd)); break\n"
+        "    except OSError:\n        pass\n"
+        "n = {frame} // 2 - 8\n"
+        "body = b'{{\"op\":\"text\",\"field\":\"stdout\",\"data\":[' + b'0,' * n + b'0]}}'\n"
+        "s.sendall(struct.pack('>I', len(body)) + body)\nimport time\ntime.sleep(5)"
+    ),
+    "huge tool-call arguments": "web_search([{{}}] * 1_000_000)",
+}
+
+
+async def _echo(*args: object, **kwargs: object) -> str:
+    return "ok"
+
+
+async def _probe(stop: asyncio.Event, lags: list[float]) -> None:
+    """How late a 1 ms sleep wakes up: the event loop's stalls."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        t = loop.time()
+        await asyncio.sleep(0.001)
+        lags.append(loop.time() - t - 0.001)
+
+
+async def _attack(stop: asyncio.Event, hostile: Any, code: str) -> None:
+    while not stop.is_set():
+        await hostile.try_candidates([code] * 4)
+        await hostile.discard()
+
+
+async def hostile_stall(config: SandboxConfig, seconds: float) -> dict[str, dict[str, float]]:
+    """Per attack: victim `1 + 1` p50/p99/max and the event loop's worst lag (ms)."""
+    ex = SandboxExecutor(replace(config, pool_size=0, fork_width=4))
+    out: dict[str, dict[str, float]] = {}
+    cap, frame = ex.config.output_max_bytes, ex.config.max_frame_bytes
+    for name in ["none", *HOSTILE]:
+        victim = await ex.open_session({})
+        hostile = await ex.open_session({"web_search": _echo})
+        await victim.run("1 + 1")
+        code = HOSTILE.get(name, "1").format(cap_minus=cap - 100, frame=frame - 64)
+        stop = asyncio.Event()
+        lags: list[float] = []
+        tasks = [asyncio.create_task(_probe(stop, lags))]
+        if name != "none":
+            tasks.append(asyncio.create_task(_attack(stop, hostile, code)))
+        await asyncio.sleep(0.2)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 3:
+            t0 = time.perf_counter()
+            r = await victim.run("1 + 1")
+            times.append(time.perf_counter() - t0)
+            assert r.value_repr == "2", r.error
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        out[name] = {
+            "p50": pct(times, 0.5),
+            "p99": pct(times, 0.99),
+            "max": max(times) * 1000,
+            "lag_max": max(lags) * 1000 if lags else 0.0,
+        }
+        await victim.close()
+        await hostile.close()
+    await ex.aclose()
+    return out
+
+
+BURN = """
+import os, signal, time
+def spin(*_):
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+signal.signal(signal.SIGALRM, spin)
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        pass
+"""
+
+
+async def between_steps_cpu(config: SandboxConfig, wait_s: float = 1.0) -> dict[str, float]:
+    """CPU seconds per second the jail uses while no step runs: after an honest step, and
+    after a step that armed a spinning timer and left a detached spinner."""
+    ex = SandboxExecutor(replace(config, pool_size=0))
+    out: dict[str, float] = {}
+    for name, code in (("honest step", "x = 1"), ("hostile step", BURN)):
+        s = await ex.open_session({})
+        await s.run(code)
+        w = s.worker
+        assert w is not None
+        await asyncio.sleep(0.3)
+        c0 = jail_cpu_s(w)
+        await asyncio.sleep(wait_s)
+        out[name] = (jail_cpu_s(w) - c0) / wait_s
+        await s.close()
+    await ex.aclose()
+    return out
+
+
+# hostile code reaches these modules anyway (random._os is os): open the allow-list up
+HOSTILE_IMPORTS = ["os", "signal", "socket", "stat", "struct", "time"]
+
+
+async def part(name: str, rounds: int, seconds: float) -> object:
+    import sandbox
+
+    print(f"sandbox package: {Path(sandbox.__file__).parent}", file=sys.stderr)
+    base = SandboxConfig(pool_size=0)
+    base.allowed_imports = [*base.allowed_imports, *HOSTILE_IMPORTS]
+    if name == "interleaved":
+        ex = SandboxExecutor(base)
+        data = await interleaved(ex, rounds)
+        await ex.aclose()
+        return data
+    if name == "stall":
+        return await hostile_stall(base, seconds)
+    if name == "idle_cpu":
+        return await between_steps_cpu(base)
+    raise SystemExit(f"unknown part {name!r}")
+
+
+def run_part(tree: Path, name: str, rounds: int, seconds: float) -> object:
+    """One part in a subprocess whose `sandbox` package is the one under `tree`."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(repo)])}
+    cmd = [sys.executable, "-m", "benchmarks.bench_sandbox", "--part", name,
+           "--rounds", str(rounds), "--seconds", str(seconds)]
+    # cwd = tree: `-m` puts the cwd first on sys.path, so `sandbox` comes from the tree
+    proc = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"part {name} for {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(ref: str, quick: bool) -> None:
+    """Before (REF's sandbox package) and after (this tree's), alternating, same load."""
+    repo = Path(__file__).resolve().parents[1]
+    chunks, rounds, seconds = (2, 5, 2.0) if quick else (6, 10, 4.0)
+    with tempfile.TemporaryDirectory(prefix="bench-sandbox-before-") as tmp:
+        archive = subprocess.run(
+            ["git", "archive", ref, "sandbox"], cwd=repo, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        trees = {"before": Path(tmp), "after": repo}
+        print(
+            f"sandbox before/after benchmark: before = {ref}'s sandbox/, after = the working "
+            f"tree; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"
+        )
+        samples: dict[str, dict[str, list[float]]] = {k: {} for k in trees}
+        for i in range(chunks):  # alternate so both versions see the same load
+            order = list(trees) if i % 2 == 0 else list(reversed(trees))
+            for label in order:
+                data = run_part(trees[label], "interleaved", rounds, seconds)
+                assert isinstance(data, dict)
+                for key, xs in data.items():
+                    samples[label].setdefault(key, []).extend(xs)
+        stall = {label: run_part(tree, "stall", rounds, seconds) for label, tree in trees.items()}
+        idle = {label: run_part(tree, "idle_cpu", rounds, seconds) for label, tree in trees.items()}
+        load_end = os.getloadavg()[0]
+    print(f"load average at the end {load_end:.1f}\n")
+    print(f"{'row':40} {'before p50':>11} {'after p50':>10} {'after/before':>13}  target")
+    for key, name, target in (
+        ("fresh", "fresh nsjail `python -c pass`", ""),
+        ("step", "warm step `x = 1`", f"p50 < {TARGET_STEP_MS:g} ms idle"),
+        ("forks", f"N={N} forked candidates + commit", f"< {TARGET_FORKS_MS:g} ms idle"),
+    ):
+        b, a = pct(samples["before"][key], 0.5), pct(samples["after"][key], 0.5)
+        print(f"{name:40} {b:9.2f}ms {a:8.2f}ms {a / b:13.2f}  {target}")
+    print("\nhostile tenant (4 candidates at a time) vs another tenant's `1 + 1`, ms:")
+    print(f"{'attack':28} {'version':>7} {'1+1 p50':>8} {'p99':>8} {'max':>8} {'loop lag max':>13}")
+    for name in ["none", *HOSTILE]:
+        for label in trees:
+            r = stall[label][name]  # type: ignore[index]
+            print(
+                f"{name:28} {label:>7} {r['p50']:8.2f} {r['p99']:8.2f} {r['max']:8.1f} "
+                f"{r['lag_max']:13.1f}"
+            )
+    print("\njail CPU between steps (CPU-s per s, while no step runs):")
+    for name in ("honest step", "hostile step"):
+        b = idle["before"][name]  # type: ignore[index]
+        a = idle["after"][name]  # type: ignore[index]
+        print(f"{'after ' + name:28} before {b:6.3f}  after {a:6.3f}")
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~20 s)")
@@ -276,8 +482,21 @@ def cli() -> None:
         default=0,
         help="niceness of the jailed processes (run this process under `nice -n N` too)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        help="before/after: REF's sandbox package vs the working tree's, in one run",
+    )
+    parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.nice))
+    if args.part:
+        print(json.dumps(asyncio.run(part(args.part, args.rounds, args.seconds))))
+    elif args.compare:
+        compare(args.compare, args.quick)
+    else:
+        asyncio.run(main(args.quick, args.nice))
 
 
 if __name__ == "__main__":

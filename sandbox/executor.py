@@ -161,4 +161,5 @@ class SandboxExecutor:
             "workers_started": s.started,
             "worker_start_failures": s.start_failures,
             "open_sessions": len(self._sessions),
+            "jail_uids_in_use": self.uids.in_use if self.uids is not None else 0,
         }

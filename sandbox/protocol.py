@@ -12,8 +12,10 @@ module, by the worker inside the jail: standard library only, no package imports
 Bounds (the host treats everything from the jail as hostile): a frame is at most the
 host's `max_frame` bytes (64 KiB by default), strict JSON (NaN and Infinity are refused),
 nested at most `max_depth` deep; long text - output, reprs, tracebacks, a final answer -
-travels in `text` frames of at most TEXT_CHUNK_CHARS characters each, so no single decode
-on the host is long and the host counts every byte against its own caps.
+travels in raw text frames of at most TEXT_CHUNK_CHARS characters each (header flag
+RAW_TEXT: one byte naming the field, then UTF-8 - no JSON escaping, decoded at memory
+speed), so no single decode on the host is long and the host counts every byte against
+its own caps. The decoder turns a raw text frame into {"op": "text", field, data}.
 
 Messages (host -> worker process):
   config   {allowed_imports, output_max_bytes, cpu_s, preload, site_dirs,
@@ -50,8 +52,10 @@ from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FDS_PER_MESSAGE = 1
-TEXT_CHUNK_CHARS = 8192
-"""Characters per `text` frame: at most 6 bytes each in JSON, so a frame stays < 50 KB."""
+TEXT_CHUNK_CHARS = 15_000
+"""Characters per text frame: at most 4 bytes each in UTF-8, so a frame stays < 60 KB."""
+RAW_TEXT = 1 << 31
+"""Header flag of a raw text frame (the length is in the lower 31 bits)."""
 TEXT_FIELDS = ("stdout", "value_repr", "error", "final_answer")
 FINAL_JSON_MAX_BYTES = 1 << 15
 """A structured final answer's JSON is at most this large; bigger ones are sent as str()."""
@@ -127,13 +131,14 @@ class FrameDecoder:
         self._buf += data
         while len(self._buf) >= HEADER.size:
             (n,) = HEADER.unpack_from(self._buf)
+            raw, n = bool(n & RAW_TEXT), n & ~RAW_TEXT
             if n > self.max_frame:
                 raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
             if len(self._buf) < HEADER.size + n:
                 return
             body = bytes(self._buf[HEADER.size : HEADER.size + n])
             del self._buf[: HEADER.size + n]
-            yield decode_body(body, self.max_depth), n
+            yield (decode_raw_text(body) if raw else decode_body(body, self.max_depth)), n
 
     def feed(self, data: bytes) -> Iterator[Message]:
         for msg, _ in self.feed_sized(data):
@@ -147,10 +152,25 @@ class FrameDecoder:
 # --- blocking helpers (used by the worker inside the jail) ------------------------------
 
 
+def decode_raw_text(body: bytes) -> Message:
+    if not body or body[0] >= len(TEXT_FIELDS):
+        raise ProtocolError("raw text frame without a known field")
+    try:
+        data = body[1:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"raw text frame is not UTF-8: {e}") from None
+    return {"op": "text", "field": TEXT_FIELDS[body[0]], "data": data}
+
+
+def encode_raw_text(field: str, text: str) -> bytes:
+    body = bytes([TEXT_FIELDS.index(field)]) + text.encode("utf-8", "replace")
+    return HEADER.pack(RAW_TEXT | len(body)) + body
+
+
 def send_text(sock: socket.socket, field: str, text: str) -> None:
-    """Send `text` as `text` frames of at most TEXT_CHUNK_CHARS characters."""
+    """Send `text` as raw text frames of at most TEXT_CHUNK_CHARS characters."""
     for i in range(0, len(text), TEXT_CHUNK_CHARS):
-        send_blocking(sock, {"op": "text", "field": field, "data": text[i : i + TEXT_CHUNK_CHARS]})
+        sock.sendall(encode_raw_text(field, text[i : i + TEXT_CHUNK_CHARS]))
 
 
 def send_blocking(sock: socket.socket, msg: Message, fds: tuple[int, ...] = ()) -> None:

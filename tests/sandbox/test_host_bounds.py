@@ -55,8 +55,13 @@ FORGED = {
         "    s.recv(struct.unpack('>I', hdr)[0], socket.MSG_WAITALL)"
     ),
     "oversized_text_frame": (
-        "s.sendall(frame({'op': 'text', 'field': 'stdout', 'data': 'x' * 9000}))"
+        "s.sendall(frame({'op': 'text', 'field': 'stdout', 'data': 'x' * 16000}))"
     ),
+    "oversized_raw_text_frame": (
+        "s.sendall(struct.pack('>I', (1 << 31) | 65001) + b'\\x00' + b'x' * 65000)"
+    ),
+    "raw_text_frame_not_utf8": "s.sendall(struct.pack('>I', (1 << 31) | 3) + b'\\x00\\xff\\xfe')",
+    "raw_text_frame_unknown_field": "s.sendall(struct.pack('>I', (1 << 31) | 2) + b'\\x09x')",
     "many_descriptors": (
         "fd = os.open('/dev/null', os.O_RDONLY)\n"
         "for _ in range(20):\n"

@@ -113,3 +113,19 @@ async def test_forged_result_is_validated_not_trusted(open_session: Opener) -> N
     assert r.value_repr == "42" or r.state_lost
     r = await s.run("40 + 2")
     assert r.value_repr == "42"
+
+
+def test_raw_text_frames_round_trip_and_are_checked() -> None:
+    from sandbox.protocol import RAW_TEXT, encode_raw_text
+
+    text = "é\x00\U0001f600" * 1000 + "\ud800"  # a lone surrogate becomes "?"
+    data = encode_raw_text("stdout", text) + encode({"op": "b"})
+    out = list(FrameDecoder(max_frame=1 << 16).feed(data))
+    assert out == [{"op": "text", "field": "stdout", "data": text[:-1] + "?"}, {"op": "b"}]
+    for bad, message in [
+        (HEADER.pack(RAW_TEXT | 2) + b"\x07x", "known field"),
+        (HEADER.pack(RAW_TEXT | 3) + b"\x00\xff\xfe", "not UTF-8"),
+        (HEADER.pack(RAW_TEXT | 70_000), "exceeds the limit"),
+    ]:
+        with pytest.raises(ProtocolError, match=message):
+            list(FrameDecoder(max_frame=1 << 16).feed(bad))
