@@ -6,7 +6,7 @@ where they are used).
 """
 
 from agent.agent import AgentConfig, run_agent
-from agent.embedded_model import EmbeddedModelError, ensure_embedded_model
+from agent.embedded_model import EmbeddedModelError, convert_gguf_to_hf, ensure_embedded_model
 from agent.executor import (
     ErrorKind,
     ExecutionResult,
@@ -78,6 +78,7 @@ __all__ = [
     "TransformersEngine",
     "Usage",
     "checkpoint_protocol_file",
+    "convert_gguf_to_hf",
     "default_protocol",
     "ensure_embedded_model",
     "initial_messages",

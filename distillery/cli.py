@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "distillery.commands.index",  # index build|search
     "distillery.commands.training",  # generate, train build-data|sft, export
     "distillery.commands.eval",  # eval run|report|compare
+    "distillery.commands.study",  # study run
 ]
 
 

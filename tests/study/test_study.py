@@ -1,0 +1,278 @@
+"""`distillery study run --quick` end to end on CPU: real question harvest from ../shared/data
+(HotpotQA hash split, reasoning-gym arithmetic, GSM-Hard), a scripted arithmetic teacher behind
+the real-HTTP scripted server (it computes 'Calculate <expr>.' questions with Python and
+answers anything else wrongly: the only stand-in, since a real teacher is hours of CPU),
+build-data, SFT of the random tiny model, export, in-process evaluation of every row, the
+paired comparison and results.json.
+
+The kill test SIGKILLs a real `distillery study run` subprocess in the middle of SFT, runs the
+same command again, and checks that it continues (finished stages are not redone) and ends
+with the same records, data, losses and table as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillery.cli import main as cli_main
+from study.config import load_config
+from study.pipeline import split_of
+from tests.helpers.scripted_server import ScriptedServer
+from training.questions import load_questions
+
+REPO = Path(__file__).resolve().parents[2]
+EXPR = re.compile(r"Calculate ([-+*/() 0-9]+?)\.(?:\s|$)")
+
+
+def _value(text: str) -> int | float | None:
+    m = EXPR.search(text)
+    if not m:
+        return None
+    v = eval(m.group(1))  # noqa: S307 - reasoning-gym's arithmetic expressions only
+    return int(v) if float(v).is_integer() else round(v, 6)
+
+
+def study_teacher(body: dict[str, Any]) -> list[str]:
+    """CoT: the boxed value; agent: compute in step 1, final_answer in step 2."""
+    msgs = body["messages"]
+    first_user = next(m["content"] for m in msgs if m["role"] == "user")
+    v, n = _value(first_user), body.get("n", 1)
+    if msgs[0]["role"] == "user" and len(msgs) == 1:
+        return [f"Compute it.\n\nThe answer is \\boxed{{{'unknown' if v is None else v}}}."] * n
+    if not any(m["role"] == "assistant" for m in msgs) and v is not None:
+        expr = EXPR.search(first_user).group(1)  # type: ignore[union-attr]
+        code = f"result = {expr}\nprint(result)"
+        return [f"Thought: I compute it.\nCode:\n```py\n{code}\n```<end_code>"] * n
+    answer = "result" if v is not None else "'unknown'"
+    return [f"Thought: done.\nCode:\n```py\nfinal_answer({answer})\n```<end_code>"] * n
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Iterator[ScriptedServer]:
+    with ScriptedServer(model="teacher") as srv:
+        srv.handler = study_teacher
+        yield srv
+
+
+def study_argv(out: Path, student: Path, teacher: ScriptedServer, data: Path) -> list[str]:
+    return [
+        "study", "run", "--quick", "--out", str(out), "--student", str(student),
+        "--teacher-url", teacher.url, "--teacher-model", "teacher", "--data-dir", str(data),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(
+    teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:  # fmt: skip
+    """One uninterrupted quick study, in-process."""
+    out = tmp_path_factory.mktemp("study") / "ref"
+    assert cli_main(study_argv(out, tiny_model_dir, teacher, shared_data_dir)) == 0
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+STAGES = [
+    "questions", "student-base", "generate-agent", "generate-cot", "eval-teacher", "eval-base",
+    "build-data-agent", "build-data-cot", "sft-agent", "sft-cot", "export-agent", "export-cot",
+    "eval-agent", "eval-agent_sag", "eval-cot", "compare", "results",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quick_study_runs_every_stage(reference: Path, shared_data_dir: Path) -> None:
+    for name in STAGES:
+        assert (reference / "stages" / f"{name}.json").is_file(), name
+
+    # questions: the hash split never puts a test question in training
+    train = read_jsonl(reference / "questions" / "hotpot_train.jsonl")
+    test = read_jsonl(reference / "questions" / "hotpot_test.jsonl")
+    assert train and test and all(split_of(r["id"]) == "train" for r in train)
+    assert all(split_of(r["id"]) == "test" for r in test)
+    math_train = {r["question"] for r in read_jsonl(reference / "questions" / "math_train.jsonl")}
+    math_test = read_jsonl(reference / "questions" / "math_test.jsonl")
+    assert math_test and not math_train & {r["question"] for r in math_test}
+    gsm = read_jsonl(reference / "questions" / "gsm_hard.jsonl")
+    first = load_questions(shared_data_dir / "questions" / "gsm_hard_500_20250507.json", limit=1)
+    assert [r["id"] for r in gsm] == [q.id for q in first]
+
+    results = json.loads((reference / "results.json").read_text())
+    assert results["partial"] is False
+    # the teacher computes every arithmetic question at the first attempt and answers the
+    # factual ones wrongly, so those get a second (sampled) attempt that fails again
+    agent = results["harvest"]["agent"]
+    assert agent["by_task"]["math"]["solved"] == agent["by_task"]["math"]["questions"] == 2
+    assert agent["by_task"]["hotpotqa"] == {**agent["by_task"]["hotpotqa"], "solved": 0, "runs": 4}
+    assert [a["ran"] for a in agent["attempts"]] == [4, 2]
+    second = read_jsonl(reference / "teacher" / "agent" / "attempt-1.jsonl")
+    assert {r["id"] for r in second} == {r["id"] for r in train}
+    assert all(r["trajectory"]["config"]["temperature"] == 0.7 for r in second)
+    # build-data keeps the correct ones only and says why the rest went
+    assert results["build_data"]["agent"]["kept"] == 2
+    assert results["build_data"]["agent"]["dropped"] == {"incorrect": 4}
+    assert results["build_data"]["cot"]["kept"] == 2
+    kinds = {r["kind"] for r in read_jsonl(reference / "data" / "cot.jsonl")}
+    assert kinds == {"cot"}
+    # both students trained with the same budget, exported, and evaluated
+    assert results["sft"]["agent"]["global_step"] == results["sft"]["cot"]["global_step"] == 2
+    assert (reference / "export" / "agent" / "model.safetensors").is_file()
+    rows = {r["row"]: r for r in results["table"]}
+    assert set(rows) == {"base", "cot", "agent", "agent_sag", "teacher"}
+    assert rows["teacher"]["sets"]["math_test"]["accuracy"] == 1.0
+    assert rows["teacher"]["sets"]["gsm_hard"]["accuracy"] == 0.0
+    sag = read_jsonl(reference / "eval" / "agent_sag" / "records.jsonl")
+    assert all(r["trajectory"]["config"]["samples"] == 2 for r in sag)
+    cmp = json.loads((reference / "compare" / "compare.json").read_text())
+    assert len(cmp["runs"]) == 5
+    assert "| teacher (agent) |" in (reference / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_skips_everything(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    before = {p.name: p.read_text() for p in (reference / "stages").glob("*.json")}
+    n_requests = len(teacher.requests)
+    assert cli_main(study_argv(reference, tiny_model_dir, teacher, shared_data_dir)) == 0
+    err = capsys.readouterr().err
+    assert err.count("done already") == len(STAGES)
+    assert len(teacher.requests) == n_requests  # no model call at all
+    assert {p.name: p.read_text() for p in (reference / "stages").glob("*.json")} == before
+
+
+@pytest.mark.slow
+def test_other_config_is_refused(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"preset": "quick", "attempts": 3}))
+    argv = study_argv(reference, tiny_model_dir, teacher, shared_data_dir)
+    argv[argv.index("--quick")] = "--config"
+    argv.insert(argv.index("--config") + 1, str(cfg))
+    assert cli_main(argv) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+def test_config_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"preset": "quick", "atempts": 2}))
+    with pytest.raises(ValueError, match="unknown field 'atempts'"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown rows"):
+        load_config(preset_name="quick", rows=["base", "nope"], student={"path": "x"},
+                    teacher={"url": "http://x"})  # fmt: skip
+
+
+def test_hash_split_is_stable_and_balanced(shared_data_dir: Path) -> None:
+    ids = [json.loads(x)["question_id"] for x in
+           (shared_data_dir / "wiki" / "gold.jsonl").read_text().splitlines()]  # fmt: skip
+    halves = [split_of(i) for i in ids]
+    assert 0.4 < halves.count("train") / len(halves) < 0.6
+    assert split_of("5a8b57f25542995d1e6f1371") == split_of("5a8b57f25542995d1e6f1371")
+
+
+@pytest.mark.slow
+def test_sft_resumes_past_a_half_written_checkpoint(
+    reference: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A hard kill while the Trainer writes checkpoint-2 leaves it without trainer_state.json:
+    the rerun drops it and resumes from checkpoint-1."""
+    import shutil
+
+    from training.sft import SFTSettings, train_sft
+
+    run = tmp_path / "sft"
+    shutil.copytree(reference / "sft" / "agent" / "checkpoints", run / "checkpoints")
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()
+    cfg = json.loads((reference / "sft" / "agent" / "sft_config.json").read_text())
+    summary = train_sft(SFTSettings(
+        model=tiny_model_dir, data=[reference / "data" / "agent.jsonl"], output_dir=run,
+        method="full", learning_rate=cfg["learning_rate"], max_steps=2, effective_batch=2,
+        max_length=cfg["max_length"], threads=1, save_steps=1, progress=False, device="cpu",
+        lora_r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], epochs=cfg["epochs"],
+    ))  # fmt: skip
+    assert summary["resumed_from"].endswith("checkpoint-1")
+    assert summary["metrics"]["global_step"] == 2
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"the study exited early ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout_s} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sft_then_rerun_gives_the_same_result(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "distillery", *study_argv(
+        out, tiny_model_dir, teacher, shared_data_dir)]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    log = (tmp_path / "first.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # the first SFT checkpoint exists: kill inside sft-agent, before its marker
+        ckpt = out / "sft" / "agent" / "checkpoints" / "checkpoint-1"
+        wait_for(ckpt / "trainer_state.json", proc, 600)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert not (out / "stages" / "sft-agent.json").exists()
+    done_before = {p.stem: json.loads(p.read_text())["finished_at"]
+                   for p in (out / "stages").glob("*.json")}  # fmt: skip
+    assert "generate-agent" in done_before
+
+    second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    err = second.stderr.decode()
+    for name in done_before:
+        assert f"{name}: done already" in err
+    assert "sft-agent: running" in err
+    for name, finished in done_before.items():  # not redone
+        assert json.loads((out / "stages" / f"{name}.json").read_text())["finished_at"] == finished
+    summary = json.loads((out / "sft" / "agent" / "train_summary.json").read_text())
+    assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-1")
+
+    # the same result as the uninterrupted run
+    for rel in ("questions/math_train.jsonl", "questions/hotpot_test.jsonl", "data/agent.jsonl",
+                "data/cot.jsonl"):  # fmt: skip
+        assert (out / rel).read_text() == (reference / rel).read_text(), rel
+    ref_losses = [r["loss"] for r in read_jsonl(reference / "sft" / "agent" / "log.jsonl")
+                  if "loss" in r]  # fmt: skip
+    losses = {r["step"]: r["loss"] for r in read_jsonl(out / "sft" / "agent" / "log.jsonl")
+              if "loss" in r}  # fmt: skip
+    assert [losses[s] for s in sorted(losses)] == pytest.approx(ref_losses, rel=1e-4)
+    ref = json.loads((reference / "results.json").read_text())["table"]
+    got = json.loads((out / "results.json").read_text())["table"]
+    strip = [{"row": r["row"], **{s: v["accuracy"] for s, v in r["sets"].items()}} for r in ref]
+    assert [{"row": r["row"], **{s: v["accuracy"] for s, v in r["sets"].items()}}
+            for r in got] == strip  # fmt: skip
+    for row in ("base", "agent", "cot"):
+        a = {r["id"]: r["prediction"] for r in read_jsonl(out / "eval" / row / "records.jsonl")}
+        b = {r["id"]: r["prediction"]
+             for r in read_jsonl(reference / "eval" / row / "records.jsonl")}  # fmt: skip
+        assert a == b, row
