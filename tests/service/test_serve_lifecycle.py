@@ -142,7 +142,7 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
     events = sse_events(text)
     assert status == 200 and events[-1][0] == "error", text
     assert json.loads(events[-1][1])["error"]["code"] == "shutting_down"
-    assert elapsed < 4 + 5 + 10  # grace + flush + margin: no 60 s model reply awaited
+    assert elapsed < 45  # grace 4 s + flush: the 60 s model replies were not awaited
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     assert '"event": "drain_aborted"' in log
 
@@ -174,17 +174,13 @@ def test_slowloris_connections_are_closed_and_bounded(lifecycle_server: Serve) -
             c.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\ncontent-type: application/json"
                       b"\r\nContent-Length: 500\r\n\r\n{\"question\":")
         socks.append(c)  # i % 3 == 2: connects and sends nothing
-    # past max_connections (40), connections are refused at once with a 503
-    extra = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(20)]
-    refused = [_wait_closed(c, 10) for c in extra]
-    assert sum(r.startswith(b"HTTP/1.1 503") for r in refused) >= 10
     answers = [_wait_closed(c, 20) for c in socks]  # header/body timeouts are 1 s
     for i, a in enumerate(answers):
         if i % 3 == 1:
             assert a.startswith(b"HTTP/1.1 408") and b"body_timeout" in a, a
         else:
             assert a == b"" or a.startswith(b"HTTP/1.1 408"), a
-    for c in socks + extra:
+    for c in socks:
         c.close()
     deadline = time.monotonic() + 20
     while s.fds() > baseline + 3 and time.monotonic() < deadline:
@@ -204,3 +200,33 @@ def test_keep_alive_then_slow_headers(lifecycle_server: Serve) -> None:
     rest = _wait_closed(c, 20)  # (what is left of the first response, then the 408)
     assert b"HTTP/1.1 408" in rest and b"header_timeout" in rest
     c.close()
+
+
+def test_connections_past_the_bound_are_refused_at_once(
+    scripted_server: ScriptedServer, index_dir: Path
+) -> None:
+    s = Serve(scripted_server, index_dir, "--max-connections", "10", "--header-timeout-s", "120")
+    try:
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(10)]
+        time.sleep(0.5)
+        extra = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(5)]
+        for c in extra:
+            answer = _wait_closed(c, 20)
+            assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer
+            c.close()
+        held[0].setblocking(False)
+        with pytest.raises(BlockingIOError):  # the held ones are still open, waiting
+            held[0].recv(1)
+        for c in held:
+            c.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # closing them frees the slots
+            try:
+                if httpx.get(s.url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the server did not accept connections again")
+    finally:
+        s.stop()
