@@ -204,19 +204,6 @@ class Settings(BaseSettings):
         30.0, ge=0,
         description="On SIGTERM: runs in flight may finish for this long, then end with 503",
     )
-    header_timeout_s: float = Field(
-        10.0, gt=0, description="A request's line and headers must arrive within this (408)"
-    )
-    body_timeout_s: float = Field(
-        30.0, gt=0, description="A request body must arrive within this after its headers (408)"
-    )
-    max_connections: int = Field(
-        1024, ge=1, description="Open connections per worker; more are refused at once (503)"
-    )
-    shutdown_grace_s: float = Field(
-        30.0, ge=0,
-        description="On SIGTERM: runs in flight may finish for this long, then end with 503",
-    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level"
     )
