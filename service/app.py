@@ -38,8 +38,9 @@ log = logging.getLogger("distillery.app")
 DESCRIPTION = """Small tool-using agents (Agent Distillation, arXiv 2505.17612) over HTTP.
 
 `POST /v1/solve` runs the agent (thought -> code -> observation, N candidate actions per
-step) and returns the answer with every step; `POST /v1/chat/completions` is the same
-agent behind the OpenAI chat API. Errors share one JSON shape:
+step) and returns the answer with every step; `POST /v1/chat/completions` and
+`POST /v1/responses` are the same agent behind the OpenAI chat and Responses APIs
+(structured outputs included). Errors share one JSON shape:
 `{"error": {"message", "type", "code", "param", "request_id"}}`.
 """
 

@@ -160,6 +160,10 @@ class ChatService:
         self._check_model(model_id, param=None)
         return ModelCard(id=gw.model_name, created=int(gw.started_at))
 
+    def check_model(self, model_id: str, param: str | None = "model") -> None:
+        """404 (OpenAI's model_not_found) unless `model_id` is the served model."""
+        self._check_model(model_id, param)
+
     def _check_model(self, model_id: str, param: str | None = "model") -> None:
         gw = self.gateway
         gw.require_components()

@@ -38,7 +38,6 @@ from service.protocol_responses import (
     InputMessage,
     OutputMessage,
     OutputText,
-    ResponseErrorInfo,
     ResponseExtension,
     ResponseObject,
     ResponsesRequest,
@@ -49,6 +48,8 @@ from service.serving_openai import answer_text
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
+
+__all__ = ["ResponsesService"]
 
 ENDPOINT = "responses"
 
@@ -119,8 +120,7 @@ class ResponsesService:
     async def create(self, req: ResponsesRequest, request: Request) -> Response:
         gw = self.gateway
         arrived = time.monotonic()
-        chat = request.app.state.chat_service
-        chat._check_model(req.model)
+        request.app.state.chat_service.check_model(req.model)
         check_supported(req)
         task = task_of(req)
         fmt = request_format(req)
@@ -279,5 +279,3 @@ class _Builder:
             distillery=ResponseExtension(run=run),
         )
 
-
-__all__ = ["ResponsesService", "ResponseErrorInfo"]

@@ -97,17 +97,23 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
                           json={"question": "slow", "stream": True}) as r:
             results["solve_stream"] = (r.status_code, r.read().decode())
 
+    def long_responses_stream() -> None:
+        with httpx.stream("POST", s.url + "/v1/responses", timeout=120,
+                          json={"model": MODEL, "input": "slow", "stream": True}) as r:
+            results["responses_stream"] = (r.status_code, r.read().decode())
+
     def brief() -> None:  # finishes within the grace
         results["brief"] = httpx.post(s.url + "/v1/solve", json={"question": "brief"},
                                       timeout=120)
 
-    threads = [threading.Thread(target=f) for f in (long_json, long_stream, long_solve_stream)]
+    threads = [threading.Thread(target=f) for f in
+               (long_json, long_stream, long_solve_stream, long_responses_stream)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # every long run is in flight
         m = httpx.get(s.url + "/metrics").text
-        if re.search(r"^distillery_runs_in_flight 3\.0$", m, re.M):
+        if re.search(r"^distillery_runs_in_flight 4\.0$", m, re.M):
             break
         time.sleep(0.1)
     else:
@@ -142,6 +148,10 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
     events = sse_events(text)
     assert status == 200 and events[-1][0] == "error", text
     assert json.loads(events[-1][1])["error"]["code"] == "shutting_down"
+    status, text = results["responses_stream"]
+    names = [e for e, _ in sse_events(text)]
+    assert status == 200 and names[-2:] == ["error", "response.failed"], text
+    assert json.loads(sse_events(text)[-2][1])["code"] == "shutting_down"
     assert elapsed < 45  # grace 4 s + flush: the 60 s model replies were not awaited
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     assert '"event": "drain_aborted"' in log
