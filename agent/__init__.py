@@ -6,6 +6,7 @@ where they are used).
 """
 
 from agent.agent import AgentConfig, run_agent
+from agent.answer_check import AnswerCheck
 from agent.embedded_model import EmbeddedModelError, convert_gguf_to_hf, ensure_embedded_model
 from agent.executor import (
     ErrorKind,
@@ -49,6 +50,7 @@ from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
 
 __all__ = [
+    "AnswerCheck",
     "AgentConfig",
     "Candidate",
     "Choice",

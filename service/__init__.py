@@ -12,15 +12,19 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "GatewayUvicornConfig",
     "ServiceConfig",
     "configure_logging",
     "create_app",
+    "serve",
 ]
 
 _EXPORTS = {
+    "GatewayUvicornConfig": "service.http_protocol",
     "ServiceConfig": "service.config",
     "configure_logging": "service.logs",
     "create_app": "service.app",
+    "serve": "service.http_protocol",
 }
 
 
