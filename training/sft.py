@@ -12,6 +12,11 @@ Layout of `output_dir`:
     final/               the adapter (LoRA) or the full model, with the tokenizer
     train_summary.json   data, settings and final metrics (read by `distillery export`)
 
+Data parallel: under `torchrun` (WORLD_SIZE > 1) the Trainer runs DDP - gloo on CPU, NCCL on
+GPUs - and gradient accumulation shrinks so that batch_size x accumulation x WORLD_SIZE stays
+`effective_batch`: the logged losses are those of one process with the same effective batch
+(tests/training/test_ddp.py). Global rank 0 alone writes the files above.
+
 Interruption: SIGTERM/SIGINT during training save a checkpoint at the end of the
 current step and stop; a hard kill loses at most `save_steps` steps. Running the same
 command again resumes from the last checkpoint.
@@ -41,7 +46,7 @@ Device = Literal["auto", "cpu", "cuda"]
 # Settings that may differ between an interrupted run and its resumption.
 _RESUME_FREE = {
     "resume", "stop_after_steps", "logging_steps", "save_total_limit", "progress", "threads",
-    "max_steps", "epochs",  # training longer is a legitimate reason to resume
+    "max_steps", "epochs", "stop_at",  # training longer is a legitimate reason to resume
 }  # fmt: skip
 
 
@@ -91,6 +96,9 @@ class SFTSettings:
     resume: bool = True
     stop_after_steps: int | None = None
     """Checkpoint and stop (Interrupted) after this many optimizer steps: time-boxed jobs."""
+    stop_at: float | None = None
+    """Checkpoint and stop (Interrupted) after the first step that ends past this wall-clock
+    time (`time.time()` seconds): a time budget."""
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,11 +194,11 @@ def _resolve_precision(settings: SFTSettings, device: str) -> str:
 
 def _check_resume(settings: SFTSettings) -> Path | None:
     """The checkpoint to resume from (None: fresh start); refuses mismatched settings."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     cfg_path = settings.output_dir / "sft_config.json"
     ckpt_dir = settings.output_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if is_main_process():
+        _drop_partial_checkpoints(ckpt_dir)
+    last = _last_complete_checkpoint(ckpt_dir)
     if last is None:
         return None
     if not settings.resume:
@@ -208,6 +216,45 @@ def _check_resume(settings: SFTSettings) -> Path | None:
                 f"({', '.join(diff)}); use the same flags or a new --output-dir"
             )
     return Path(last)
+
+
+def is_main_process() -> bool:
+    """True in a plain run and on the global rank 0 of a torchrun (DDP) job: the one process
+    that writes the run's files (settings, log, final model, summary)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def data_parallel_world() -> int:
+    """torchrun's WORLD_SIZE (1 outside torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def _last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The highest checkpoint-N that holds trainer_state.json (written last by the Trainer);
+    every DDP rank picks the same one, whatever another rank is deleting."""
+    best: tuple[int, Path] | None = None
+    if not ckpt_dir.is_dir():
+        return None
+    for d in ckpt_dir.glob("checkpoint-*"):
+        step = d.name.removeprefix("checkpoint-")
+        if step.isdigit() and (d / "trainer_state.json").is_file():
+            if best is None or int(step) > best[0]:
+                best = (int(step), d)
+    return best[1] if best else None
+
+
+def _drop_partial_checkpoints(ckpt_dir: Path) -> None:
+    """Remove checkpoints a hard kill left half-written (the Trainer writes trainer_state.json
+    last), so that resuming picks the last complete one instead of failing on it."""
+    if not ckpt_dir.is_dir():
+        return
+    import shutil
+
+    for d in ckpt_dir.glob("checkpoint-*"):
+        if d.is_dir() and not (d / "trainer_state.json").is_file():
+            print(f"distillery: removing the incomplete checkpoint {d} (interrupted while "
+                  "saving)", file=sys.stderr)  # fmt: skip
+            shutil.rmtree(d)
 
 
 @contextmanager
@@ -317,7 +364,8 @@ def _plan_run(settings: SFTSettings) -> _Plan:
     resume_from = _check_resume(settings)
     out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_config.json").write_text(json.dumps(settings.to_dict(), indent=2))
+    if is_main_process():
+        (out / "sft_config.json").write_text(json.dumps(settings.to_dict(), indent=2))
     return _Plan(device=device, precision=precision, resume_from=resume_from)
 
 
@@ -413,6 +461,8 @@ def _trainer_args(settings: SFTSettings, plan: _Plan) -> Any:
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
         use_cpu=plan.device == "cpu",
+        # torchrun on CPU: gloo (NCCL needs GPUs); on GPUs the default (NCCL) stays
+        ddp_backend="gloo" if plan.device == "cpu" and data_parallel_world() > 1 else None,
         logging_steps=settings.logging_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -447,6 +497,8 @@ def _progress_callback(
             rec["elapsed_s"] = round(time.monotonic() - loop.started, 2)
             if "loss" in logs:
                 loop.last_loss = logs["loss"]
+            if not state.is_world_process_zero:
+                return  # the logged loss is the mean over the ranks already: rank 0 writes it
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             if on_log is not None:
@@ -459,9 +511,12 @@ def _progress_callback(
             loop.t1, loop.tok1 = time.monotonic(), state.num_input_tokens_seen
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            stop_at = settings.stop_after_steps
-            if loop.requested or (stop_at is not None and state.global_step >= stop_at):
-                loop.requested = loop.requested or f"stop_after_steps={stop_at}"
+            stop_after, deadline = settings.stop_after_steps, settings.stop_at
+            if not loop.requested and stop_after is not None and state.global_step >= stop_after:
+                loop.requested = f"stop_after_steps={stop_after}"
+            if not loop.requested and deadline is not None and time.time() >= deadline:
+                loop.requested = "time budget spent"
+            if loop.requested:
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -511,8 +566,9 @@ def _train(trainer: Any, loop: _LoopState, resume_from: Path | None, out: Path) 
 
 def _save_final(trainer: Any, tokenizer: Any, out: Path) -> Path:
     final = out / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # (writes on the main process only)
+    if is_main_process():
+        tokenizer.save_pretrained(str(final))
     return final
 
 
@@ -556,5 +612,7 @@ def _write_summary(
     loss = summary["metrics"]["train_loss"]
     if isinstance(loss, float) and math.isnan(loss):
         raise SFTError("training diverged (loss is NaN): lower --learning-rate or use fp32")
-    (settings.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    summary["data_parallel_world"] = data_parallel_world()
+    if is_main_process():
+        (settings.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
