@@ -175,3 +175,20 @@ def test_read_only_cgroupfs(tmp_path: Path) -> None:
     finally:
         for _ in range(mounts):
             libc.umount2(str(ro).encode(), 2)
+
+
+async def test_jail_is_frozen_between_steps(open_session: Opener, tracker: Tracker) -> None:
+    s = await open_session(fast_config())
+    await s.run("x = 41")
+    worker = s.worker
+    assert worker is not None and worker.cgroups is not None
+    freezer = worker.freezer
+    assert freezer is not None and type(freezer).__name__ == "CgroupV2Freezer"
+    group = worker.cgroups.dirs["pids"]
+    assert await wait_until(lambda: bool(freezer.is_frozen()), 60)  # type: ignore[attr-defined]
+    assert (group / "cgroup.freeze").read_text().strip() == "1"
+    r = await s.run("x += 1\nx")  # thawed for the step, frozen again after it
+    assert r.value_repr == "42", r
+    assert await wait_until(lambda: bool(freezer.is_frozen()), 60)  # type: ignore[attr-defined]
+    await s.close()
+    assert await wait_until(lambda: not group.exists(), 60)  # a frozen jail still goes away
