@@ -355,58 +355,31 @@ class _Run:
         kept one or `discard()`), each against the state before the step, while the
         stream goes on. A valid repeat (stuck detection) is set aside; if no other valid
         candidate comes, it is run again and kept."""
-        assert self.session is not None
-        session = self.session
-        n = request.params.n
         t0 = time.perf_counter()
         stream = self.model.stream(  # type: ignore[attr-defined]
             request.messages, request.params, continue_final_message=request.continue_final_message
         )
-        states = [ChoiceState(i) for i in range(n)]
+        states = [ChoiceState(i) for i in range(request.params.n)]
         finished: asyncio.Queue[int] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for delta in stream:
-                    if not 0 <= delta.index < n:
-                        continue
-                    st = states[delta.index]
-                    was_done = st.done
-                    st.add(delta)
-                    if st.done and not was_done:
-                        finished.put_nowait(delta.index)
-            finally:
-                finished.put_nowait(-1)
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(_read_choices(stream, states, finished))
         done: dict[int, Candidate] = {}
         chosen: int | None = None
         repeats: list[Candidate] = []
         exec_s = 0.0
-        model_s = 0.0
         try:
-            while True:
-                i = await finished.get()
-                if i < 0:
-                    break
+            while chosen is None and (i := await finished.get()) >= 0:
                 st = states[i]
                 cand = _candidate(i, prefix + st.text, st.finish_reason, self.tool_names, st.tokens)
                 done[i] = cand
                 if cand.code is None:
                     continue
                 t_exec = time.perf_counter()
-                cand.execution = (await session.try_candidates([cand.code]))[0]
-                apply_answer_check(self.answer_check, cand.execution)
-                if cand.valid and not self.is_repeat(cand):
-                    await session.commit(0)
-                    exec_s += time.perf_counter() - t_exec
+                if await self.try_one(cand, keep_repeat=False):
                     chosen = i
-                    break
-                await session.discard()
-                exec_s += time.perf_counter() - t_exec
-                if cand.valid:
+                elif cand.valid:
                     cand.repeat = True
                     repeats.append(cand)
+                exec_s += time.perf_counter() - t_exec
         finally:
             model_s = time.perf_counter() - t0
             if not reader.done():
@@ -414,31 +387,27 @@ class _Run:
             await asyncio.gather(reader, return_exceptions=True)
             await stream.aclose()
         error = reader.exception() if not reader.cancelled() else None
-        if chosen is None and repeats:
-            cand = repeats[0]
+        if chosen is None and repeats:  # only repeats were valid: keep the first (stuck)
             t_exec = time.perf_counter()
-            cand.execution = (await session.try_candidates([cand.code or ""]))[0]
-            apply_answer_check(self.answer_check, cand.execution)
-            if cand.valid:
-                await session.commit(0)
-                chosen = cand.index
-            else:
-                await session.discard()
+            if await self.try_one(repeats[0], keep_repeat=True):
+                chosen = repeats[0].index
             exec_s += time.perf_counter() - t_exec
         if chosen is None and error is not None:
             raise error
-        candidates = []
-        for i, st in enumerate(states):
-            if i in done:
-                candidates.append(done[i])
-            else:  # stopped before it was complete: kept as it was, never parsed nor run
-                candidates.append(
-                    Candidate(
-                        index=i, text=prefix + st.text, finish_reason="cancelled", tokens=st.tokens
-                    )  # fmt: skip
-                )
         usage = Usage(stream.usage.prompt_tokens, stream.usage.completion_tokens)
-        return candidates, chosen, usage, model_s, exec_s
+        return _early_candidates(states, done, prefix), chosen, usage, model_s, exec_s
+
+    async def try_one(self, cand: Candidate, *, keep_repeat: bool) -> bool:
+        """Run one candidate against the committed state; commit it when it is valid (and
+        not a repeat, unless `keep_repeat`), else discard it. True when committed."""
+        assert self.session is not None
+        cand.execution = (await self.session.try_candidates([cand.code or ""]))[0]
+        apply_answer_check(self.answer_check, cand.execution)
+        if cand.valid and (keep_repeat or not self.is_repeat(cand)):
+            await self.session.commit(0)
+            return True
+        await self.session.discard()
+        return False
 
     async def execute_and_choose(
         self, candidates: list[Candidate], policy: str | None = None
@@ -519,6 +488,37 @@ class _Run:
             total_s=time.perf_counter() - t_step,
             kind="final_answer_call",
         )
+
+
+async def _read_choices(
+    stream: Any, states: list[ChoiceState], finished: asyncio.Queue[int]
+) -> None:
+    """Accumulate the stream's deltas; put each choice's index on `finished` when it is
+    complete, and -1 when the stream ends (or fails: the task's exception says why)."""
+    try:
+        async for delta in stream:
+            if not 0 <= delta.index < len(states):
+                continue
+            st = states[delta.index]
+            was_done = st.done
+            st.add(delta)
+            if st.done and not was_done:
+                finished.put_nowait(delta.index)
+    finally:
+        finished.put_nowait(-1)
+
+
+def _early_candidates(
+    states: list[ChoiceState], done: dict[int, Candidate], prefix: str
+) -> list[Candidate]:
+    """Every candidate in sampling order; one stopped before it was complete is kept as it
+    was (partial text and tokens, finish_reason 'cancelled'), never parsed nor run."""
+    return [
+        done[i]
+        if i in done
+        else Candidate(index=i, text=prefix + st.text, finish_reason="cancelled", tokens=st.tokens)
+        for i, st in enumerate(states)
+    ]
 
 
 def _candidate(

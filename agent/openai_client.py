@@ -308,38 +308,10 @@ class OpenAIChatClient:
                         last = f"HTTP {resp.status_code}: {message}"
                         retry_after = parse_retry_after(resp.headers.get("retry-after"))
                     else:
-                        server_completion = 0
-                        events = 0
-                        async for line in resp.aiter_lines():
-                            chunk = _sse_data(line, url)
-                            if chunk is None:
-                                continue
-                            if isinstance(chunk, str):  # [DONE]
-                                break
-                            events += 1
-                            if chunk.get("model"):
-                                stream.model = str(chunk["model"])
-                            usage = chunk.get("usage")
-                            if isinstance(usage, dict):
-                                stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                                server_completion = int(usage.get("completion_tokens") or 0)
-                            for delta in _chunk_deltas(chunk, url):
-                                generated += delta.tokens
-                                stream.usage.completion_tokens = max(generated, server_completion)
-                                yield delta
-                            if server_completion > stream.usage.completion_tokens:
-                                stream.usage.completion_tokens = server_completion
-                        if not events:
-                            self.stats.failures += 1
-                            raise ModelError(
-                                f"model server {url} answered a streamed request without any "
-                                "server-sent event; does it support stream=true?"
-                            )
-                        latency = time.perf_counter() - t0
-                        self.stats.requests += 1
-                        self.stats.usage.add(stream.usage)
-                        self.stats.latency_s += latency
-                        self.stats.last_latency_s = latency
+                        async for delta in _read_events(resp, stream, url):
+                            generated += delta.tokens
+                            yield delta
+                        self._record_stream(stream, time.perf_counter() - t0)
                         return
             except httpx.TimeoutException as e:
                 last = f"no data for {self.timeout_s:g} s ({type(e).__name__})"
@@ -373,6 +345,12 @@ class OpenAIChatClient:
             f"Check that the server is running and reachable at {self.base_url} "
             f"(GET {self.base_url}/models) and serves model {self.model_name!r}."
         )
+
+    def _record_stream(self, stream: CompletionStream, latency: float) -> None:
+        self.stats.requests += 1
+        self.stats.usage.add(stream.usage)
+        self.stats.latency_s += latency
+        self.stats.last_latency_s = latency
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -409,6 +387,38 @@ class OpenAIChatClient:
             usage=usage,
             model=str(data.get("model") or self.model_name),
             latency_s=latency,
+        )
+
+
+async def _read_events(
+    resp: httpx.Response, stream: CompletionStream, url: str
+) -> AsyncIterator[ChoiceDelta]:
+    """The choice deltas of one streamed response; `stream.usage` follows the server's."""
+    server_completion = 0
+    generated = 0
+    events = 0
+    async for line in resp.aiter_lines():
+        chunk = _sse_data(line, url)
+        if chunk is None:
+            continue
+        if isinstance(chunk, str):  # [DONE]
+            break
+        events += 1
+        if chunk.get("model"):
+            stream.model = str(chunk["model"])
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            server_completion = int(usage.get("completion_tokens") or 0)
+        for delta in _chunk_deltas(chunk, url):
+            generated += delta.tokens
+            stream.usage.completion_tokens = max(generated, server_completion)
+            yield delta
+        stream.usage.completion_tokens = max(generated, server_completion)
+    if not events:
+        raise ModelError(
+            f"model server {url} answered a streamed request without any server-sent event; "
+            "does it support stream=true?"
         )
 
 

@@ -264,16 +264,7 @@ class TransformersEngine:
                     if cancel.is_set():
                         return
                     tokens = _sample(logits, params.temperature, params.top_p, generator)
-                    keep: list[int] = []
-                    for b, token in enumerate(tokens.tolist()):
-                        row = active[b]
-                        text, finish = decoders[row].push(token, last=n_gen == max_new)
-                        if text or finish:
-                            send(row, text, 1, finish)
-                        else:
-                            send(row, "", 1, None)
-                        if finish is None:
-                            keep.append(b)
+                    keep = _advance(tokens.tolist(), active, decoders, n_gen == max_new, send)
                     if not keep:
                         return
                     if len(keep) < len(active):
@@ -291,8 +282,6 @@ class TransformersEngine:
                     )
                     position += 1
                     logits = out.logits[:, -1, :]
-            except ModelError:
-                raise
             except Exception as exc:  # noqa: BLE001 - any failure inside the model is a model error
                 raise ModelError(f"generation failed: {type(exc).__name__}: {exc}") from exc
 
@@ -312,6 +301,21 @@ class TransformersEngine:
 
 
 _END = object()
+
+
+def _advance(
+    tokens: list[int], active: list[int], decoders: list[_RowDecoder], last: bool, send: Any
+) -> list[int]:
+    """Give each row in the batch its new token and send the text it releases; return the
+    batch positions whose rows go on (the others are finished)."""
+    keep = []
+    for b, token in enumerate(tokens):
+        row = active[b]
+        text, finish = decoders[row].push(token, last=last)
+        send(row, text, 1, finish)
+        if finish is None:
+            keep.append(b)
+    return keep
 
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
