@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def slow_or_fast(body: dict[str, Any]) -> Any:
-    """'slow' tasks take a minute per model call; others answer at once."""
+    """'slow' tasks take two minutes per model call, 'brief' ones a second; others none."""
     task = json.dumps(body["messages"])
-    delay = 60.0 if "slow" in task else (1.5 if "brief" in task else 0.0)
+    delay = 120.0 if "slow" in task else (1.0 if "brief" in task else 0.0)
     return Reply(one_valid(body, reply("final_answer(42)")), delay_s=delay)
 
 
@@ -71,7 +71,7 @@ class Serve:
 @pytest.fixture
 def lifecycle_server(scripted_server: ScriptedServer, index_dir: Path) -> Iterator[Serve]:
     scripted_server.handler = slow_or_fast
-    s = Serve(scripted_server, index_dir, "--shutdown-grace-s", "4", "--header-timeout-s", "1",
+    s = Serve(scripted_server, index_dir, "--shutdown-grace-s", "20", "--header-timeout-s", "1",
               "--body-timeout-s", "1", "--max-connections", "40", "--request-timeout-s", "200")
     try:
         yield s
@@ -84,27 +84,27 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
     results: dict[str, Any] = {}
 
     def long_json() -> None:
-        results["json"] = httpx.post(s.url + "/v1/solve", json={"question": "slow"}, timeout=120)
+        results["json"] = httpx.post(s.url + "/v1/solve", json={"question": "slow"}, timeout=200)
 
     def long_stream() -> None:
-        with httpx.stream("POST", s.url + "/v1/chat/completions", timeout=120, json={
+        with httpx.stream("POST", s.url + "/v1/chat/completions", timeout=200, json={
                 "model": MODEL, "stream": True,
                 "messages": [{"role": "user", "content": "slow"}]}) as r:
             results["chat_stream"] = (r.status_code, r.read().decode())
 
     def long_solve_stream() -> None:
-        with httpx.stream("POST", s.url + "/v1/solve", timeout=120,
+        with httpx.stream("POST", s.url + "/v1/solve", timeout=200,
                           json={"question": "slow", "stream": True}) as r:
             results["solve_stream"] = (r.status_code, r.read().decode())
 
     def long_responses_stream() -> None:
-        with httpx.stream("POST", s.url + "/v1/responses", timeout=120,
+        with httpx.stream("POST", s.url + "/v1/responses", timeout=200,
                           json={"model": MODEL, "input": "slow", "stream": True}) as r:
             results["responses_stream"] = (r.status_code, r.read().decode())
 
     def brief() -> None:  # finishes within the grace
         results["brief"] = httpx.post(s.url + "/v1/solve", json={"question": "brief"},
-                                      timeout=120)
+                                      timeout=200)
 
     threads = [threading.Thread(target=f) for f in
                (long_json, long_stream, long_solve_stream, long_responses_stream)]
@@ -120,7 +120,13 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
         raise AssertionError("the long runs did not start")
     t_brief = threading.Thread(target=brief)
     t_brief.start()
-    time.sleep(0.3)
+    while time.monotonic() < deadline:  # ... and the brief one too
+        m = httpx.get(s.url + "/metrics").text
+        if re.search(r"^distillery_runs_in_flight 5\.0$", m, re.M):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the brief run did not start")
     t_term = time.monotonic()
     os.kill(s.proc.pid, signal.SIGTERM)
     time.sleep(0.5)
@@ -152,7 +158,7 @@ def test_sigterm_drains_then_ends_long_runs_with_503(lifecycle_server: Serve) ->
     names = [e for e, _ in sse_events(text)]
     assert status == 200 and names[-2:] == ["error", "response.failed"], text
     assert json.loads(sse_events(text)[-2][1])["code"] == "shutting_down"
-    assert elapsed < 45  # grace 4 s + flush: the 60 s model replies were not awaited
+    assert elapsed < 100  # grace 20 s + flush: the 120 s model replies were not awaited
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     assert '"event": "drain_aborted"' in log
 
