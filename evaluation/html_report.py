@@ -189,8 +189,10 @@ def stacked_chart(
     width: int = 640,
 ) -> str:
     """100% stacked horizontal bars: one per group, one segment per category."""
-    left, right, top, rowh = 170, 50, 28, 22
+    left = int(min(460, max(120, 12 + 6.6 * max((len(g) for g in groups), default=0))))
+    right, top, rowh = 50, 28, 22
     height = top + rowh * len(groups) + 30
+    width = max(width, left + right + 420)
     pw = width - left - right
     parts = [
         f'<svg class="chart" data-chart="steps" viewBox="0 0 {width} {height}" '
@@ -554,13 +556,19 @@ def render_html(
     return "\n".join(parts)
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell as HTML: escaped, `**bold**` kept as bold."""
+    parts = _e(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def md_table_html(md: str) -> str:
     lines = [ln for ln in md.splitlines() if ln.strip()]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     out = ["<table><thead><tr>", *(f"<th>{_e(c)}</th>" for c in head), "</tr></thead><tbody>"]
     for ln in lines[2:]:
         cells = [c.strip() for c in ln.strip("|").split("|")]
-        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
