@@ -52,6 +52,10 @@ IPC_SYSCALLS = (
     "mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr"
 ).split()
 AF_UNIX = 1
+# The policy names x86-64 syscalls; foreign ABIs (int 0x80) are killed by it, but the x32
+# ABI uses x86-64's arch with bit 30 set in the number: refuse that whole range (ENOSYS,
+# what a kernel without x32 answers anyway).
+X32_SYSCALLS = tuple(f"SYSCALL[{0x40000000 + n}]" for n in range(600))
 # 0x7e020000 = every CLONE_NEW* flag. clone3 gets ENOSYS so libc falls back to clone,
 # whose flags seccomp can inspect. Sockets: only AF_UNIX (the worker's channels; the
 # network namespace does not cover every family - AF_VSOCK reaches the hypervisor),
@@ -59,7 +63,9 @@ AF_UNIX = 1
 SECCOMP_POLICY = (
     "ERRNO(1) { "
     + ", ".join([*DENIED_SYSCALLS, *INFO_SYSCALLS, *IPC_SYSCALLS])
-    + ", clone { (clone_flags & 0x7e020000) != 0 } } ERRNO(38) { clone3 } "
+    + ", clone { (clone_flags & 0x7e020000) != 0 } } ERRNO(38) { "
+    + ", ".join(["clone3", *X32_SYSCALLS])
+    + " } "
     + f"ERRNO(97) {{ socket(domain, type, protocol) {{ domain != {AF_UNIX} }}, "
     + f"socketpair(domain, type, protocol, sv) {{ domain != {AF_UNIX} }} }} DEFAULT ALLOW"
 )

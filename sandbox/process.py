@@ -497,7 +497,10 @@ class WorkerProcess:
         """SIGKILL every process of the jail but init and the state; True if none was left."""
         if self.cgroups is None:
             return True
-        keep = {self.init_host_pid, self._state_host_pid()}
+        state = self._state_host_pid()
+        if state is None or self.init_host_pid is None:
+            return True  # cannot tell the state process apart (no NSpid): kill nothing
+        keep = {self.init_host_pid, state}
         strays = [pid for pid in self.cgroups.procs() if pid not in keep]
         for pid in strays:
             with contextlib.suppress(OSError):

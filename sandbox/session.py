@@ -359,7 +359,8 @@ class SandboxSession:
     async def _explain_death(
         self, worker: WorkerProcess, fork: Fork, oom0: int, pids0: int, t0: float
     ) -> ExecutionResult:
-        status = await worker.exit_status(fork.pid, EXIT_WAIT_S)
+        # the state process reports the exit; on a busy machine that can take a while
+        status = await worker.exit_status(fork.pid, max(EXIT_WAIT_S, self.config.control_timeout_s))
         sig = status.signal if status else None
         cfg = self.config
         if sig == signal.SIGXCPU:

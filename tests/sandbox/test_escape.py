@@ -354,3 +354,27 @@ async def test_escaping_via_unix_socket_to_host_paths_fails(open_session: Opener
         server.close()
         os.unlink(path)
     await assert_healthy(s, tracker)
+
+
+# x86-64 machine code: syscall(nr, 40 /* AF_VSOCK */, 1, 0) via `syscall` or `int 0x80`
+X32_SOCKET = "b8290000 40bf2800 0000be01 000000ba 00000000 0f05c3"
+I386_SOCKET = "53b86701 0000bb28 000000b9 01000000 ba000000 00cd805b c3"
+RUN_MACHINE_CODE = """
+import ctypes, mmap
+m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(bytes.fromhex({hex!r}.replace(" ", "")))
+fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+fn()
+"""
+
+
+async def test_other_syscall_abis_do_not_bypass_seccomp(open_session: Opener,
+                                                        tracker: Tracker) -> None:
+    s = await open_session(attack_config(allowed_imports=["ctypes", "mmap"]))
+    await s.run("kept = 1")
+    r = await s.run(RUN_MACHINE_CODE.format(hex=X32_SOCKET))
+    assert r.value_repr == "-38", r  # x32 numbers: ENOSYS, never a vsock socket
+    r = await s.run(RUN_MACHINE_CODE.format(hex=I386_SOCKET))
+    assert r.error_kind == "crash" and "SIGSYS" in (r.error or ""), r  # int 0x80: killed
+    assert (await s.run("kept")).value_repr == "1"
+    await assert_healthy(s, tracker)
