@@ -8,7 +8,15 @@ dependency.
 """
 
 from study.config import PRESETS, ConfigError, ModelSpec, StudyConfig, load_config, preset
-from study.pipeline import Backend, BudgetSpent, Study, StudyError, run_study, split_of
+from study.pipeline import (
+    Backend,
+    BudgetSpent,
+    Study,
+    StudyError,
+    report_study,
+    run_study,
+    split_of,
+)
 from study.serving import ServeError, VLLMServer
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "VLLMServer",
     "load_config",
     "preset",
+    "report_study",
     "run_study",
     "split_of",
 ]

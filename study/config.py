@@ -90,7 +90,9 @@ class StudyConfig:
         }
     )  # fmt: skip
     math_train_seed: int = 1
-    math_test_seed: int = 2
+    math_test_seed: int = 1_000_000
+    """reasoning-gym builds item i of seed s from seed s + i: the two seeds must lie further
+    apart than the set sizes, or the held-out set repeats training questions."""
     # -- models
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(path="embedded", name="teacher"))
     student: ModelSpec = field(default_factory=lambda: ModelSpec(path="smollm2", name="student"))
@@ -131,6 +133,9 @@ class StudyConfig:
         for name in ("hotpot_train", "hotpot_test", "math_train", "math_test", "gsm_hard_test"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if abs(self.math_test_seed - self.math_train_seed) < self.math_train + self.math_test + 10:
+            problems.append("math_test_seed must lie further from math_train_seed than "
+                            "math_train + math_test (reasoning-gym seeds item i with seed + i)")
         if self.attempts < 1:
             problems.append("attempts must be at least 1")
         if self.concurrency < 1:

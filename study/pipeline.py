@@ -48,7 +48,9 @@ from agent import AgentConfig, Runtime, ensure_embedded_model
 from study.config import ConfigError, StudyConfig, fingerprint
 from study.serving import VLLMServer
 
-__all__ = ["Backend", "BudgetSpent", "Study", "StudyError", "run_study", "split_of"]
+__all__ = [
+    "Backend", "BudgetSpent", "Study", "StudyError", "report_study", "run_study", "split_of",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -696,14 +698,74 @@ def collect_results(study: Study) -> dict[str, Any]:
         "wall_s": {n: m.get("wall_s_total") for n, m in stages.items() if m},
         "harvest": {m: _pick(stages.get(f"generate-{m}", {}).get("summary"),
                              ("questions", "solved", "by_task", "attempts"))
-                    for m in ("agent", "cot")},  # fmt: skip
+                    or _partial_harvest(study, m) for m in ("agent", "cot")},  # fmt: skip
         "build_data": {m: _pick(stages.get(f"build-data-{m}", {}).get("summary"),
                                 ("records", "kept", "dropped", "tokens"))
-                       for m in ("agent", "cot")},  # fmt: skip
+                       or _partial_filter(study, m) for m in ("agent", "cot")},  # fmt: skip
         "sft": sft,
         "table": table,
         "compare_md": str(compare_md) if compare_md.is_file() else None,
     }
+
+
+def _attempt_files(study: Study, mode: str) -> list[Path]:
+    found = (study.out / "teacher" / mode).glob("attempt-*.jsonl")
+    return sorted(found, key=lambda p: int(p.stem.removeprefix("attempt-")))
+
+
+def _partial_harvest(study: Study, mode: str) -> dict[str, Any] | None:
+    """Harvest numbers of an unfinished generate stage, from the records written so far
+    (only the questions with a record count: the others have not run yet)."""
+    files = _attempt_files(study, mode)
+    if not files or not study.qfile("math_train").is_file():
+        return None
+    ran = {i for f in files for i in _last_records(f)}
+    questions = [q for q in study._train_questions() if q.id in ran]
+    stats = harvest_stats(questions, files)
+    stats["partial"] = True
+    stats["planned_questions"] = len(study._train_questions())
+    return stats
+
+
+def _partial_filter(study: Study, mode: str) -> dict[str, Any] | None:
+    """What build-data would keep of the records written so far (and why it drops the rest)."""
+    files = _attempt_files(study, mode)
+    if not files:
+        return None
+    import tempfile
+
+    from training.build_data import build_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = build_data(files, Path(tmp) / "data.jsonl", prompt="student")
+    return {"records": out["records"], "kept": out["kept"], "dropped": out["dropped"],
+            "partial": True}  # fmt: skip
+
+
+def report_study(out: Path) -> dict[str, Any]:
+    """Write DIR/results.json and results.md from whatever the study has finished so far."""
+    from study.config import load_config
+
+    out = Path(out)
+    path = out / "study.json"
+    if not path.is_file():
+        raise StudyError(f"{out} holds no study (no study.json)")
+    doc = json.loads(path.read_text(encoding="utf-8"))["config"]
+    cfg = load_config(preset_name=doc.get("preset"), **doc)
+    study = Study(cfg, out, _NoBackend())
+    results = collect_results(study)
+    _write_json(out / "results.json", results)
+    (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    return results
+
+
+class _NoBackend:
+    """Reports read files only."""
+
+    cache_dir = Path("/nonexistent")
+
+    def runtime(self, **_kw: Any) -> Runtime:
+        raise StudyError("a report runs no model")
 
 
 def _pick(d: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -746,12 +808,15 @@ def results_markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     for mode, h in (doc.get("harvest") or {}).items():
         if h:
-            lines.append(f"- teacher {mode}: solved {h['solved']}/{h['questions']}; "
+            ran = (f" (partial: {h['questions']} of {h['planned_questions']} questions ran)"
+                   if h.get("partial") else "")  # fmt: skip
+            lines.append(f"- teacher {mode}{ran}: solved {h['solved']}/{h['questions']}; "
                          + "; ".join(f"{t}: {v['solved']}/{v['questions']} in {v['runs']} runs"
                                      for t, v in h["by_task"].items()))  # fmt: skip
     for mode, b in (doc.get("build_data") or {}).items():
         if b:
-            lines.append(f"- build-data {mode}: kept {b['kept']} of {b['records']}, "
+            so_far = " (of the records so far)" if b.get("partial") else ""
+            lines.append(f"- build-data {mode}{so_far}: kept {b['kept']} of {b['records']}, "
                          f"dropped {b['dropped']}")  # fmt: skip
     for mode, s in (doc.get("sft") or {}).items():
         lines.append(f"- sft {mode}: {s['examples']} examples, {s['global_step']} steps, "

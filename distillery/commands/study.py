@@ -3,6 +3,7 @@
     distillery study run --preset cpu-small --out runs/study --budget-h 3
     distillery study run --config study.json --out runs/study        # JSON overrides of a preset
     distillery study run --quick --student DIR --teacher-url URL --out DIR   (the test suite's)
+    distillery study report --out runs/study    # results.json/.md of what is finished so far
 
 Rerun the same command to continue after a kill or a spent budget. The last stdout line is a
 JSON summary; exit status 0 complete, 75 budget spent (rerun to continue), 2 bad
@@ -48,6 +49,21 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--concurrency", "-j", type=int, help="runs in flight")
     r.add_argument("--nice", type=int, default=0, help="niceness of the vLLM servers started")
     r.set_defaults(func=run_study_command)
+    rep = ssub.add_parser("report", help="write results.json/.md from what a study has so far")
+    rep.add_argument("--out", required=True, type=Path, help="the study folder")
+    rep.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from study import ConfigError, StudyError, report_study
+
+    try:
+        results = report_study(args.out)
+    except (StudyError, ConfigError, OSError, ValueError) as e:
+        return fail(str(e), EXIT_CONFIG, json_line=True)
+    emit({"ok": True, "partial": results["partial"], "results": str(args.out / "results.json"),
+          "harvest": results["harvest"], "build_data": results["build_data"]})  # fmt: skip
+    return 0
 
 
 @dataclass

@@ -106,7 +106,7 @@ def test_quick_study_runs_every_stage(reference: Path, shared_data_dir: Path) ->
     assert all(split_of(r["id"]) == "test" for r in test)
     math_train = {r["question"] for r in read_jsonl(reference / "questions" / "math_train.jsonl")}
     math_test = read_jsonl(reference / "questions" / "math_test.jsonl")
-    assert math_test and not math_train & {r["question"] for r in math_test}
+    assert len(math_test) == 1 and not math_train & {r["question"] for r in math_test}
     gsm = read_jsonl(reference / "questions" / "gsm_hard.jsonl")
     first = load_questions(shared_data_dir / "questions" / "gsm_hard_500_20250507.json", limit=1)
     assert [r["id"] for r in gsm] == [q.id for q in first]
@@ -175,6 +175,9 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"preset": "quick", "atempts": 2}))
     with pytest.raises(ValueError, match="unknown field 'atempts'"):
         load_config(bad)
+    with pytest.raises(ValueError, match="math_test_seed must lie further"):
+        load_config(preset_name="quick", math_test_seed=2, student={"path": "x"},
+                    teacher={"url": "http://x"})  # fmt: skip
     with pytest.raises(ValueError, match="unknown rows"):
         load_config(preset_name="quick", rows=["base", "nope"], student={"path": "x"},
                     teacher={"url": "http://x"})  # fmt: skip
@@ -242,6 +245,11 @@ def test_sigkill_mid_sft_then_rerun_gives_the_same_result(
             proc.kill()
         log.close()
     assert not (out / "stages" / "sft-agent.json").exists()
+    before_files = {
+        str(p.relative_to(out)): p.read_text()
+        for d in ("questions", "teacher", "data") for p in (out / d).rglob("*.jsonl")
+    }  # fmt: skip
+    assert any(k.startswith("teacher/agent/attempt-") for k in before_files)
     done_before = {p.stem: json.loads(p.read_text())["finished_at"]
                    for p in (out / "stages").glob("*.json")}  # fmt: skip
     assert "generate-agent" in done_before
@@ -257,22 +265,39 @@ def test_sigkill_mid_sft_then_rerun_gives_the_same_result(
     summary = json.loads((out / "sft" / "agent" / "train_summary.json").read_text())
     assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-1")
 
-    # the same result as the uninterrupted run
-    for rel in ("questions/math_train.jsonl", "questions/hotpot_test.jsonl", "data/agent.jsonl",
-                "data/cot.jsonl"):  # fmt: skip
-        assert (out / rel).read_text() == (reference / rel).read_text(), rel
-    ref_losses = [r["loss"] for r in read_jsonl(reference / "sft" / "agent" / "log.jsonl")
+    # nothing finished before the kill was redone or appended to
+    for rel, text in before_files.items():
+        assert (out / rel).read_text() == text, f"{rel} changed on the rerun"
+
+    # the resumed training = an uninterrupted one on the same data and settings
+    from training.sft import SFTSettings, train_sft
+
+    cfg = json.loads((out / "sft" / "agent" / "sft_config.json").read_text())
+    cfg.update(model=Path(cfg["model"]), data=[Path(d) for d in cfg["data"]],
+               output_dir=tmp_path / "uninterrupted", stop_at=None)  # fmt: skip
+    train_sft(SFTSettings(**cfg))
+    ref_losses = [r["loss"] for r in read_jsonl(tmp_path / "uninterrupted" / "log.jsonl")
                   if "loss" in r]  # fmt: skip
     losses = {r["step"]: r["loss"] for r in read_jsonl(out / "sft" / "agent" / "log.jsonl")
               if "loss" in r}  # fmt: skip
+    assert sorted(losses) == [1, 2]
     assert [losses[s] for s in sorted(losses)] == pytest.approx(ref_losses, rel=1e-4)
-    ref = json.loads((reference / "results.json").read_text())["table"]
-    got = json.loads((out / "results.json").read_text())["table"]
-    strip = [{"row": r["row"], **{s: v["accuracy"] for s, v in r["sets"].items()}} for r in ref]
-    assert [{"row": r["row"], **{s: v["accuracy"] for s, v in r["sets"].items()}}
-            for r in got] == strip  # fmt: skip
-    for row in ("base", "agent", "cot"):
-        a = {r["id"]: r["prediction"] for r in read_jsonl(out / "eval" / row / "records.jsonl")}
-        b = {r["id"]: r["prediction"]
-             for r in read_jsonl(reference / "eval" / row / "records.jsonl")}  # fmt: skip
-        assert a == b, row
+
+    # and the study ends like the uninterrupted one
+    got = {r["row"]: r for r in json.loads((out / "results.json").read_text())["table"]}
+    ref = {r["row"]: r for r in json.loads((reference / "results.json").read_text())["table"]}
+    assert set(got) == set(ref)
+    def accuracy(row: dict[str, Any]) -> dict[str, Any]:
+        return {name: m["accuracy"] for name, m in row["sets"].items()}
+
+    assert accuracy(got["teacher"]) == accuracy(ref["teacher"])
+    same_data = (out / "data" / "agent.jsonl").read_bytes() == (
+        reference / "data" / "agent.jsonl").read_bytes()  # fmt: skip
+    if same_data:
+        # (two teacher harvests can differ on a loaded machine, e.g. a step that timed out;
+        # with the same data the students and their answers are the same)
+        for row in ("agent", "cot", "base"):
+            a = {r["id"]: r["prediction"] for r in read_jsonl(out / "eval" / row / "records.jsonl")}
+            b = {r["id"]: r["prediction"]
+                 for r in read_jsonl(reference / "eval" / row / "records.jsonl")}  # fmt: skip
+            assert a == b, row
