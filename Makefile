@@ -100,7 +100,7 @@ image:
 # --- cgroup v2: the sandbox on a real cgroup v2 kernel (tests/cgroup2/vm.py) ----------------
 # Debian's 6.1 kernel under qemu (KVM if it works, else TCG software emulation), the host's
 # root shared read-only over 9p; kernel + initramfs cached in .cache/cgroup2-vm. Separate from
-# `make test`: 4 layouts, ~13 min of TCG on a busy 2-core host (790 s measured). Needs (Debian):
+# `make test`: 4 layouts, 13-16 min of TCG on a busy 2-core host (790-977 s). Needs (Debian):
 # apt-get install qemu-system-x86 busybox-static. E.g. CGROUP2_ARGS="--scenario container
 # -- -q tests/sandbox/test_limits.py" for one file.
 .PHONY: test-cgroup2
