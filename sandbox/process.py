@@ -279,6 +279,8 @@ class WorkerProcess:
             problem = self._check_candidate_socket(fd)
             if problem is not None:
                 raise ValueError(problem)
+            # known before spawn() resumes: its "exited" may be in the same read
+            self._fork_pids.add(pid)
             fut.set_result((pid, fd))
             return
         elif op == "spawn_failed":
@@ -412,7 +414,6 @@ class WorkerProcess:
         )
         fork = Fork(cid, pid, channel)
         holder.append(fork)
-        self._fork_pids.add(pid)
         return fork
 
     def kill(self, fork: Fork) -> None:
