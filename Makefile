@@ -58,7 +58,7 @@ test: install-dev vllm-venv deploy-check browser
 	$(BIN)/python -m pytest -q -ra --ignore=tests/deploy
 
 lint: install-dev
-	$(BIN)/ruff check agent sandbox retrieval service training benchmarks tests
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 # Every area's benchmark table, one after another; e.g. make bench BENCH_ARGS="--quick agent".

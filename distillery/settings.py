@@ -123,7 +123,11 @@ class Settings(BaseSettings):
     engine_threads: int | None = Field(
         None, ge=1, description="CPU threads of the in-process engine; unset = cores - 1"
     )
-    model_timeout_s: float = Field(120.0, gt=0, description="Per model request")
+    model_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Per model request; when streaming, the longest silence (no token) allowed",
+    )
     model_retries: int = Field(3, ge=0, description="Retries of a failed model request")
 
     # --- agent / SAG (defaults: agent.agent.AgentConfig) ------------------------

@@ -362,7 +362,7 @@ def retry_after_for_model_outage(config: ServiceConfig) -> str:
 
 
 # Error types (Trajectory.error_type) that mean a component is down, not that this run failed.
-SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied", "ExecutorError"}
+SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied"}
 MODEL_ERRORS = {"ModelError", "ModelRequestError"}
 
 

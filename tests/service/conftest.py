@@ -29,15 +29,8 @@ PASSAGES = [
 
 
 def executor_kind() -> str:
-    """The jailed sandbox when it is there; DISTILLERY_TEST_EXECUTOR=local|sandbox forces one."""
-    forced = os.environ.get("DISTILLERY_TEST_EXECUTOR")
-    if forced:
-        return forced
-    try:
-        import sandbox.executor  # noqa: F401
-    except ImportError:
-        return "local"
-    return "sandbox"
+    """The jailed sandbox; DISTILLERY_TEST_EXECUTOR=local runs the tests on its unjailed mode."""
+    return os.environ.get("DISTILLERY_TEST_EXECUTOR") or "sandbox"
 
 
 def reply(code: str, thought: str = "I will compute it.") -> str:
