@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from sandbox import cgroup_v2
+from sandbox.cgroup_v2 import _read_int, _read_kv  # the same counter files on v1
 from sandbox.errors import SandboxSetupError
 
 if TYPE_CHECKING:
@@ -255,24 +256,6 @@ def remove_stale(parent_dir: Path) -> None:
     """rmdir the empty groups of jails whose process is gone (nsjail leaves them behind when
     it is SIGKILLed or fails to start the jail)."""
     cgroup_v2.remove_stale(parent_dir)
-
-
-def _read_kv(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            k, _, v = line.partition(" ")
-            if k == key:
-                return int(v)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _read_int(path: Path) -> int:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class JailCgroups:
