@@ -156,7 +156,7 @@ def add_dataclass_flags(
     default. Read them back with `dataclass_values(args, cls, names)`."""
     from distillery.settings import field_docs
 
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls, names)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     docs = field_docs(cls)
     for name in names:
@@ -171,6 +171,19 @@ def add_dataclass_flags(
             help=f"{text} [default: {shown}]".replace("%", "%%"),
             **_argparse_kwargs(hints[name]),
         )
+
+
+def _field_types(cls: type, names: Iterable[str]) -> dict[str, Any]:
+    """The evaluated annotations of `names` (others may name types imported only for mypy)."""
+    import sys
+
+    module_globals = vars(sys.modules[cls.__module__])
+    types_by_name = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = {}
+    for name in names:
+        t = types_by_name[name]
+        out[name] = eval(t, module_globals) if isinstance(t, str) else t  # noqa: S307
+    return out
 
 
 def dataclass_values(args: argparse.Namespace, cls: type, names: Iterable[str]) -> dict[str, Any]:

@@ -58,7 +58,8 @@ class EvalError(RuntimeError):
 class EvalConfig:
     mode: Mode = "agent"
     agent: AgentConfig = field(default_factory=AgentConfig)
-    concurrency: int = 4
+    concurrency: int = GenerateConfig.concurrency
+    """Questions in flight."""
     model: dict[str, Any] = field(default_factory=dict)
     """What answers: {"kind": url|path|embedded|gateway, "name", "url"|"path"}."""
     retrieval: dict[str, Any] | None = None
@@ -67,8 +68,10 @@ class EvalConfig:
     protocol: dict[str, Any] | None = None
     limit: int | None = None
     only_covered: bool = False
-    cot_temperature: float = 0.0
-    cot_max_tokens: int = 2048
+    cot_temperature: float = GenerateConfig.cot_temperature
+    """Sampling temperature of the CoT pass (--mode cot)."""
+    cot_max_tokens: int = GenerateConfig.cot_max_tokens
+    """Completion tokens of the CoT pass."""
     name: str | None = None
     """The run's label in reports (default: the folder name)."""
     progress: bool = True

@@ -52,10 +52,13 @@ class GenerateConfig:
     ftp: bool = False
     """First-thought prefix (agent mode): a CoT pass whose first paragraph starts the thought."""
     concurrency: int = 4
+    """Questions in flight."""
     agent: AgentConfig | None = None
     """None: AgentConfig(prompt='teacher', samples=1)."""
     cot_temperature: float = 0.0
+    """Sampling temperature of the CoT pass (--mode cot, and the first-thought prefix)."""
     cot_max_tokens: int = 2048
+    """Completion tokens of the CoT pass."""
     retry_errors: bool = True
     """On resume, run again the ids whose last record is an error."""
     progress: bool = True

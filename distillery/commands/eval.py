@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distillery.commands.training import GENERATION_FIELDS, add_generation_flags
 from distillery.options import (
     AGENT_FIELDS,
     ALIASES,
@@ -32,6 +33,7 @@ from distillery.options import (
     SANDBOX_FIELDS,
     UsageError,
     add_settings_flags,
+    dataclass_values,
     emit,
     fail,
     settings_from_args,
@@ -106,10 +108,9 @@ def _add_run(esub: Any) -> None:
     a.add_argument("--mode", choices=["agent", "cot"], default="agent",
                    help="the agent (default) or plain chain-of-thought")
     add_settings_flags(a, AGENT_FIELDS, flags=ALIASES)
-    a.add_argument("--concurrency", "-j", type=int, default=4, help="runs in flight (default 4)")
-    a.add_argument("--run-timeout", type=float, help="seconds per question (default: none)")
-    a.add_argument("--cot-temperature", type=float, default=0.0, help="--mode cot (default 0)")
-    a.add_argument("--cot-max-tokens", type=int, default=2048, help="--mode cot (default 2048)")
+    from evaluation.runner import EvalConfig as RunConfig
+
+    add_generation_flags(a, RunConfig)
     add_settings_flags(r.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(r.add_argument_group("retrieval (factual sets)"), RETRIEVAL_FIELDS)
     j = r.add_argument_group("judge (factual accuracy; without one: exact match)")
@@ -203,7 +204,7 @@ def _plan(args: argparse.Namespace) -> _Plan | int:
             "--gateway-url evaluates the served agent; --mode cot needs a model (--model-url)",
             EXIT_CONFIG,
         )
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         return _fail("--concurrency must be at least 1", EXIT_CONFIG)
     try:
         settings = settings_from_args(args, EVAL_FIELDS)
@@ -226,16 +227,14 @@ def _plan(args: argparse.Namespace) -> _Plan | int:
     cfg = EvalConfig(
         mode=args.mode,
         agent=agent_cfg,
-        concurrency=args.concurrency,
         retrieval=_retrieval_description(settings) if local_search else None,
         judge={"url": args.judge_url, "model": args.judge_model} if args.judge_url else None,
         limit=args.limit,
         only_covered=args.only_covered,
-        cot_temperature=args.cot_temperature,
-        cot_max_tokens=args.cot_max_tokens,
         name=args.name,
         progress=not args.no_progress,
         data_dir=str(settings.data_dir),
+        **dataclass_values(args, EvalConfig, GENERATION_FIELDS),
     )
     return _Plan(settings, agent_cfg, sets, cfg, local_search)
 

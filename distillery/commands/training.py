@@ -71,6 +71,18 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+GENERATION_FIELDS = ["concurrency", "cot_temperature", "cot_max_tokens"]
+
+
+def add_generation_flags(group: Any, config_cls: type) -> None:
+    """Concurrency, the per-question deadline and the CoT pass's sampling: shared by
+    `generate` and `eval run`, defaults from `config_cls` (GenerateConfig / EvalConfig)."""
+    add_dataclass_flags(
+        group, config_cls, GENERATION_FIELDS, flags={"concurrency": ["--concurrency", "-j"]}
+    )
+    group.add_argument("--run-timeout", type=float, help="seconds per question [default: none]")
+
+
 def _emit(summary: dict[str, Any]) -> None:
     emit(summary)
 
@@ -124,16 +136,15 @@ def _add_generate(sub: Any) -> None:
         action="store_true",
         help="CoT pass first; its first paragraph starts the agent's first thought",
     )
-    g.add_argument("--concurrency", "-j", type=int, default=4, help="runs in flight (default 4)")
+    from training.generate import GenerateConfig
+
+    add_generation_flags(g, GenerateConfig)
     add_settings_flags(
         g,
         AGENT_FIELDS,
         flags=ALIASES,
         helps={name: f"{GENERATE_DEFAULT_HELP[name]}" for name in GENERATE_DEFAULTS},
     )
-    g.add_argument("--run-timeout", type=float, help="seconds per question (default: none)")
-    g.add_argument("--cot-temperature", type=float, default=0.0)
-    g.add_argument("--cot-max-tokens", type=int, default=2048)
     add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(p.add_argument_group("retrieval"), RETRIEVAL_FIELDS)
     g.add_argument("--no-search", action="store_true", help="do not offer web_search")
@@ -208,10 +219,8 @@ def run_generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(
         mode=args.mode,
         ftp=args.ftp,
-        concurrency=args.concurrency,
         agent=agent_cfg,
-        cot_temperature=args.cot_temperature,
-        cot_max_tokens=args.cot_max_tokens,
+        **dataclass_values(args, GenerateConfig, GENERATION_FIELDS),
         retry_errors=not args.no_retry_errors,
         progress=not args.no_progress,
     )
