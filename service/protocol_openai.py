@@ -135,7 +135,9 @@ class ChatCompletionRequest(RequestModel):
     # --- distillery extensions (send with the SDK's extra_body) -------------------------
     max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
     samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
-    policy: Literal["first", "majority"] | None = Field(None, description="Extension: SAG policy")
+    policy: Literal["early", "first", "majority"] | None = Field(
+        None, description="Extension: SAG policy"
+    )
     timeout_s: float | None = Field(
         None, ge=MIN_TIMEOUT_S, le=86400,
         description="Extension: request deadline (capped by the server)",

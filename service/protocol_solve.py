@@ -36,8 +36,10 @@ class SolveRequest(RequestModel):
     samples: int | None = Field(
         None, ge=1, le=64, description="N candidate actions per step, SAG (default: server's)"
     )
-    policy: Literal["first", "majority"] | None = Field(
-        None, description="How a step picks its candidate (default: server's)"
+    policy: Literal["early", "first", "majority"] | None = Field(
+        None,
+        description="How a step picks its candidate: 'early' (first to finish validly), "
+        "'first' (first valid in sampling order) or 'majority' (default: server's)",
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)

@@ -196,3 +196,22 @@ def test_deadline_ends_the_run_with_timeout(
     body = r.json()
     assert body["finish_reason"] == "timeout"
     assert body["timings"]["total_s"] < 2.5
+
+
+def test_every_policy_of_the_agent_is_accepted(
+    gateway: GatewayServer, scripted_server: ScriptedServer
+) -> None:
+    """The request's `policy` extension takes every policy the agent has (early included)."""
+    import typing
+
+    from agent.agent import Policy
+
+    scripted_server.handler = square_handler
+    for policy in typing.get_args(Policy):
+        r = httpx.post(
+            gateway.url + "/v1/solve",
+            json={"question": "square 3", "policy": policy, "samples": 2},
+            timeout=120,
+        )
+        assert r.status_code == 200, (policy, r.text)
+        assert r.json()["answer"] == 9, policy
