@@ -42,7 +42,8 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
         reply("Done.", "final_answer(z)"),
     ]),
     "Wrong: what is 2 + 2?": ("4", [reply("Guess.", "final_answer(5)")]),
-    "Never answers: what is 1 + 1?": ("2", [reply("Look.", "print(1 + 1)")] * 10),
+    # a different action each step (an identical one would end the run early as stuck)
+    "Never answers: what is 1 + 1?": ("2", [reply("Look.", f"print({k} + 1)") for k in range(10)]),
 }  # fmt: skip
 
 
