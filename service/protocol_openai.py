@@ -74,7 +74,21 @@ ResponseFormat = Annotated[
 ]
 
 
-class ChatCompletionRequest(RequestModel):
+class AgentExtensions(RequestModel):
+    """The distillery extensions every OpenAI-style request takes (the SDK's extra_body)."""
+
+    max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
+    samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
+    policy: Literal["early", "first", "majority"] | None = Field(
+        None, description="Extension: SAG policy"
+    )
+    timeout_s: float | None = Field(
+        None, ge=MIN_TIMEOUT_S, le=86400,
+        description="Extension: request deadline (capped by the server)",
+    )
+
+
+class ChatCompletionRequest(AgentExtensions):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"model": "MODEL", "messages": [{"role": "user", "content": "2+2?"}]}]
@@ -133,15 +147,6 @@ class ChatCompletionRequest(RequestModel):
     )
     audio: dict[str, Any] | None = Field(None, description="Not supported (no audio output)")
     # --- distillery extensions (send with the SDK's extra_body) -------------------------
-    max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
-    samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
-    policy: Literal["early", "first", "majority"] | None = Field(
-        None, description="Extension: SAG policy"
-    )
-    timeout_s: float | None = Field(
-        None, ge=MIN_TIMEOUT_S, le=86400,
-        description="Extension: request deadline (capped by the server)",
-    )
     steps_detail: Literal["none", "kept", "all"] = Field(
         "kept",
         description="Extension: steps in the `distillery` field (non-streaming) or one chunk "

@@ -21,9 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.protocol_common import RequestModel
-from service.protocol_openai import RunInfo
-from service.protocol_solve import MIN_TIMEOUT_S
+from service.protocol_openai import AgentExtensions, RunInfo
 
 __all__ = [
     "ResponseObject",
@@ -81,7 +79,7 @@ class TextConfig(BaseModel):
     verbosity: str | None = Field(None, max_length=64, description="Ignored")
 
 
-class ResponsesRequest(RequestModel):
+class ResponsesRequest(AgentExtensions):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"model": "MODEL", "input": "What is 17 * 23?"}]},
     )
@@ -118,15 +116,6 @@ class ResponsesRequest(RequestModel):
     max_tool_calls: int | None = Field(None, ge=0, description="Ignored")
     stream_options: dict[str, Any] | None = Field(None, description="Ignored")
     # --- distillery extensions ---------------------------------------------------------
-    max_steps: int | None = Field(None, ge=1, le=50, description="Extension: agent steps")
-    samples: int | None = Field(None, ge=1, le=64, description="Extension: SAG candidates")
-    policy: Literal["early", "first", "majority"] | None = Field(
-        None, description="Extension: SAG policy"
-    )
-    timeout_s: float | None = Field(
-        None, ge=MIN_TIMEOUT_S, le=86400,
-        description="Extension: request deadline (capped by the server)",
-    )
     steps_detail: Literal["none", "kept", "all"] = Field(
         "kept",
         description="Extension: the run's steps in the `distillery` field: none, the kept "
