@@ -24,7 +24,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.agent import AgentConfig, run_agent
@@ -64,14 +64,21 @@ class InstantModel:
         pass
 
 
+def _printed_42() -> ExecutionResult:
+    return ExecutionResult(stdout="42\n", value_repr="None")
+
+
 class InstantSession:
-    """Fake ExecutionSession: canned results, nothing runs."""
+    """Fake ExecutionSession: canned results (from `result`), nothing runs."""
+
+    def __init__(self, result: Callable[[], ExecutionResult] = _printed_42) -> None:
+        self.result = result
 
     async def run(self, code: str) -> ExecutionResult:
-        return ExecutionResult(stdout="42\n", value_repr="None")
+        return self.result()
 
     async def try_candidates(self, codes: Sequence[str]) -> list[ExecutionResult]:
-        return [ExecutionResult(stdout="42\n", value_repr="None") for _ in codes]
+        return [self.result() for _ in codes]
 
     async def commit(self, index: int) -> None:
         pass
@@ -84,11 +91,16 @@ class InstantSession:
 
 
 class InstantExecutor:
+    """Fake Executor whose sessions return `result()` for every execution."""
+
+    def __init__(self, result: Callable[[], ExecutionResult] = _printed_42) -> None:
+        self.result = result
+
     async def start(self) -> None:
         pass
 
     async def open_session(self, tools: Mapping[str, ToolFn]) -> InstantSession:
-        return InstantSession()
+        return InstantSession(self.result)
 
     async def aclose(self) -> None:
         pass
@@ -102,7 +114,8 @@ def pct(xs: list[float], q: float) -> float:
 async def loop_samples(model: Any, n: int, runs: int, steps: int) -> list[float]:
     """Per-step wall times (s) between consecutive on_step calls."""
     samples: list[float] = []
-    config = AgentConfig(samples=n, max_steps=steps)
+    # the canned model repeats one action: stuck detection would end the run after step 2
+    config = AgentConfig(samples=n, max_steps=steps, stuck_detection=False)
     for _ in range(runs):
         stamps: list[float] = []
 

@@ -31,14 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.agent import AgentConfig, run_agent
-from agent.executor import ExecutionResult, ToolFn
+from agent.executor import ExecutionResult
 from agent.model_client import Choice, Completion, Message, SamplingParams, Usage
 from agent.runtime import Runtime
+from benchmarks.bench_agent import InstantExecutor
 from evaluation.datasets import EvalSet
 from evaluation.report import write_reports
 from evaluation.runner import EvalConfig, run_eval
@@ -61,32 +62,8 @@ class InstantModel:
         pass
 
 
-class InstantSession:
-    async def run(self, code: str) -> ExecutionResult:
-        return ExecutionResult(is_final=True, final_answer=42)
-
-    async def try_candidates(self, codes: Sequence[str]) -> list[ExecutionResult]:
-        return [ExecutionResult(is_final=True, final_answer=42) for _ in codes]
-
-    async def commit(self, index: int) -> None:
-        pass
-
-    async def discard(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-class InstantExecutor:
-    async def start(self) -> None:
-        pass
-
-    async def open_session(self, tools: Mapping[str, ToolFn]) -> InstantSession:
-        return InstantSession()
-
-    async def aclose(self) -> None:
-        pass
+def _final_42() -> ExecutionResult:
+    return ExecutionResult(is_final=True, final_answer=42)
 
 
 def _questions(n: int) -> list[Question]:
@@ -97,7 +74,7 @@ def _questions(n: int) -> list[Question]:
 async def harness(n: int, work: Path) -> tuple[float, float]:
     qs = _questions(n)
     cfg = AgentConfig(samples=1, max_steps=3)
-    model, executor = InstantModel(), InstantExecutor()
+    model, executor = InstantModel(), InstantExecutor(_final_42)
     t0 = time.perf_counter()
     for q in qs:
         await run_agent(q.question, model=model, executor=executor, tools={}, config=cfg)
