@@ -117,6 +117,11 @@ class StudyConfig:
     cot_max_tokens: int = 768
     concurrency: int = 4
     run_timeout_s: float | None = 600.0
+    repair: bool = True
+    """build-data --repair for the agent data: keep correct runs that ended through the
+    final-answer call (stuck, step limit) minus their repeated steps and the final-answer
+    prompt (training/repair.py). This teacher often prints the answer and repeats the step
+    instead of calling final_answer."""
     # -- training
     sft: SFTPlan = field(default_factory=SFTPlan)
     # -- evaluation

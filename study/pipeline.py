@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from agent import AgentConfig, Runtime, ensure_embedded_model
-from study.config import ConfigError, StudyConfig, fingerprint
+from study.config import ConfigError, StudyConfig, fingerprint, preset
 from study.serving import VLLMServer
 
 __all__ = [
@@ -77,6 +77,16 @@ def split_of(qid: str) -> str:
     """'train' or 'test' for a HotpotQA id: the parity of the first 8 hex digits of its sha256
     (stable across machines and Python versions)."""
     return "train" if int(hashlib.sha256(qid.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
+
+
+def _added_at_default(doc: dict[str, Any], old: dict[str, Any], preset_name: str) -> set[str]:
+    """Fields of `doc` that a study written by an older version lacks and that hold their
+    preset's default (resuming adopts them: the stages already done did not depend on them)."""
+    try:
+        defaults = preset(preset_name).to_dict()
+    except ConfigError:
+        return set()
+    return {k for k in doc if k not in old and k in defaults and doc[k] == defaults[k]}
 
 
 def _sha256(path: Path) -> str:
@@ -243,6 +253,14 @@ class Study:
         path = self.out / "study.json"
         if path.is_file():
             old = json.loads(path.read_text(encoding="utf-8"))
+            added = _added_at_default(doc, old.get("config", {}), self.cfg.preset)
+            if added and old.get("fingerprint") == fingerprint(
+                {k: v for k, v in doc.items() if k not in added}
+            ):
+                self.say(f"study.json: adopting fields added since it was written, at their "
+                         f"defaults: {', '.join(sorted(added))}")  # fmt: skip
+                _write_json(path, {**old, "fingerprint": fingerprint(doc), "config": doc})
+                return
             if old.get("fingerprint") != fingerprint(doc):
                 diffs = sorted(
                     k for k in set(doc) | set(old.get("config", {}))
@@ -514,7 +532,8 @@ class Study:
         files = [Path(f) for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
         out = self.out / "data" / f"{mode}.jsonl"
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
-            self.student_dir()), max_length=self.cfg.sft.max_length)  # fmt: skip
+            self.student_dir()), max_length=self.cfg.sft.max_length,
+            repair=self.cfg.repair and mode == "agent")  # fmt: skip
         self.say(f"build-data-{mode}: kept {summary['kept']} of {summary['records']} "
                  f"(dropped {summary['dropped']})")  # fmt: skip
         if summary["kept"] == 0:

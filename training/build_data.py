@@ -2,7 +2,9 @@
 
 Keeps an agent trajectory when it answered (not max steps, error or timeout), the
 answer is correct, and every step's kept reply parsed; steps whose code raised and
-that the teacher then recovered from are kept (the paper's filter). A CoT record is
+that the teacher then recovered from are kept (the paper's filter). With `repair`, a correct run
+that ended through the final-answer call (stuck or at the step limit) is kept without its
+repeated steps and the final-answer prompt (training/repair.py). A CoT record is
 kept when its boxed answer is correct and the reply was not cut off.
 
 Agent trajectories are re-rendered with the student prompt (the system message the
@@ -38,6 +40,7 @@ from agent.protocol import Protocol, ProtocolError, default_protocol, load_proto
 from agent.trajectory import Trajectory
 from training.grading import grade
 from training.masking import MaskError, encode_conversation, verify_encoding
+from training.repair import repaired_turns
 
 
 class BuildDataError(ValueError):
@@ -51,6 +54,8 @@ class BuildStats:
     dropped: Counter[str] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
     tokens: list[int] = field(default_factory=list)
+    repaired: Counter[str] = field(default_factory=Counter)
+    """Kept after `repair`, by the run's finish reason (training/repair.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -58,6 +63,7 @@ class BuildStats:
             "kept": self.kept,
             "dropped": dict(self.dropped),
             "kinds": dict(self.kinds),
+            "repaired": dict(self.repaired),
         }
         if self.tokens:
             d["tokens"] = {
@@ -101,12 +107,14 @@ def student_messages(
     prompt: str,
     tool_names: Sequence[str],
     protocol: Protocol | None = None,
+    turns: Sequence[Message] | None = None,
 ) -> list[Message]:
     """The trajectory's transcript as the student sees it: student system prompt + task, then
-    the teacher's assistant/observation turns verbatim, ending on the last assistant turn."""
+    the teacher's assistant/observation turns verbatim (`turns`, else the recorded ones),
+    ending on the last assistant turn."""
     if len(traj.messages) < 3 or traj.messages[0].get("role") != "system":
         raise BuildDataError(f"trajectory {traj.id} has no system/task/assistant transcript")
-    turns = [dict(m) for m in traj.messages[2:]]
+    turns = [dict(m) for m in (traj.messages[2:] if turns is None else turns)]
     while turns and turns[-1]["role"] != "assistant":
         turns.pop()
     start = initial_messages(
@@ -130,8 +138,10 @@ def check_turns_protocol(rec: dict[str, Any], traj: Trajectory, protocol: Protoc
     )
 
 
-def agent_drop_reason(rec: dict[str, Any], traj: Trajectory, correct: bool | None) -> str | None:
-    if traj.finish_reason != "answer":
+def agent_drop_reason(
+    rec: dict[str, Any], traj: Trajectory, correct: bool | None, *, repaired: bool = False
+) -> str | None:
+    if traj.finish_reason != "answer" and not repaired:
         return f"finish_{traj.finish_reason}"
     if correct is None:
         return "ungraded"
@@ -162,8 +172,11 @@ def build_examples(
     keep_ungraded: bool = False,
     stats: BuildStats | None = None,
     protocol: Protocol | None = None,
+    repair: bool = False,
 ) -> list[dict[str, Any]]:
-    """Filter and render (see the module docstring). `tool_names` None: the record's tools."""
+    """Filter and render (see the module docstring). `tool_names` None: the record's tools.
+    `repair`: keep correct runs that ended through the final-answer call, minus their
+    repeated steps and the final-answer prompt (training/repair.py)."""
     stats = stats or BuildStats()
     protocol = protocol or default_protocol()
     out: list[dict[str, Any]] = []
@@ -195,14 +208,19 @@ def build_examples(
             correct = _correct(rec, traj.answer, regrade)
             if correct is None and keep_ungraded:
                 correct = True
-            reason = agent_drop_reason(rec, traj, correct)
+            turns = repaired_turns(traj) if repair and correct else None
+            reason = agent_drop_reason(rec, traj, correct, repaired=turns is not None)
             if reason:
                 stats.dropped[reason] += 1
                 continue
             check_turns_protocol(rec, traj, protocol)
             tools = list(tool_names) if tool_names is not None else list(rec.get("tools", []))
-            messages = student_messages(traj, prompt=prompt, tool_names=tools, protocol=protocol)
-            n_steps = sum(1 for s in traj.steps if s.kind == "action")
+            messages = student_messages(
+                traj, prompt=prompt, tool_names=tools, protocol=protocol, turns=turns
+            )
+            n_steps = sum(1 for m in messages if m["role"] == "assistant")
+            if turns is not None:
+                stats.repaired[traj.finish_reason] += 1
         out.append(
             {
                 "id": str(rec["id"]),
@@ -244,6 +262,7 @@ def build_data(
     tokenizer: Any = None,
     max_length: int = 10240,
     protocol: str | Protocol | None = None,
+    repair: bool = False,
 ) -> dict[str, Any]:
     """Write the kept conversations to `out` (JSONL, atomically) and the profile they were
     rendered with to `OUT.protocol.json`; returns the summary. `protocol`: a Protocol, a
@@ -260,6 +279,7 @@ def build_data(
             keep_ungraded=keep_ungraded,
             stats=stats,
             protocol=recorded,
+            repair=repair,
         )
     if tokenizer is not None:
         kept = []

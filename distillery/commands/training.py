@@ -254,11 +254,7 @@ def run_generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 
 
-def _add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="build SFT data and fine-tune the student")
-    tsub = p.add_subparsers(dest="train_command", metavar="STEP")
-    p.set_defaults(func=lambda a: (p.print_help(), EXIT_CONFIG)[1])
-
+def _add_build_data(tsub: Any) -> None:
     b = tsub.add_parser(
         "build-data",
         help="filter teacher records and render them as student conversations",
@@ -287,6 +283,12 @@ def _add_train(sub: Any) -> None:
         "--keep-ungraded", action="store_true", help="keep records without a gold answer"
     )
     b.add_argument(
+        "--repair",
+        action="store_true",
+        help="keep correct runs that ended through the final-answer call (stuck or at the step "
+        "limit) without their repeated steps and the final-answer prompt (docs/training.md)",
+    )
+    b.add_argument(
         "--tokenizer",
         type=Path,
         help="model folder or .gguf: tokenize, verify the loss mask, drop long ones",
@@ -301,6 +303,14 @@ def _add_train(sub: Any) -> None:
                                 "with; recorded beside --out as OUT.protocol.json"},
     )
     b.set_defaults(func=run_build_data)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="build SFT data and fine-tune the student")
+    tsub = p.add_subparsers(dest="train_command", metavar="STEP")
+    p.set_defaults(func=lambda a: (p.print_help(), EXIT_CONFIG)[1])
+
+    _add_build_data(tsub)
 
     s = tsub.add_parser(
         "sft",
@@ -348,6 +358,7 @@ def run_build_data(args: argparse.Namespace) -> int:
             tool_names=tools,
             regrade=args.regrade,
             keep_ungraded=args.keep_ungraded,
+            repair=args.repair,
             tokenizer=tokenizer,
             protocol=protocol,
         )

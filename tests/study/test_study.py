@@ -301,3 +301,26 @@ def test_sigkill_mid_sft_then_rerun_gives_the_same_result(
             b = {r["id"]: r["prediction"]
                  for r in read_jsonl(reference / "eval" / row / "records.jsonl")}  # fmt: skip
             assert a == b, row
+
+
+def test_resume_adopts_new_fields_at_their_defaults(tmp_path: Path) -> None:
+    """A study written before a field existed resumes when the field holds its default (and
+    study.json then records it); a non-default value of that field is another configuration."""
+    from study.config import fingerprint
+    from study.pipeline import Study
+
+    cfg = load_config(preset_name="quick", student={"path": "x"}, teacher={"url": "http://x"})
+    old = {k: v for k, v in cfg.to_dict().items() if k != "repair"}
+    (tmp_path / "study.json").write_text(json.dumps({"fingerprint": fingerprint(old),
+                                                     "config": old}))  # fmt: skip
+    said: list[str] = []
+    Study(cfg, tmp_path, backend=None, say=said.append)._setup()  # type: ignore[arg-type]
+    assert any("adopting" in m and "repair" in m for m in said)
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["config"]["repair"] is True and saved["fingerprint"] == fingerprint(cfg.to_dict())
+
+    (tmp_path / "study.json").write_text(json.dumps({"fingerprint": fingerprint(old),
+                                                     "config": old}))  # fmt: skip
+    cfg.repair = False
+    with pytest.raises(ValueError, match="another configuration"):
+        Study(cfg, tmp_path, backend=None, say=said.append)._setup()  # type: ignore[arg-type]
