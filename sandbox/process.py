@@ -210,7 +210,9 @@ class WorkerProcess:
             self.cgroups = jail_cgroups(self.config, init)  # None under rlimit-only
             if self.config.freeze_between_steps and self.cgroups is not None:
                 self.freezer = make_freezer(
-                    self.config.cgroup_root, self.config.cgroup_parent, f"NSJAIL.{init}",
+                    self.config.cgroup_root,
+                    self.config.cgroup_parent,
+                    f"NSJAIL.{init}",
                     self.cgroups,
                 )
                 if self.freezer is not None:
@@ -538,7 +540,9 @@ class WorkerProcess:
     def _state_host_pid(self) -> int | None:
         """Host pid of the state process (its pid namespace's pid is `state_pid`)."""
         if self.state_host_pid is None and self.cgroups is not None:
-            for pid in self.cgroups.procs():
+            # newest first: the state is the promoted candidate, forked after the old
+            # state and usually after its rivals (a guess for speed; NSpid decides)
+            for pid in sorted(self.cgroups.procs(), reverse=True):
                 if pid != self.init_host_pid and _ns_pid(pid) == self.state_pid:
                     self.state_host_pid = pid
                     break
@@ -632,10 +636,13 @@ class WorkerProcess:
 def _ns_pid(pid: int) -> int | None:
     """The innermost pid-namespace pid of host process `pid` (NSpid's last field)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"NSpid:"):
-                    return int(line.split()[-1])
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            text = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        start = text.index(b"\nNSpid:") + 7
+        return int(text[start : text.index(b"\n", start)].split()[-1])
     except (OSError, ValueError, IndexError):
         pass
     return None

@@ -60,6 +60,8 @@ TEXT_FIELDS = ("stdout", "value_repr", "error", "final_answer")
 FINAL_JSON_MAX_BYTES = 1 << 15
 """A structured final answer's JSON is at most this large; bigger ones are sent as str()."""
 DEFAULT_MAX_DEPTH = 64
+BATCH_BYTES = 1 << 16
+"""The worker sends a result's frames in one write when they add up to at most this."""
 
 Message = dict[str, Any]
 
@@ -167,10 +169,16 @@ def encode_raw_text(field: str, text: str) -> bytes:
     return HEADER.pack(RAW_TEXT | len(body)) + body
 
 
+def text_frames(field: str, text: str) -> Iterator[bytes]:
+    """`text` as raw text frames of at most TEXT_CHUNK_CHARS characters each."""
+    for i in range(0, len(text), TEXT_CHUNK_CHARS):
+        yield encode_raw_text(field, text[i : i + TEXT_CHUNK_CHARS])
+
+
 def send_text(sock: socket.socket, field: str, text: str) -> None:
     """Send `text` as raw text frames of at most TEXT_CHUNK_CHARS characters."""
-    for i in range(0, len(text), TEXT_CHUNK_CHARS):
-        sock.sendall(encode_raw_text(field, text[i : i + TEXT_CHUNK_CHARS]))
+    for frame in text_frames(field, text):
+        sock.sendall(frame)
 
 
 def send_blocking(sock: socket.socket, msg: Message, fds: tuple[int, ...] = ()) -> None:

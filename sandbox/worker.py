@@ -299,14 +299,21 @@ def execute(code: str, ns: dict[str, Any], limit: int, depth_max: int = 32) -> d
 
 def send_result(sock: socket.socket, res: dict[str, Any]) -> None:
     """The result as `text` frames for its long fields, then a small `result` frame."""
-    texts = []
+    texts: list[str] = []
+    frames: list[bytes] = []
     for name in protocol.TEXT_FIELDS:
         value = res.pop(name, None)
         if isinstance(value, str):
             texts.append(name)
-            protocol.send_text(sock, name, value)
+            frames.extend(protocol.text_frames(name, value))
     res["texts"] = texts
-    protocol.send_blocking(sock, res)
+    frames.append(protocol.encode(res))
+    # one write for a small result (one wake-up of the host), chunks for a large one
+    if sum(len(f) for f in frames) <= protocol.BATCH_BYTES:
+        sock.sendall(b"".join(frames))
+    else:
+        for frame in frames:
+            sock.sendall(frame)
 
 
 # --- process management ---------------------------------------------------------------------
@@ -361,13 +368,28 @@ def sweep(init_pid: int) -> None:
                     pass
 
 
+def open_fds() -> list[int]:
+    """Every open descriptor number >= 3 of this process, in one poll() (there is no /proc
+    in the jail): poll marks every number that is not open with POLLNVAL."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = 1024 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 16)
+    poller = select.poll()
+    for fd in range(3, top):
+        poller.register(fd, 0)
+    while True:
+        try:
+            closed = {fd for fd, ev in poller.poll(0) if ev & select.POLLNVAL}
+            break
+        except InterruptedError:
+            continue
+    return [fd for fd in range(3, top) if fd not in closed]
+
+
 def close_duplicates(conn: socket.socket) -> None:
     """Neutralize every other descriptor of this process that refers to `conn`'s socket."""
     me = conn.fileno()
     target = os.fstat(me)
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    top = 1024 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 16)
-    for fd in range(3, top):
+    for fd in open_fds():
         if fd == me:
             continue
         try:

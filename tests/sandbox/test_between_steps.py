@@ -102,8 +102,9 @@ async def test_a_stopped_state_and_a_detached_child_do_not_outlive_the_step(
     await assert_healthy(s, tracker)
 
 
-async def test_rejected_candidates_leave_no_ipc_objects(open_session: Opener,
-                                                        tracker: Tracker) -> None:
+async def test_rejected_candidates_leave_no_ipc_objects(
+    open_session: Opener, tracker: Tracker
+) -> None:
     s = await open_session(attack_config())
     code = """
 import ctypes
@@ -122,4 +123,26 @@ res
     for r in results:
         res = eval(r.value_repr or "{}")
         assert all(v == (-1, 1) for v in res.values()), res  # EPERM: none can be made
+    await assert_healthy(s, tracker)
+
+
+async def test_a_kept_duplicate_of_the_socket_is_dead_after_promotion(
+    open_session: Opener, tracker: Tracker
+) -> None:
+    # the step keeps dups of its own socket (one at a high number, near the jail's
+    # RLIMIT_NOFILE): once it is the state process they must not reach the control channel
+    s = await open_session(attack_config())
+    r = await s.run(
+        "import os, stat\n"
+        "def is_sock(fd):\n"
+        "    try:\n        return stat.S_ISSOCK(os.fstat(fd).st_mode)\n"
+        "    except OSError:\n        return False\n"
+        "sock = [fd for fd in range(3, 64) if is_sock(fd)][0]\n"
+        "kept = [os.dup(sock), os.dup2(sock, 250)]\n"
+        "f = open('/tmp/own', 'w')\n"
+        "kept"
+    )
+    assert r.ok, r.error
+    r = await s.run("[is_sock(fd) for fd in kept], f.closed, f.write('x')")
+    assert r.value_repr == "([False, False], False, 1)", r
     await assert_healthy(s, tracker)
