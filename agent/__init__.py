@@ -45,6 +45,7 @@ from agent.protocol import (
     load_protocol,
     resolve_protocol_spec,
 )
+from agent.ct2_engine import CTranslate2Engine
 from agent.runtime import Runtime
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
@@ -52,6 +53,7 @@ from agent.transformers_engine import TransformersEngine
 __all__ = [
     "AnswerCheck",
     "AgentConfig",
+    "CTranslate2Engine",
     "Candidate",
     "Choice",
     "Completion",

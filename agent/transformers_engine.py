@@ -21,6 +21,10 @@ collects the stream. Generation runs on the engine's own single worker thread, s
 event loop keeps serving while the model computes and calls are served one at a time,
 in order. A closed stream or a cancelled call stops its generation at the next token.
 
+`InProcessEngine` holds what the in-process engines share (the streaming surface, the
+worker thread, the chat template, request checks); agent.ct2_engine reuses it and the row
+decoder for the CTranslate2 engine.
+
 torch and transformers are imported inside functions: the CLI imports this module lazily,
 and `import agent` must stay light.
 """
@@ -48,87 +52,29 @@ from agent.streaming import ChoiceDelta, CompletionStream, collect
 _ROLES = frozenset({"system", "user", "assistant"})
 
 
-class TransformersEngine:
-    """A causal LM and its tokenizer, served in-process. Build it with `from_path`."""
+class InProcessEngine:
+    """What the in-process engines share: the ModelClient/streaming surface, one worker
+    thread that runs the calls in order, the chat template and vLLM's request checks.
+    A subclass implements `_generate` (on the worker thread: emit a `Usage` with the prompt
+    tokens, then `ChoiceDelta`s; stop at the next token once `cancel` is set)."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, model_name: str, threads: int | None = None
+        self, tokenizer: Any, *, model_name: str, threads: int | None, torch_threads: bool
     ) -> None:
-        self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.threads = threads if threads is not None else default_threads()
         if self.threads < 1:
             raise ModelError(f"threads must be >= 1, got {self.threads}")
+        self.context_length: int = 1 << 30
         self._lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1,
-            thread_name_prefix="transformers-engine",
+            thread_name_prefix=f"{type(self).__name__}-worker",
             initializer=_set_worker_threads,
-            initargs=(self.threads,),
+            initargs=(self.threads if torch_threads else None,),
         )
         self._closed = False
-        gen = model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
-        self._eos_ids: list[int] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-        if not self._eos_ids:
-            raise ModelError("the model defines no end-of-sequence token")
-        pad = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
-        self._pad_id: int = int(pad) if pad is not None else self._eos_ids[0]
-        self._eos = frozenset(self._eos_ids)
-        self.context_length: int = int(
-            getattr(model.config, "max_position_embeddings", 0) or 1 << 30
-        )
-
-    # --- construction ---------------------------------------------------------------
-    @classmethod
-    def from_path(
-        cls,
-        path: str | Path,
-        *,
-        model_name: str | None = None,
-        dtype: str | None = None,
-        device: str | None = None,
-        threads: int | None = None,
-    ) -> TransformersEngine:
-        """Load an HF folder (safetensors + config + tokenizer with a chat template).
-
-        dtype: "float32" | "bfloat16" | "float16" | "auto" (the folder's) | None (the
-        folder's dtype if this CPU computes it natively, else float32).
-        device: None = "cuda" when available, else "cpu".
-        threads: torch's CPU threads for generation (set on the engine's worker thread
-        only, not process-wide); None = `default_threads()`.
-        """
-        folder = Path(path).expanduser()
-        if threads is not None and threads < 1:
-            raise ModelError(f"threads must be >= 1, got {threads}")
-        if not (folder / "config.json").is_file():
-            raise ModelError(
-                f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "
-                "saved with save_pretrained, or omit the path to use the embedded model"
-            )
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise ModelError(
-                f"the in-process engine needs torch and transformers ({exc}): "
-                "`.venv/bin/pip install -e '.[embedded]'`"
-            ) from exc
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=_resolve_dtype(folder, dtype, device)
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the model in {folder}: {exc}") from exc
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(f"the tokenizer in {folder} has no chat template")
-        model.to(torch.device(device))
-        model.eval()
-        return cls(model, tokenizer, model_name=model_name or folder.name, threads=threads)
 
     # --- ModelClient ----------------------------------------------------------------
     async def complete(
@@ -205,6 +151,103 @@ class TransformersEngine:
             await fut
         finally:
             cancel.set()  # a closed stream ends the generation at its next token
+
+    def _generate(
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        continue_final_message: bool,
+        cancel: threading.Event,
+        emit: Any,
+    ) -> None:
+        raise NotImplementedError
+
+    def _encode(self, messages: list[Message], continue_final_message: bool) -> list[int]:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=not continue_final_message,
+                continue_final_message=continue_final_message,
+            )
+        except Exception as exc:  # noqa: BLE001 - template errors (jinja, bad roles) are the caller's
+            raise ModelRequestError(f"the chat template rejected the messages: {exc}") from exc
+        # The template already wrote the special tokens (BOS, role markers).
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+
+class TransformersEngine(InProcessEngine):
+    """A causal LM and its tokenizer, served in-process. Build it with `from_path`."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, model_name: str, threads: int | None = None
+    ) -> None:
+        super().__init__(tokenizer, model_name=model_name, threads=threads, torch_threads=True)
+        self.model = model
+        gen = model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self._eos_ids: list[int] = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        if not self._eos_ids:
+            raise ModelError("the model defines no end-of-sequence token")
+        pad = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
+        self._pad_id: int = int(pad) if pad is not None else self._eos_ids[0]
+        self._eos = frozenset(self._eos_ids)
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        model_name: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> TransformersEngine:
+        """Load an HF folder (safetensors + config + tokenizer with a chat template).
+
+        dtype: "float32" | "bfloat16" | "float16" | "auto" (the folder's) | None (the
+        folder's dtype if this CPU computes it natively, else float32).
+        device: None = "cuda" when available, else "cpu".
+        threads: torch's CPU threads for generation (set on the engine's worker thread
+        only, not process-wide); None = `default_threads()`.
+        """
+        folder = Path(path).expanduser()
+        if threads is not None and threads < 1:
+            raise ModelError(f"threads must be >= 1, got {threads}")
+        base = adapter_base(folder)  # an adapter-only export loads as base + adapter
+        weights = base or folder
+        if not (weights / "config.json").is_file():
+            raise ModelError(
+                f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "
+                "saved with save_pretrained, or omit the path to use the embedded model"
+            )
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelError(
+                f"the in-process engine needs torch and transformers ({exc}): "
+                "`.venv/bin/pip install -e '.[embedded]'`"
+            ) from exc
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(weights), dtype=_resolve_dtype(weights, dtype, device)
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the model in {folder}: {exc}") from exc
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(f"the tokenizer in {folder} has no chat template")
+        if base is not None:
+            model = _merge_adapter(model, folder)
+        model.to(torch.device(device))
+        model.eval()
+        return cls(model, tokenizer, model_name=model_name or folder.name, threads=threads)
 
     # --- the work, on the worker thread ---------------------------------------------
     def _generate(
@@ -284,20 +327,6 @@ class TransformersEngine:
                     logits = out.logits[:, -1, :]
             except Exception as exc:  # noqa: BLE001 - any failure inside the model is a model error
                 raise ModelError(f"generation failed: {type(exc).__name__}: {exc}") from exc
-
-    def _encode(self, messages: list[Message], continue_final_message: bool) -> list[int]:
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                tokenize=False,
-                add_generation_prompt=not continue_final_message,
-                continue_final_message=continue_final_message,
-            )
-        except Exception as exc:  # noqa: BLE001 - template errors (jinja, bad roles) are the caller's
-            raise ModelRequestError(f"the chat template rejected the messages: {exc}") from exc
-        # The template already wrote the special tokens (BOS, role markers).
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
 
 
 _END = object()
@@ -393,7 +422,9 @@ def default_threads() -> int:
     return max(1, (cores or 1) - 1)
 
 
-def _set_worker_threads(threads: int) -> None:
+def _set_worker_threads(threads: int | None) -> None:
+    if threads is None:  # an engine that sets its own threads (not torch's)
+        return
     import torch
 
     torch.set_num_threads(threads)  # per OS thread under OpenMP: this worker only
@@ -447,3 +478,43 @@ def _resolve_dtype(folder: Path, dtype: str | None, device: str) -> Any:
     if folder_dtype == "bfloat16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def adapter_base(folder: Path) -> Path | None:
+    """The base model folder of an adapter-only export (`distillery export --mode adapter`:
+    adapter_config.json and no config.json), None for a model folder. A relative
+    `base_model_name_or_path` counts from the adapter folder. ModelError when the base it
+    names is not a local Hugging Face folder."""
+    if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return None
+    import json
+
+    try:
+        named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the base model of the adapter in {folder}: {exc}") from exc
+    base = folder / str(named or "")
+    if not named or not (base / "config.json").is_file():
+        raise ModelError(
+            f"{folder} is a LoRA adapter whose base model {named!r} is not a local Hugging Face "
+            "folder: point base_model_name_or_path in its adapter_config.json at the base "
+            "folder, or load the merged export (`distillery export --mode merge`) instead"
+        )
+    return base
+
+
+def _merge_adapter(model: Any, folder: Path) -> Any:
+    """`model` (the base) with the LoRA adapter in `folder` folded into its weights: the
+    merged export's weights, computed at load time (peft)."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelError(
+            f"{folder} is a LoRA adapter and loading one needs peft ({exc}): "
+            "`.venv/bin/pip install -e '.[train]'`, or load the merged export "
+            "(`distillery export --mode merge`)"
+        ) from exc
+    try:
+        return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot apply the adapter in {folder} to its base: {exc}") from exc

@@ -57,7 +57,7 @@ def build_model(settings: Settings) -> ModelClient:
             timeout_s=settings.model_timeout_s,
             retries=settings.model_retries,
         )
-    from agent.transformers_engine import TransformersEngine
+    from agent import CTranslate2Engine, TransformersEngine
 
     path = settings.model_path
     if path is None:
@@ -66,6 +66,10 @@ def build_model(settings: Settings) -> ModelClient:
         path = ensure_embedded_model(settings.cache_dir)
     elif not path.is_dir():
         raise ConfigError(f"model path {path} is not a directory (expected a Hugging Face folder)")
+    if settings.engine == "ctranslate2":
+        return CTranslate2Engine.from_path(
+            path, model_name=settings.model, threads=settings.engine_threads
+        )
     return TransformersEngine.from_path(
         path, model_name=settings.model, threads=settings.engine_threads
     )
