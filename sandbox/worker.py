@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import errno
 import gc
 import io
@@ -34,7 +35,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from sandbox import protocol
@@ -385,6 +387,151 @@ def open_fds() -> list[int]:
     return [fd for fd in range(3, top) if fd not in closed]
 
 
+# --- the run's /tmp: only the committed candidate's view survives ---------------------------
+
+TMP_ROOT = ["/tmp"]  # the jail's private tmpfs (unjailed: the worker's own directory)
+TMP_SNAPSHOT_MAX_BYTES = 8 << 20
+TMP_SNAPSHOT_MAX_ENTRIES = 2048
+Entry = tuple[str, int, bytes]  # kind ("f" file, "d" dir, "l" symlink), mode, content/target
+Snapshot = dict[str, Entry]
+
+
+def snapshot_tmp() -> Snapshot | None:
+    """The contents of /tmp (relative path -> entry), or None when it holds more than the
+    caps or something unreadable (then it is not restored: the step's candidates share
+    it, as before). Fifos and sockets are not kept. Directories the code made
+    inaccessible to itself are opened for the scan and closed again."""
+    opened: list[tuple[str, int]] = []
+    try:
+        return _scan_tmp(opened)
+    finally:
+        for path, mode in reversed(opened):
+            with contextlib.suppress(OSError):
+                os.chmod(path, mode)
+
+
+def _scan_tmp(opened: list[tuple[str, int]]) -> Snapshot | None:
+    root, size, todo = TMP_ROOT[0], 0, [""]
+    out: Snapshot = {}
+    while todo:
+        rel = todo.pop()
+        try:
+            for e in list(os.scandir(os.path.join(root, rel))):
+                path = os.path.join(rel, e.name)
+                if len(out) >= TMP_SNAPSHOT_MAX_ENTRIES:
+                    return None
+                st = e.stat(follow_symlinks=False)
+                mode = st.st_mode & 0o7777
+                if e.is_symlink():
+                    out[path] = ("l", 0, os.fsencode(os.readlink(e.path)))
+                elif e.is_dir(follow_symlinks=False):
+                    out[path] = ("d", mode, b"")
+                    if mode & 0o700 != 0o700:
+                        os.chmod(e.path, mode | 0o700)
+                        opened.append((e.path, mode))
+                    todo.append(path)
+                elif e.is_file(follow_symlinks=False):
+                    size += st.st_size
+                    if size > TMP_SNAPSHOT_MAX_BYTES:
+                        return None
+                    out[path] = ("f", mode, _readable(e.path, 0o600, _read_file))
+        except FileNotFoundError:
+            continue  # removed meanwhile (a rival still runs)
+        except OSError:
+            return None
+    return out
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(TMP_SNAPSHOT_MAX_BYTES)
+
+
+T = TypeVar("T")
+
+
+def _readable(path: str, mode: int, read: Callable[[str], T]) -> T:
+    """read(path); on EACCES (the code chmod-ed its own entry) with `mode` for a moment."""
+    try:
+        return read(path)
+    except PermissionError:
+        old = os.lstat(path).st_mode & 0o7777
+        os.chmod(path, mode)
+        try:
+            return read(path)
+        finally:
+            os.chmod(path, old)
+
+
+def fd_offsets() -> dict[int, int]:
+    """File offsets of this process's open seekable descriptors. Forks share them (one
+    open file description): a rival that moved them must not move the survivor's."""
+    out = {}
+    for fd in open_fds():
+        with contextlib.suppress(OSError):
+            out[fd] = os.lseek(fd, 0, os.SEEK_CUR)
+    return out
+
+
+def restore_offsets(offsets: dict[int, int]) -> None:
+    for fd, pos in offsets.items():
+        with contextlib.suppress(OSError):
+            os.lseek(fd, pos, os.SEEK_SET)
+
+
+def restore_tmp(snap: Snapshot | None) -> None:
+    """Make /tmp hold exactly `snap` (nothing else of the jail runs now: it was swept).
+    Files whose content is unchanged keep their inode (open descriptors stay valid);
+    changed ones are rewritten in place."""
+    if snap is None:
+        return
+    root = TMP_ROOT[0]
+    if snapshot_tmp() == snap:
+        return
+    for dirpath, dirs, _ in os.walk(root):  # make every directory usable to clean it
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, name), 0o700)
+    current = snapshot_tmp() or {}
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for name in files + dirs:
+            full = os.path.join(dirpath, name)
+            path = os.path.relpath(full, root)
+            entry, have = snap.get(path), current.get(path)
+            if entry is not None and have is not None and entry[0] == have[0] != "l":
+                continue  # same kind: a directory stays, a file is rewritten below
+            if entry is not None and entry == have:
+                continue
+            with contextlib.suppress(OSError):
+                if os.path.isdir(full) and not os.path.islink(full):
+                    os.rmdir(full)  # emptied already (bottom-up)
+                else:
+                    os.unlink(full)
+    for path in sorted(snap):  # parents before children
+        kind, mode, data = snap[path]
+        full = os.path.join(root, path)
+        with contextlib.suppress(OSError):
+            if kind == "d":
+                os.makedirs(full, exist_ok=True)
+            elif kind == "l" and not os.path.islink(full):
+                os.symlink(os.fsdecode(data), full)
+            elif kind == "f" and current.get(path) != snap[path]:
+                with contextlib.suppress(OSError):
+                    os.chmod(full, 0o600)
+                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+    for path in sorted(snap, reverse=True):  # modes last: children before parents
+        kind, mode, _ = snap[path]
+        if kind != "l":
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, path), mode)
+
+
 def close_duplicates(conn: socket.socket) -> None:
     """Neutralize every other descriptor of this process that refers to `conn`'s socket."""
     me = conn.fileno()
@@ -418,6 +565,10 @@ class State:
         self.children: dict[int, int] = {}
         self.conn = conn
         self.wake_r = self.wake_w = -1
+        self.tmp_base: Snapshot | None = None  # /tmp before this step's first candidate
+        self.tmp_taken = False
+        self.tmp_view: Snapshot | None = None  # in a candidate: /tmp when its code ended
+        self.offsets: dict[int, int] = {}  # file offsets that go with tmp_base / tmp_view
         self._arm()
 
     def _arm(self) -> None:
@@ -458,6 +609,7 @@ class State:
         close_duplicates(conn)
         self.conn = conn
         self.children = {}
+        self.tmp_base, self.tmp_taken, self.tmp_view = None, False, None
         self._arm()
 
     def send(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
@@ -518,6 +670,10 @@ class State:
             sweep(self.init_pid)
             self.reap()
             self.children.clear()
+            if self.tmp_taken:  # no candidate was kept: /tmp as before the step
+                restore_tmp(self.tmp_base)
+                restore_offsets(self.offsets)
+            self.tmp_base, self.tmp_taken = None, False
         elif op == "ping":
             self.send({"op": "pong"})
         elif op == "config":
@@ -549,6 +705,9 @@ class State:
 
     def spawn(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
         cid = msg.get("cid")
+        if not self.tmp_taken:  # the first candidate of a step: /tmp as the state left it
+            self.tmp_base, self.tmp_taken = snapshot_tmp(), True
+            self.offsets = fd_offsets()
         parent_end, child_end = socket.socketpair()
         rnd = sys.modules.get("random")
         rnd_state = rnd.getstate() if rnd is not None else None
@@ -633,6 +792,9 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
         result["error_kind"] = result["error_kind"] or "exception"
         result["is_final"], result["final_answer"] = False, None
         result["keep"] = False
+    # this candidate's view of /tmp: what survives if it is committed (rivals that still
+    # run may change /tmp after this; promotion puts this view back)
+    state.tmp_view, state.offsets = snapshot_tmp(), fd_offsets()
     try:
         send_result(sock, result)
         while True:
@@ -644,6 +806,8 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
     except (OSError, protocol.ProtocolError):
         os._exit(0)
     sweep(state.init_pid)
+    restore_tmp(state.tmp_view)
+    restore_offsets(state.offsets)
     resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     state.become(sock)
 
@@ -659,6 +823,8 @@ def state_main(conn: socket.socket, init_pid: int) -> None:
 def main() -> None:
     fd = int(sys.argv[1])
     JAILED[0] = sys.argv[2:3] == ["jail"]
+    if not JAILED[0]:
+        TMP_ROOT[0] = os.getcwd()  # unjailed: the worker's own directory stands for /tmp
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)  # nothing next to the worker is importable by user code
     conn = socket.socket(fileno=fd)
