@@ -5,7 +5,8 @@ When a step ends the host kills every process of the jail but init and the state
 process and freezes the jail (cgroup freezer); the next step thaws it. The state process
 undoes timers and signal handlers the step's code installed when it is promoted.
 SysV IPC and POSIX message queues are refused (they would outlive a rejected candidate);
-/tmp is shared by a step's candidates (docs/sandbox.md states exactly what survives).
+/tmp after a step is the committed candidate's view (test_tmp.py; docs/sandbox.md states
+exactly what survives).
 """
 
 from __future__ import annotations
