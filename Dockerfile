@@ -33,6 +33,9 @@ COPY sandbox ./sandbox
 COPY retrieval ./retrieval
 COPY service ./service
 COPY training ./training
+COPY evaluation ./evaluation
+COPY study ./study
+COPY distillery ./distillery
 
 # PIP_CERT: a CA bundle for pip where a proxy re-signs TLS (helm/build_image.sh passes it).
 FROM source AS build-gateway
