@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 KERNEL_PKG = "linux-image-6.1.0-50-amd64"
 KERNEL_RELEASE = "6.1.0-50-amd64"
-MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
+MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay"]  # overlay: podman storage
 BOOT_MARKER = "CGROUP2-VM-BOOTED"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
@@ -171,7 +171,8 @@ def qemu_argv(
 
 
 def boot(argv: list[str], console: Path, timeout_s: float, boot_s: float | None) -> str:
-    """Run qemu; 'done', 'timeout' or 'noboot' (no marker within boot_s)."""
+    """Run qemu; 'done', 'timeout' or 'noboot' (no marker within boot_s, or qemu exited
+    before it: KVM here either hangs after the firmware or qemu aborts on an MSR)."""
     cmd = ["nice", "-n", "10", *argv]
     t0 = time.monotonic()
     booted = False
@@ -200,7 +201,8 @@ def boot(argv: list[str], console: Path, timeout_s: float, boot_s: float | None)
         rest = proc.stdout.read() or b""
         logf.write(rest)
         sys.stderr.buffer.write(rest)
-    return "done"
+        booted = booted or BOOT_MARKER.encode() in buf + rest
+    return "done" if booted else "noboot"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = boot(qemu_argv(kernel, initrd, run_dir, used, args.mem, args.smp), console,
                        args.timeout, boot_s)
         if outcome == "noboot" and used == "kvm":
-            log(f"KVM guest gave no sign of life in {args.kvm_boot_s:.0f} s: using TCG")
-            kvm_hangs.write_text("KVM guest hung after the firmware; delete to retry KVM\n")
+            log(f"KVM guest did not boot (no sign of life in {args.kvm_boot_s:.0f} s, or qemu "
+                "exited): using TCG")
+            kvm_hangs.write_text("KVM guest hung or qemu aborted; delete to retry KVM\n")
             continue
         break
     wall = time.monotonic() - t0
