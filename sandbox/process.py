@@ -41,8 +41,10 @@ from sandbox.uids import UidAllocator
 
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 CONTROL_OPS = frozenset({"spawned", "spawn_failed", "exited", "pong"})
-SETTLE_S = 0.25
-"""After a step, the jail is frozen once the killed processes are gone, or this much later."""
+SETTLE_S = 2.0
+"""After a step, the jail is frozen once the killed processes are gone, or this much later.
+Long enough for a CPU-starved machine: a SIGKILLed process that is frozen before it died
+(cgroup v1) stays until the next thaw, a leftover that tests rightly count."""
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +517,7 @@ class WorkerProcess:
         delay = 0.0005
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            delay = min(delay * 2, 0.02)
             if self._kill_strays():
                 break
         if self.freezer is not None and not self._closed:

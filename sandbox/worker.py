@@ -240,7 +240,15 @@ def classify(exc: BaseException) -> str:
     return "exception"
 
 
-def execute(code: str, ns: dict[str, Any], limit: int, depth_max: int = 32) -> dict[str, Any]:
+def execute(
+    code: str,
+    ns: dict[str, Any],
+    limit: int,
+    depth_max: int = 32,
+    gate: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Run `code` in `ns`; `gate()` is called after compiling, before anything runs (a
+    fresh candidate compiles while the state process announces it to the host)."""
     res: dict[str, Any] = {
         "op": "result",
         "stdout": "",
@@ -263,9 +271,11 @@ def execute(code: str, ns: dict[str, Any], limit: int, depth_max: int = 32) -> d
             last = compile(ast.Expression(tail.value), FILENAME, "eval")
         body = compile(tree, FILENAME, "exec")
     except (SyntaxError, ValueError) as e:
+        gate()
         res["error"] = "".join(traceback.format_exception_only(type(e), e)).rstrip("\n")
         res["error_kind"] = "syntax"
         return res
+    gate()
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
     out = Capture(limit)
     saved = sys.stdout, sys.stderr
@@ -569,6 +579,7 @@ class State:
         self.tmp_taken = False
         self.tmp_view: Snapshot | None = None  # in a candidate: /tmp when its code ended
         self.offsets: dict[int, int] = {}  # file offsets that go with tmp_base / tmp_view
+        self.gate: Callable[[], None] = lambda: None  # in a fresh candidate: wait for the host
         self._arm()
 
     def _arm(self) -> None:
@@ -739,17 +750,22 @@ class State:
             self.conn.close()
             self._disarm()
             os.close(gate_w)
-            while True:
-                try:
-                    opened = os.read(gate_r, 1)
-                    break
-                except InterruptedError:
-                    continue
-            os.close(gate_r)
-            if not opened:  # the state process died before it could announce this one
-                os._exit(0)
-            if rnd is not None:  # `random` reseeds itself in forked children: undo that
-                rnd.setstate(rnd_state)
+
+            def through_gate() -> None:
+                """Called once the code is compiled, before any of it runs."""
+                while True:
+                    try:
+                        opened = os.read(gate_r, 1)
+                        break
+                    except InterruptedError:
+                        continue
+                os.close(gate_r)
+                if not opened:  # the state process died before it could announce this one
+                    os._exit(0)
+                if rnd is not None:  # `random` reseeds itself in forked children: undo that
+                    rnd.setstate(rnd_state)
+
+            self.gate = through_gate
             return child_end, msg
         child_end.close()
         os.close(gate_r)
@@ -777,7 +793,8 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
     CURRENT[0] = Candidate(sock, state.cfg)
     limit = int(state.cfg.get("output_max_bytes", 1_000_000))
     depth_max = int(state.cfg.get("json_depth_max", 32))
-    result = execute(str(msg.get("code", "")), state.ns, limit, depth_max)
+    result = execute(str(msg.get("code", "")), state.ns, limit, depth_max, state.gate)
+    state.gate = lambda: None
     CURRENT[0] = None
     if os.getpid() != me:  # a process the code forked finished the code: it has no say
         os._exit(0)
