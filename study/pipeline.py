@@ -182,11 +182,6 @@ class Study:
             ("generate-agent", lambda: self.stage_generate("agent"), ["questions"]),
             ("generate-cot", lambda: self.stage_generate("cot"), ["questions"]),
         ]
-        if "teacher" in rows:
-            st.append(("eval-teacher", lambda: self.stage_eval("teacher"), ["questions"]))
-        if "base" in rows:
-            st.append(("eval-base", lambda: self.stage_eval("base"),
-                       ["questions", "student-base"]))  # fmt: skip
         for mode in ("agent", "cot"):
             st.append((f"build-data-{mode}", lambda m=mode: self.stage_build_data(m),  # type: ignore[misc]
                        ["student-base", f"generate-{mode}"]))  # fmt: skip
@@ -201,6 +196,13 @@ class Study:
             if row in rows:
                 st.append((f"eval-{row}", lambda r=row: self.stage_eval(r),  # type: ignore[misc]
                            ["questions", src]))  # fmt: skip
+        # the reference rows last: the distilled students are the study's claim, and the
+        # teacher's evaluation is the longest stage (a budget that runs out loses it first)
+        if "base" in rows:
+            st.append(("eval-base", lambda: self.stage_eval("base"),
+                       ["questions", "student-base"]))  # fmt: skip
+        if "teacher" in rows:
+            st.append(("eval-teacher", lambda: self.stage_eval("teacher"), ["questions"]))
         evals = [f"eval-{r}" for r in ("base", "teacher", "cot", "agent", "agent_sag") if r in rows]
         st.append(("compare", self.stage_compare, evals))
         st.append(("results", self.stage_results, [s[0] for s in st]))

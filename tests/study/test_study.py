@@ -88,9 +88,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 STAGES = [
-    "questions", "student-base", "generate-agent", "generate-cot", "eval-teacher", "eval-base",
+    "questions", "student-base", "generate-agent", "generate-cot",
     "build-data-agent", "build-data-cot", "sft-agent", "sft-cot", "export-agent", "export-cot",
-    "eval-agent", "eval-agent_sag", "eval-cot", "compare", "results",
+    "eval-agent", "eval-agent_sag", "eval-cot", "eval-base", "eval-teacher", "compare", "results",
 ]  # fmt: skip
 
 
