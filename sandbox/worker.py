@@ -473,11 +473,12 @@ def _readable(path: str, mode: int, read: Callable[[str], T]) -> T:
             os.chmod(path, old)
 
 
-def fd_offsets() -> dict[int, int]:
-    """File offsets of this process's open seekable descriptors. Forks share them (one
-    open file description): a rival that moved them must not move the survivor's."""
+def fd_offsets(fds: list[int] | None = None) -> dict[int, int]:
+    """File offsets of this process's open seekable descriptors (of `fds`: default all).
+    Forks share them (one open file description): a rival that moved them must not move
+    the survivor's. A candidate needs only those it inherited from the state."""
     out = {}
-    for fd in open_fds():
+    for fd in open_fds() if fds is None else fds:
         with contextlib.suppress(OSError):
             out[fd] = os.lseek(fd, 0, os.SEEK_CUR)
     return out
@@ -811,7 +812,7 @@ def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> Non
         result["keep"] = False
     # this candidate's view of /tmp: what survives if it is committed (rivals that still
     # run may change /tmp after this; promotion puts this view back)
-    state.tmp_view, state.offsets = snapshot_tmp(), fd_offsets()
+    state.tmp_view, state.offsets = snapshot_tmp(), fd_offsets(list(state.offsets))
     try:
         send_result(sock, result)
         while True:
