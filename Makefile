@@ -106,3 +106,14 @@ image:
 .PHONY: test-cgroup2
 test-cgroup2: install-dev
 	$(BIN)/python -m tests.cgroup2.vm $(CGROUP2_ARGS)
+
+# The gateway image (`make image`'s build, squashed, cached in .cache/cgroup2-vm; rebuilt when
+# the Dockerfile, constraints or package sources change) as a podman container in the same VM
+# with the chart's security context: privileged, then the reduced capability set. Checks
+# /readyz (cgroup v2) and that a memory bomb and a fork bomb are reported as such. Separate
+# from `make test`: root, apt and PyPI for the build (3-4 min), ~25-35 min of TCG on a busy
+# 2-core host. Needs (Debian): apt-get install podman buildah crun qemu-system-x86
+# busybox-static. E.g. CGROUP2_PODMAN_ARGS="--mode capabilities --any-cached-image".
+.PHONY: test-cgroup2-podman
+test-cgroup2-podman: install-dev
+	$(BIN)/python -m tests.cgroup2.podman $(CGROUP2_PODMAN_ARGS)
