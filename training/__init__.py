@@ -5,7 +5,7 @@ importing the package loads no heavy dependency.
 """
 
 from training.build_data import BuildDataError, build_data, load_tokenizer
-from training.export import ExportError, export_model
+from training.export import ExportError, export_model, read_eval_report, update_model_card
 from training.generate import GenerateConfig, GenerateError, GenerateSummary, generate
 from training.grading import (
     Grade,
@@ -47,7 +47,9 @@ __all__ = [
     "load_questions",
     "load_tokenizer",
     "normalize_text",
+    "read_eval_report",
     "task_for_dataset",
     "token_f1",
     "train_sft",
+    "update_model_card",
 ]

@@ -7,11 +7,16 @@ From an `sft` run directory (or an adapter + base model):
 - full fine-tuning runs are copied (and cast to the requested dtype).
 
 Every export holds safetensors, the tokenizer with its chat template, the generation
-config, a model card (README.md: data, settings, final metrics, how to serve) and
-`distillery.json` (the same, machine-readable), and `distillery_protocol.json`: the
+config, a model card (README.md: data, settings, final metrics, evaluation results when
+given, how to serve) and `distillery.json` (the same, machine-readable), and
+`distillery_protocol.json`: the
 protocol profile the training data was rendered with (recorded by build-data), which
 distillery picks up when it loads this folder. Written to a temp folder and renamed,
 so a failed export never leaves a half folder behind.
+
+Evaluation results: `eval_reports` (the output folders of `distillery eval run`, or their
+report.json) go into distillery.json ("evaluation") and the card's table, at export time or
+later on an existing export with `update_model_card` (`distillery export --card-only`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,9 +92,11 @@ def export_model(
     name: str | None = None,
     overwrite: bool = False,
     protocol: str | None = None,
+    eval_reports: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Write the export; returns its summary (also in OUT/distillery.json). `protocol`: the
-    profile to write when the training data records none (else it must agree with it)."""
+    profile to write when the training data records none (else it must agree with it).
+    `eval_reports`: `distillery eval run` folders whose results the card shows."""
     from agent.protocol import PROTOCOL_FILE
     from training.build_data import BuildDataError, export_protocol
 
@@ -100,6 +108,7 @@ def export_model(
     except BuildDataError as e:
         raise ExportError(str(e)) from None
     protocol_info = {**profile.fingerprint(), "file": PROTOCOL_FILE, "source": profile_source}
+    evaluation = [read_eval_report(Path(p)) for p in eval_reports]
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)
     name = name or out_dir.name
     as_adapter = source.method == "lora" and mode == "adapter"
@@ -112,7 +121,7 @@ def export_model(
             _write_merged(source, dtype, tmp)
         tokenizer.save_pretrained(str(tmp))
         (tmp / PROTOCOL_FILE).write_text(profile.to_json(), encoding="utf-8")
-        info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info)
+        info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info, evaluation)
         _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -205,6 +214,7 @@ def _write_metadata(
     dtype: str,
     tmp: Path,
     protocol: dict[str, Any] | None = None,
+    evaluation: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Generation config, distillery.json and the model card; returns distillery.json."""
     base = source.base
@@ -219,6 +229,7 @@ def _write_metadata(
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "training": source.training,
         "protocol": protocol,
+        "evaluation": evaluation or [],
     }
     (tmp / "distillery.json").write_text(json.dumps(info, indent=2))
     (tmp / "README.md").write_text(model_card(info))
@@ -289,7 +300,8 @@ def model_card(info: dict[str, Any]) -> str:
         f"{_fmt(d.get('dropped_too_long'))} dropped as longer than {_fmt(s.get('max_length'))}",
         f"- lr {_fmt(s.get('learning_rate'))} ({s.get('lr_scheduler')}), epochs "
         f"{_fmt(s.get('epochs'))}, effective batch {_fmt(s.get('effective_batch'))}, "
-        f"precision {t.get('precision')}, device {t.get('device')}, seed {_fmt(s.get('seed'))}",
+        f"precision {t.get('precision')}, device {t.get('device')}, seed {_fmt(s.get('seed'))}, "
+        f"{_fmt(t.get('data_parallel_world', 1))} process(es) ({s.get('strategy', 'ddp')})",
         "",
         "## Final metrics",
         f"- train loss (mean): {_fmt(m.get('train_loss'))}; last logged loss: "
@@ -298,8 +310,17 @@ def model_card(info: dict[str, Any]) -> str:
         f"runtime: {_fmt(m.get('runtime_s'))} s, {_fmt(m.get('tokens_per_s'))} tokens/s, "
         f"peak memory {_fmt(m.get('peak_memory_mb'))} MB",
         "",
+        *_evaluation_lines(info.get("evaluation") or []),
         "## Serving",
+        *_serving_lines(info, s),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def _serving_lines(info: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """How to serve the export: vLLM (plain or `--lora-modules`) and `distillery solve`."""
+    name = info["name"]
+    lines: list[str] = []
     proto = info.get("protocol") or {}
     if proto:
         lines += [
@@ -310,19 +331,124 @@ def model_card(info: dict[str, Any]) -> str:
             "",
         ]
     if info["format"] == "adapter":
-        lines += [
+        return lines + [
+            f"A LoRA adapter for `{info.get('base_model')}` (`base_model_name_or_path` in "
+            "adapter_config.json: point it at the base folder on another machine).",
+            "",
             "```",
             f"vllm serve {info.get('base_model')} --enable-lora --max-lora-rank "
-            f"{s.get('lora_r', 64)} --lora-modules {name}=<this folder>",
+            f"{vllm_lora_rank(int(s.get('lora_r') or 64))} --lora-modules {name}=<this folder>",
             f'distillery solve --model-url http://HOST:8000/v1 --model {name} "QUESTION"',
+            "DISTILLERY_ENGINE=transformers distillery solve --model-path <this folder> "
+            '"QUESTION"   # in-process: base + adapter, merged at load',
             "```",
         ]
-    else:
-        lines += [
-            "```",
-            f"vllm serve <this folder> --served-model-name {name}",
-            f'distillery solve --model-url http://HOST:8000/v1 --model {name} "QUESTION"',
-            'distillery solve --model-path <this folder> "QUESTION"   # in-process',
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines + [
+        "```",
+        f"vllm serve <this folder> --served-model-name {name}",
+        f'distillery solve --model-url http://HOST:8000/v1 --model {name} "QUESTION"',
+        'distillery solve --model-path <this folder> "QUESTION"   # in-process',
+        "```",
+    ]
+
+
+# vLLM's allowed --max-lora-rank values (vllm.config.lora.MaxLoRARanks)
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that serves an adapter of rank `r`."""
+    return next((k for k in _VLLM_LORA_RANKS if k >= r), r)
+
+
+# The per-set metrics of a `distillery eval` report.json that the card keeps.
+_EVAL_KEYS = (
+    "label", "domain", "n", "accuracy", "parse_error_rate", "steps_mean",
+    "prompt_tokens_mean", "completion_tokens_mean",
+)  # fmt: skip
+
+
+def read_eval_report(path: Path) -> dict[str, Any]:
+    """The results of a `distillery eval run` (its folder or its report.json) as the card and
+    distillery.json keep them: run name, metric, per-set accuracy, parse errors, tokens."""
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        rep = json.loads(file.read_text(encoding="utf-8"))
+        sets = {n: {k: m.get(k) for k in _EVAL_KEYS} for n, m in rep["sets"].items()}
+        run = rep["run"]
+        agent = run.get("agent") or {}
+        return {
+            "name": run["name"],
+            "mode": run.get("mode"),
+            "samples": agent.get("samples") if run.get("mode") == "agent" else None,
+            "metric": rep.get("metric"),
+            "sets": sets,
+            "average_accuracy": rep.get("average_accuracy"),
+            "overall": {k: (rep.get("overall") or {}).get(k) for k in _EVAL_KEYS[2:]},
+            "report": str(file.resolve()),
+        }
+    except OSError as e:
+        raise ExportError(
+            f"cannot read the evaluation report {file} ({e.strerror}): pass a `distillery eval "
+            "run` output folder (`distillery eval report DIR` rewrites its report.json)"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExportError(f"{file} is not a `distillery eval` report.json ({e!r})") from None
+
+
+def _pct(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) else f"{100 * x:.1f}"
+
+
+def _evaluation_lines(evaluation: list[dict[str, Any]]) -> list[str]:
+    """The card's results table: one row per evaluation run, accuracy (%) per set, Avg."""
+    if not evaluation:
+        return []
+    names: list[str] = []
+    for ev in evaluation:
+        names += [n for n in ev["sets"] if n not in names]
+    label = {n: next(ev["sets"][n].get("label") or n for ev in evaluation if n in ev["sets"])
+             for n in names}  # fmt: skip
+    lines = [
+        "## Evaluation",
+        "",
+        "Accuracy in % (n questions) per held-out set from `distillery eval` (Avg.: the "
+        "unweighted mean over the sets); parse errors per action step and completion tokens "
+        "per question, over all sets.",
+        "",
+        "| Run | " + " | ".join(label[n] for n in names) + " | Avg. | Parse err. | Compl. tok |",
+        "|---|" + "---:|" * (len(names) + 3),
+    ]
+    for ev in evaluation:
+        cells = [
+            f"{_pct(ev['sets'][n].get('accuracy'))} (n={ev['sets'][n].get('n')})"
+            if n in ev["sets"] else "-"
+            for n in names
+        ]  # fmt: skip
+        overall = ev.get("overall") or {}
+        tokens = overall.get("completion_tokens_mean")
+        sag = (ev.get("samples") or 1) > 1  # SAG: N candidates per step
+        run = ev["name"] + (f" (N={ev['samples']})" if sag else "")
+        lines.append(
+            f"| {run} | " + " | ".join(cells) + f" | {_pct(ev.get('average_accuracy'))} | "
+            f"{_pct(overall.get('parse_error_rate'))} | {_fmt(tokens) if tokens else '-'} |"
+        )
+    metric = {str(ev.get("metric")) for ev in evaluation}
+    return [*lines, "", f"Factual sets graded by: {', '.join(sorted(metric))}.", ""]
+
+
+def update_model_card(out_dir: Path, eval_reports: Sequence[Path]) -> dict[str, Any]:
+    """Put evaluation results into an existing export's distillery.json and README.md (the
+    weights are not touched); returns the updated distillery.json."""
+    out_dir = Path(out_dir)
+    path = out_dir / "distillery.json"
+    if not path.is_file():
+        raise ExportError(f"{out_dir} has no distillery.json: not a `distillery export` folder")
+    info: dict[str, Any] = json.loads(path.read_text())
+    info["evaluation"] = [read_eval_report(Path(p)) for p in eval_reports]
+    for name, text in (("distillery.json", json.dumps(info, indent=2)),
+                       ("README.md", model_card(info))):  # fmt: skip
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_dir / name)
+    return info

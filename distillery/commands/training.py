@@ -438,6 +438,12 @@ def _add_export(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="a finished `distillery train sft` --output-dir")
     src.add_argument("--adapter", type=Path, help="a LoRA adapter folder")
+    src.add_argument(
+        "--card-only",
+        action="store_true",
+        help="rewrite the model card of the existing export --out with --eval-report "
+        "results (the weights are not touched)",
+    )
     p.add_argument("--base", type=Path, help="base model folder (default: from the run)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
     p.add_argument(
@@ -455,13 +461,26 @@ def _add_export(sub: Any) -> None:
         help="protocol profile to write as distillery_protocol.json (default: the one recorded "
         "with the training data; given, it must agree with that record)",
     )
+    p.add_argument(
+        "--eval-report",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a `distillery eval run` output folder whose results go into the model card "
+        "(repeatable: one table row each)",
+    )
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, export_model
+    from training.export import ExportError, export_model, update_model_card
 
     try:
+        if args.card_only:
+            info = update_model_card(args.out, args.eval_report)
+            _emit({"out": str(args.out), "evaluation": info["evaluation"], "ok": True})
+            return 0
         summary = export_model(
             args.out,
             run_dir=args.run,
@@ -471,6 +490,7 @@ def run_export(args: argparse.Namespace) -> int:
             name=args.name,
             overwrite=args.overwrite,
             protocol=args.protocol,
+            eval_reports=args.eval_report,
         )
     except ExportError as e:
         return _fail(str(e), EXIT_CONFIG)

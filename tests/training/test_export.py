@@ -122,3 +122,70 @@ def test_solve_runs_on_the_merged_export(
     assert [s["kind"] for s in traj["steps"]] == ["action", "final_answer_call"]
     assert len(traj["steps"][0]["candidates"]) == 2
     assert traj["usage"]["completion_tokens"] > 0
+
+
+def eval_report(folder: Path, name: str, acc: dict[str, float], samples: int = 1) -> Path:
+    """A `distillery eval run` folder's report.json (the fields evaluation/report.py writes)."""
+    sets = {
+        s: {"label": s.upper(), "domain": "math", "n": 8, "accuracy": a, "parse_error_rate": 0.1,
+            "steps_mean": 2.0, "prompt_tokens_mean": 900.0, "completion_tokens_mean": 120.0}
+        for s, a in acc.items()
+    }  # fmt: skip
+    report = {
+        "run": {"name": name, "mode": "agent", "agent": {"samples": samples}},
+        "metric": "exact_match",
+        "sets": sets,
+        "average_accuracy": sum(acc.values()) / len(acc),
+        "overall": {"n": 8 * len(acc), "parse_error_rate": 0.125, "completion_tokens_mean": 118.5},
+    }
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_model_card_carries_what_a_committed_student_needs(lora_run: Path, tmp_path: Path) -> None:
+    accuracy = {"gsm_hard": 0.25, "hotpotqa": 0.5}
+    agent = eval_report(tmp_path / "ev-agent", "agent-distilled", accuracy)
+    sag = eval_report(tmp_path / "ev-sag", "agent-distilled+sag", {"gsm_hard": 0.375}, samples=4)
+    out = tmp_path / "student"
+    export_model(out, run_dir=lora_run, mode="adapter", name="student", eval_reports=[agent, sag])
+    card = (out / "README.md").read_text()
+    train = json.loads((lora_run / "train_summary.json").read_text())
+    # data, settings, final metrics, protocol profile
+    assert str(train["settings"]["data"][0]) in card and "2 conversations" in card
+    assert "r=8, alpha=16" in card and "effective batch 2" in card and "1 process(es) (ddp)" in card
+    assert f"{train['metrics']['train_loss']:.4g}" in card
+    info = json.loads((out / "distillery.json").read_text())
+    assert f"Protocol profile: `{info['protocol']['name']}`" in card
+    # how to serve: vLLM --lora-modules (a rank vLLM accepts) and solve --model-path
+    assert "--enable-lora --max-lora-rank 8 --lora-modules student=<this folder>" in card
+    assert "DISTILLERY_ENGINE=transformers distillery solve --model-path <this folder>" in card
+    # the measured table: one row per evaluation, a column per set (union), Avg.
+    assert "| Run | GSM_HARD | HOTPOTQA | Avg. | Parse err. | Compl. tok |" in card
+    assert "| agent-distilled | 25.0 (n=8) | 50.0 (n=8) | 37.5 | 12.5 | 118.5 |" in card
+    assert "| agent-distilled+sag (N=4) | 37.5 (n=8) | - | 37.5 |" in card
+    assert [e["name"] for e in info["evaluation"]] == ["agent-distilled", "agent-distilled+sag"]
+    assert info["evaluation"][0]["sets"]["hotpotqa"]["accuracy"] == 0.5
+
+
+def test_card_only_adds_results_to_an_existing_export(
+    lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "student"
+    export_model(out, run_dir=lora_run)
+    assert "## Evaluation" not in (out / "README.md").read_text()
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    ev = eval_report(tmp_path / "ev", "agent-distilled", {"gsm_hard": 0.5})
+    argv = ["export", "--card-only", "--out", str(out), "--eval-report", str(ev)]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    card = (out / "README.md").read_text()
+    assert "## Evaluation" in card and "| agent-distilled | 50.0 (n=8) | 50.0 |" in card
+    info = json.loads((out / "distillery.json").read_text())
+    assert info["evaluation"][0]["name"] == "agent-distilled"
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights
+    assert not list(out.glob(".*.tmp"))
+    # a folder that is not an eval run: a clear error, the card unchanged
+    capsys.readouterr()
+    assert cli_main([*argv[:-1], str(tmp_path / "nothing")]) == 2
+    assert "distillery eval run" in capsys.readouterr().err
+    assert "| agent-distilled | 50.0 (n=8)" in (out / "README.md").read_text()
