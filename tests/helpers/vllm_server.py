@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +70,16 @@ def start_vllm_server(
     timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
     kv_cache_gb: int = 1,
     max_model_len: int = 4096,
+    dtype: str = "bfloat16",
+    lora_modules: Mapping[str, Path] | None = None,
+    max_lora_rank: int = 16,
     extra_args: Sequence[str] = (),
 ) -> VLLMServer:
-    """Start the server and wait until it serves `GET /v1/models`. Raises VLLMStartError."""
+    """Start the server and wait until it serves `GET /v1/models`. Raises VLLMStartError.
+
+    lora_modules: adapter name -> adapter folder (`distillery export --mode adapter`),
+    served beside the base with `--enable-lora --max-lora-rank R --lora-modules NAME=DIR`;
+    the wait then also covers every adapter name."""
     python = vllm_python()
     if python is None:
         raise VLLMStartError("no vLLM venv: run `make vllm-venv` (creates .venv-vllm)")
@@ -81,8 +88,8 @@ def start_vllm_server(
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "bfloat16", "--max-model-len", str(max_model_len), "--enforce-eager",
-        *extra_args,
+        "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",
+        *_lora_args(lora_modules, max_lora_rank), *extra_args,
     ]  # fmt: skip
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -97,7 +104,7 @@ def start_vllm_server(
         )  # fmt: skip
     server = VLLMServer(f"http://127.0.0.1:{port}/v1", served_name, proc, log_path)
     try:
-        _wait_ready(server, timeout_s)
+        _wait_ready(server, timeout_s, names=[served_name, *(lora_modules or {})])
     except BaseException:
         stop_vllm_server(server)
         raise
@@ -105,7 +112,17 @@ def start_vllm_server(
     return server
 
 
-def _wait_ready(server: VLLMServer, timeout_s: float) -> None:
+def _lora_args(lora_modules: Mapping[str, Path] | None, max_lora_rank: int) -> list[str]:
+    if not lora_modules:
+        return []
+    modules = [f"{name}={Path(folder).resolve()}" for name, folder in lora_modules.items()]
+    return [
+        "--enable-lora", "--max-lora-rank", str(max_lora_rank),
+        "--max-loras", str(len(modules)), "--lora-modules", *modules,
+    ]  # fmt: skip
+
+
+def _wait_ready(server: VLLMServer, timeout_s: float, names: Sequence[str]) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         code = server.process.poll()
@@ -116,9 +133,9 @@ def _wait_ready(server: VLLMServer, timeout_s: float) -> None:
             )
         try:
             r = httpx.get(f"{server.base_url}/models", timeout=5.0)
-            if r.status_code == 200 and any(
-                m.get("id") == server.model for m in r.json().get("data", [])
-            ):
+            if r.status_code == 200 and set(names) <= {
+                m.get("id") for m in r.json().get("data", [])
+            }:
                 return
         except (httpx.HTTPError, ValueError):
             pass
