@@ -15,7 +15,11 @@ Layout of `output_dir`:
 Data parallel: under `torchrun` (WORLD_SIZE > 1) the Trainer runs DDP - gloo on CPU, NCCL on
 GPUs - and gradient accumulation shrinks so that batch_size x accumulation x WORLD_SIZE stays
 `effective_batch`: the logged losses are those of one process with the same effective batch
-(tests/training/test_ddp.py). Global rank 0 alone writes the files above.
+(tests/training/test_ddp.py). Global rank 0 alone writes the files above. `strategy="fsdp"`
+shards parameters, gradients and optimizer state over the GPU ranks instead (FSDP2 through
+the Trainer; full state dicts on save). It is refused on CPU, where accelerate would drop
+the FSDP plugin and train DDP (measured: same losses as DDP, no parameter sharded); it has
+not run on GPUs yet.
 
 Interruption: SIGTERM/SIGINT during training save a checkpoint at the end of the
 current step and stop; a hard kill loses at most `save_steps` steps. Running the same
@@ -42,6 +46,7 @@ from training.masking import Encoded, MaskError, encode_conversation
 Method = Literal["lora", "full"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
+Strategy = Literal["ddp", "fsdp"]
 
 # Settings that may differ between an interrupted run and its resumption.
 _RESUME_FREE = {
@@ -86,6 +91,11 @@ class SFTSettings:
     device: Device = "auto"
     gradient_checkpointing: bool | None = None
     """None: on for GPU, off for CPU (it only costs time there)."""
+    strategy: Strategy = "ddp"
+    """How a torchrun job splits the work: "ddp" replicates the model on every rank and
+    averages gradients; "fsdp" shards parameters, gradients and optimizer state over the
+    ranks (torch FSDP2, `fully_shard`, through accelerate): for a model that does not fit
+    one GPU. FSDP needs CUDA GPUs (refused on CPU)."""
     threads: int | None = None
     """CPU threads for torch (None: torch's default). 1 is faster on a CPU shared with
     other busy processes, where torch's threads wait for each other."""
@@ -360,6 +370,7 @@ def _plan_run(settings: SFTSettings) -> _Plan:
             raise SFTError("threads must be at least 1")
         torch.set_num_threads(settings.threads)
     device = _resolve_device(settings)
+    _check_strategy(settings, device)
     precision = _resolve_precision(settings, device)
     resume_from = _check_resume(settings)
     out = settings.output_dir
@@ -367,6 +378,19 @@ def _plan_run(settings: SFTSettings) -> _Plan:
     if is_main_process():
         (out / "sft_config.json").write_text(json.dumps(settings.to_dict(), indent=2))
     return _Plan(device=device, precision=precision, resume_from=resume_from)
+
+
+def _check_strategy(settings: SFTSettings, device: str) -> None:
+    """FSDP needs GPUs: accelerate turns the Trainer's FSDP plugin on only for multi-GPU (and
+    other accelerator) runs; on CPU ranks it drops it without a word and trains DDP."""
+    if settings.strategy not in ("ddp", "fsdp"):
+        raise SFTError(f"unknown strategy {settings.strategy!r}: 'ddp' or 'fsdp'")
+    if settings.strategy == "fsdp" and device == "cpu":
+        raise SFTError(
+            "--strategy fsdp needs CUDA GPUs: on CPU, accelerate ignores the FSDP plugin (it "
+            "enables FSDP for multi-GPU/accelerator runs only) and the ranks would train plain "
+            "DDP; use --strategy ddp (the default) on CPU"
+        )
 
 
 def _load_tokenizer(model: Path) -> Any:
@@ -457,7 +481,9 @@ def _trainer_args(settings: SFTSettings, plan: _Plan) -> Any:
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
         max_length=settings.max_length,
-        gradient_checkpointing=plan.gradient_checkpointing,
+        # under FSDP, FSDP's own activation checkpointing (fsdp_config) replaces this one
+        gradient_checkpointing=plan.gradient_checkpointing and settings.strategy != "fsdp",
+        **_fsdp_args(settings, plan),
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
         use_cpu=plan.device == "cpu",
@@ -476,6 +502,22 @@ def _trainer_args(settings: SFTSettings, plan: _Plan) -> Any:
         remove_unused_columns=True,
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def _fsdp_args(settings: SFTSettings, plan: _Plan) -> dict[str, Any]:
+    """The Trainer's FSDP arguments: FSDP2 (`fully_shard` per decoder layer, the model's
+    `_no_split_modules`), full state dicts so that checkpoints and `final/` are ordinary HF
+    folders; {} for DDP."""
+    if settings.strategy != "fsdp":
+        return {}
+    config = {
+        "version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "state_dict_type": "FULL_STATE_DICT",
+        "reshard_after_forward": True,
+        "activation_checkpointing": plan.gradient_checkpointing,
+    }
+    return {"fsdp": True, "fsdp_config": config}
 
 
 def _progress_callback(
@@ -521,6 +563,15 @@ def _progress_callback(
                 control.should_training_stop = True
 
     return _Progress()
+
+
+def _sharded_parameters(model: Any) -> int:
+    """How many of the model's parameters are DTensor shards (what FSDP2 turns them into)."""
+    if model is None:
+        return 0
+    from torch.distributed.tensor import DTensor
+
+    return sum(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _build_trainer(
@@ -613,6 +664,8 @@ def _write_summary(
     if isinstance(loss, float) and math.isnan(loss):
         raise SFTError("training diverged (loss is NaN): lower --learning-rate or use fp32")
     summary["data_parallel_world"] = data_parallel_world()
+    # parameters the trained model holds as DTensor shards (FSDP2): 0 under DDP
+    summary["sharded_parameters"] = _sharded_parameters(trainer.model_wrapped or trainer.model)
     if is_main_process():
         (settings.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -42,8 +42,8 @@ GENERATE_DEFAULTS: dict[str, Any] = {"samples": 1, "prompt": "teacher"}
 SFT_FIELDS = [
     "method", "lora_r", "lora_alpha", "lora_dropout", "learning_rate", "lr_scheduler",
     "warmup_ratio", "weight_decay", "epochs", "max_steps", "batch_size", "effective_batch",
-    "max_length", "precision", "device", "gradient_checkpointing", "threads", "save_steps",
-    "save_total_limit", "seed", "stop_after_steps",
+    "max_length", "precision", "device", "gradient_checkpointing", "strategy", "threads",
+    "save_steps", "save_total_limit", "seed", "stop_after_steps",
 ]
 GENERATE_DEFAULT_HELP = {
     "samples": "candidates per step (generate's default: 1)",
