@@ -125,8 +125,8 @@ class Settings(BaseSettings):
     )
     engine: Literal["ctranslate2", "transformers"] = Field(
         "ctranslate2",
-        description="In-process engine: ctranslate2 (int8, ~2-4x faster on CPU; converts the "
-        "folder once) or transformers (torch, the folder's own weights)",
+        description="In-process engine: ctranslate2 (int8, faster on CPU; converts the folder "
+        "once) or transformers (torch, the folder's own weights)",
     )
     model_timeout_s: float = Field(
         120.0,

@@ -39,11 +39,18 @@ class CallbackSpy:
     def __init__(self, engine: CTranslate2Engine) -> None:
         self.engine = engine
         self.inner = engine.generator
-        self.tokens = 0
+        self.count = [0]
+
+    @property
+    def tokens(self) -> int:
+        return self.count[0]
 
     def generate_batch(self, *args: Any, callback: Any, **kw: Any) -> Any:
+        count = self.count  # the callback must not hold the generator: CTranslate2 drops
+        # it on its own thread, and a generator freed there cannot join that thread
+
         def counted(step: Any) -> bool:
-            self.tokens += 1
+            count[0] += 1
             return bool(callback(step))
 
         return self.inner.generate_batch(*args, callback=counted, **kw)
