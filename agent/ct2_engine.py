@@ -87,6 +87,12 @@ class CTranslate2Engine(InProcessEngine):
             raise ModelError(f"unknown quantization {quantization!r}: use one of {QUANTIZATIONS}")
         if threads is not None and threads < 1:
             raise ModelError(f"threads must be >= 1, got {threads}")
+        if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+            raise ModelError(
+                f"{folder} is an adapter-only export: the ctranslate2 engine needs merged "
+                "weights; serve it with DISTILLERY_ENGINE=transformers (base + adapter at "
+                "load time) or export with --mode merged"
+            )
         if not (folder / "config.json").is_file():
             raise ModelError(
                 f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "

@@ -232,6 +232,11 @@ async def test_bad_requests_are_request_errors(
 def test_from_path_rejects_bad_input(tmp_path: Path, model_copy: Path) -> None:
     with pytest.raises(ModelError, match="config.json"):
         CTranslate2Engine.from_path(tmp_path)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "../base"}')
+    with pytest.raises(ModelError, match="DISTILLERY_ENGINE=transformers"):
+        CTranslate2Engine.from_path(adapter)
     with pytest.raises(ModelError, match="quantization"):
         CTranslate2Engine.from_path(model_copy, quantization="int3")
     with pytest.raises(ModelError, match="threads"):
