@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sandbox import DEFAULT_ALLOWED_IMPORTS
 from tests.helpers.scripted_server import ScriptedServer
 
 IMAGE = "localhost/distillery:gateway"
@@ -227,7 +228,14 @@ def run(step: Step, args: argparse.Namespace) -> None:
     srv.start(timeout_s=600)
     name = f"gw-{args.mode}"
     base = f"http://127.0.0.1:{PORT}"
-    env = {**GATEWAY_ENV, "DISTILLERY_MODEL_URL": srv.url}
+    # the fork bomb imports os: allowed here as tests/sandbox's attack_config does (the import
+    # list is a policy, not a boundary; the pids limit is what the test is about)
+    imports = json.dumps([*DEFAULT_ALLOWED_IMPORTS, "os"])
+    env = {
+        **GATEWAY_ENV,
+        "DISTILLERY_MODEL_URL": srv.url,
+        "DISTILLERY_SANDBOX_ALLOWED_IMPORTS": imports,
+    }
     try:
         t = time.monotonic()
         podman(
