@@ -7,6 +7,7 @@ where they are used).
 
 from agent.agent import AgentConfig, run_agent
 from agent.answer_check import AnswerCheck
+from agent.ct2_engine import CTranslate2Engine
 from agent.embedded_model import EmbeddedModelError, convert_gguf_to_hf, ensure_embedded_model
 from agent.executor import (
     ErrorKind,
@@ -45,7 +46,6 @@ from agent.protocol import (
     load_protocol,
     resolve_protocol_spec,
 )
-from agent.ct2_engine import CTranslate2Engine
 from agent.runtime import Runtime
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
