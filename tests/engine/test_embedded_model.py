@@ -82,6 +82,8 @@ def test_a_prepared_folder_is_returned_without_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+# the first call converts ~460 MB of gguf (52 s idle; over 600 s once on a machine at load 15)
+@pytest.mark.timeout(1800)
 async def test_real_qwen_preparation_loads_and_generates(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.transformers_engine import TransformersEngine
 
