@@ -40,7 +40,12 @@ from typing import Any
 
 from agent.model_client import Message, ModelError, ModelRequestError, SamplingParams, Usage
 from agent.streaming import ChoiceDelta
-from agent.transformers_engine import InProcessEngine, _RowDecoder, default_threads
+from agent.transformers_engine import (
+    InProcessEngine,
+    _RowDecoder,
+    default_threads,
+    require_model_folder,
+)
 
 QUANTIZATIONS = ("int8", "int8_float32", "float32")
 _MARKER = ".distillery-converted"
@@ -93,11 +98,7 @@ class CTranslate2Engine(InProcessEngine):
                 "weights; serve it with DISTILLERY_ENGINE=transformers (base + adapter at "
                 "load time) or export with --mode merged"
             )
-        if not (folder / "config.json").is_file():
-            raise ModelError(
-                f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "
-                "saved with save_pretrained, or omit the path to use the embedded model"
-            )
+        require_model_folder(folder)
         try:
             import ctranslate2
             from transformers import AutoTokenizer

@@ -219,11 +219,7 @@ class TransformersEngine(InProcessEngine):
             raise ModelError(f"threads must be >= 1, got {threads}")
         base = adapter_base(folder)  # an adapter-only export loads as base + adapter
         weights = base or folder
-        if not (weights / "config.json").is_file():
-            raise ModelError(
-                f"{folder} is not a Hugging Face model folder (no config.json); pass a folder "
-                "saved with save_pretrained, or omit the path to use the embedded model"
-            )
+        require_model_folder(weights, shown=folder)
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -478,6 +474,16 @@ def _resolve_dtype(folder: Path, dtype: str | None, device: str) -> Any:
     if folder_dtype == "bfloat16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def require_model_folder(weights: Path, *, shown: Path | None = None) -> None:
+    """ModelError unless `weights` holds a Hugging Face model (config.json); the message names
+    `shown` (the path the caller was given) when it differs."""
+    if not (weights / "config.json").is_file():
+        raise ModelError(
+            f"{shown or weights} is not a Hugging Face model folder (no config.json); pass a "
+            "folder saved with save_pretrained, or omit the path to use the embedded model"
+        )
 
 
 def adapter_base(folder: Path) -> Path | None:
