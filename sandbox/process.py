@@ -502,11 +502,12 @@ class WorkerProcess:
         """SIGKILL every process of the jail but init and the state; True if none was left."""
         if self.cgroups is None:
             return True
-        state = self._state_host_pid()
+        pids = self.cgroups.procs()
+        state = self._state_host_pid(pids)
         if state is None or self.init_host_pid is None:
             return True  # cannot tell the state process apart (no NSpid): kill nothing
         keep = {self.init_host_pid, state}
-        strays = [pid for pid in self.cgroups.procs() if pid not in keep]
+        strays = [pid for pid in pids if pid not in keep]
         for pid in strays:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -539,12 +540,13 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
 
-    def _state_host_pid(self) -> int | None:
-        """Host pid of the state process (its pid namespace's pid is `state_pid`)."""
+    def _state_host_pid(self, pids: list[int] | None = None) -> int | None:
+        """Host pid of the state process (its pid namespace's pid is `state_pid`); `pids`:
+        the jail's processes when the caller has just read them."""
         if self.state_host_pid is None and self.cgroups is not None:
             # newest first: the state is the promoted candidate, forked after the old
             # state and usually after its rivals (a guess for speed; NSpid decides)
-            for pid in sorted(self.cgroups.procs(), reverse=True):
+            for pid in sorted(self.cgroups.procs() if pids is None else pids, reverse=True):
                 if pid != self.init_host_pid and _ns_pid(pid) == self.state_pid:
                     self.state_host_pid = pid
                     break

@@ -46,6 +46,7 @@ else:  # inside the jail: protocol.py is mounted beside this file (sys.path[0])
 FILENAME = "<code>"
 PR_SET_CHILD_SUBREAPER = 36
 FORK_RETRIES = 40  # x 5 ms
+SPAWN_BATCH_MAX = 16  # spawn requests forked together (4 descriptors each until announced)
 
 
 class FinalAnswerSignal(BaseException):
@@ -662,14 +663,31 @@ class State:
             msg = protocol.recv_blocking(self.conn)
             if msg is None:
                 os._exit(0)  # the host closed the session
-            child = self.handle(msg)
+            if msg["op"] != "spawn":
+                self.handle(msg)
+                continue
+            # the host sends a step's spawn requests back to back: fork every one already
+            # here in one tight loop (each fork write-protects this process's pages again,
+            # and what it touches between forks is copied once per fork)
+            batch, after = [msg], None
+            while len(batch) < SPAWN_BATCH_MAX and select.select([self.conn], [], [], 0)[0]:
+                nxt = protocol.recv_blocking(self.conn)
+                if nxt is None:
+                    os._exit(0)
+                if nxt["op"] != "spawn":
+                    after = nxt
+                    break
+                batch.append(nxt)
+            child = self.spawn(batch)
             if child is not None:
                 return child
+            if after is not None:
+                self.handle(after)
 
     def handle(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
         op = msg["op"]
         if op == "spawn":
-            return self.spawn(msg)
+            return self.spawn([msg])
         if op == "kill":
             pid = msg.get("pid")
             if isinstance(pid, int) and pid in self.children:
@@ -715,69 +733,106 @@ class State:
                 errors.append(f"{mod}: {type(e).__name__}: {e}")
         self.send({"op": "ready", "preloaded": loaded, "errors": errors})
 
-    def spawn(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
-        cid = msg.get("cid")
+    def spawn(self, msgs: list[dict[str, Any]]) -> tuple[socket.socket, dict[str, Any]] | None:
+        """Fork one candidate per spawn request. Returns (socket, request) in a candidate,
+        None in the state process once every request is answered (spawned/spawn_failed)."""
         if not self.tmp_taken:  # the first candidate of a step: /tmp as the state left it
             self.tmp_base, self.tmp_taken = snapshot_tmp(), True
             self.offsets = fd_offsets()
-        parent_end, child_end = socket.socketpair()
+        failed: list[tuple[Any, OSError]] = []
+        # everything a fork needs is made first, so that the forks follow each other closely
+        prepared: list[tuple[dict[str, Any], socket.socket, socket.socket, int, int]] = []
+        for msg in msgs:
+            try:
+                parent_end, child_end = socket.socketpair()
+            except OSError as e:
+                failed.append((msg.get("cid"), e))
+                continue
+            try:
+                gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+            except OSError as e:
+                parent_end.close()
+                child_end.close()
+                failed.append((msg.get("cid"), e))
+                continue
+            prepared.append((msg, parent_end, child_end, gate_r, gate_w))
         rnd = sys.modules.get("random")
         rnd_state = rnd.getstate() if rnd is not None else None
         # collect the last step's garbage, then freeze: the child's collector leaves the
         # shared objects (and so their pages) alone
         gc.collect()
         gc.freeze()
-        # the gate: the child runs no code before the host has its socket (code that kills
+        # the gate: a child runs no code before the host has its socket (code that kills
         # the state process at once must not take the "spawned" message with it)
-        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
-        pid = -1
+        forked: list[tuple[int, int]] = []  # (index in prepared, pid)
+        for index, (msg, _, _, gate_r, _) in enumerate(prepared):
+            pid = self._fork(msg, failed)
+            if pid == 0:
+                for other, (_, p_end, c_end, g_r, g_w) in enumerate(prepared):
+                    p_end.close()
+                    os.close(g_w)
+                    if other != index:  # a rival's socket or gate: never a candidate's
+                        c_end.close()
+                        os.close(g_r)
+                self.conn.close()
+                self._disarm()
+                self.gate = _gate(gate_r, rnd, rnd_state)
+                return prepared[index][2], msg
+            if pid > 0:
+                forked.append((index, pid))
+        started = {index: pid for index, pid in forked}
+        for index, (msg, parent_end, child_end, gate_r, gate_w) in enumerate(prepared):
+            child_end.close()
+            os.close(gate_r)
+            pid = started.get(index, -1)
+            cid = msg.get("cid")
+            try:
+                if pid > 0:
+                    self.children[pid] = cid if isinstance(cid, int) else -1
+                    self.send(
+                        {"op": "spawned", "cid": cid, "pid": pid, "fd": True},
+                        (parent_end.fileno(),),
+                    )
+            finally:
+                parent_end.close()
+                if pid > 0:
+                    os.write(gate_w, b"g")
+                os.close(gate_w)
+        for cid, err in failed:
+            self.send({"op": "spawn_failed", "cid": cid, "error": str(err), "errno": err.errno})
+        return None
+
+    def _fork(self, msg: dict[str, Any], failed: list[tuple[Any, OSError]]) -> int:
+        """os.fork(), retried a little at the pids limit; -1 (recorded in `failed`) if not."""
         for attempt in range(FORK_RETRIES):
             try:
-                pid = os.fork()
-                break
+                return os.fork()
             except OSError as e:
                 # at the pids limit: processes just killed free their slots once init has
                 # reaped them, so wait a little before giving up
                 if e.errno != errno.EAGAIN or attempt == FORK_RETRIES - 1:
-                    parent_end.close()
-                    child_end.close()
-                    os.close(gate_r)
-                    os.close(gate_w)
-                    self.send({"op": "spawn_failed", "cid": cid, "error": str(e), "errno": e.errno})
-                    return None
+                    failed.append((msg.get("cid"), e))
+                    return -1
                 time.sleep(0.005)
-        if pid == 0:
-            parent_end.close()
-            self.conn.close()
-            self._disarm()
-            os.close(gate_w)
+        return -1
 
-            def through_gate() -> None:
-                """Called once the code is compiled, before any of it runs."""
-                while True:
-                    try:
-                        opened = os.read(gate_r, 1)
-                        break
-                    except InterruptedError:
-                        continue
-                os.close(gate_r)
-                if not opened:  # the state process died before it could announce this one
-                    os._exit(0)
-                if rnd is not None:  # `random` reseeds itself in forked children: undo that
-                    rnd.setstate(rnd_state)
 
-            self.gate = through_gate
-            return child_end, msg
-        child_end.close()
+def _gate(gate_r: int, rnd: Any, rnd_state: Any) -> Callable[[], None]:
+    def through_gate() -> None:
+        """Called in a fresh candidate once its code is compiled, before any of it runs."""
+        while True:
+            try:
+                opened = os.read(gate_r, 1)
+                break
+            except InterruptedError:
+                continue
         os.close(gate_r)
-        self.children[pid] = cid if isinstance(cid, int) else -1
-        try:
-            self.send({"op": "spawned", "cid": cid, "pid": pid, "fd": True}, (parent_end.fileno(),))
-        finally:
-            parent_end.close()
-            os.write(gate_w, b"g")
-            os.close(gate_w)
-        return None
+        if not opened:  # the state process died before it could announce this one
+            os._exit(0)
+        if rnd is not None:  # `random` reseeds itself in forked children: undo that
+            rnd.setstate(rnd_state)
+
+    return through_gate
 
 
 def run_candidate(state: State, sock: socket.socket, msg: dict[str, Any]) -> None:

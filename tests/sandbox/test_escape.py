@@ -378,3 +378,37 @@ async def test_other_syscall_abis_do_not_bypass_seccomp(open_session: Opener,
     assert r.error_kind == "crash" and "SIGSYS" in (r.error or ""), r  # int 0x80: killed
     assert (await s.run("kept")).value_repr == "1"
     await assert_healthy(s, tracker)
+
+
+LIST_DESCRIPTORS = """
+import os, stat
+seen = []
+for fd in range(1024):
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        continue
+    if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        seen.append(("socket" if stat.S_ISSOCK(st.st_mode) else "pipe", st.st_ino))
+seen
+"""
+
+
+async def test_candidates_forked_together_hold_nothing_of_each_other(
+    open_session: Opener, tracker: Tracker
+) -> None:
+    # the state process forks a step's candidates in one batch, with every socket and
+    # gate pipe made first: each child must close its rivals' (a rival's socket would let
+    # it answer for the rival; a rival's gate would let it start or stall the rival)
+    s = await open_session(attack_config())
+    await s.run("x = 1")
+    for _ in range(3):
+        results = await s.try_candidates([LIST_DESCRIPTORS] * 8)
+        assert all(r.ok for r in results), [r.error for r in results]
+        held = [eval(r.value_repr or "[]") for r in results]
+        for descriptors in held:
+            assert [kind for kind, _ in descriptors] == ["socket"], descriptors
+        inodes = [ino for descriptors in held for _, ino in descriptors]
+        assert len(set(inodes)) == 8, held
+        await s.commit(3)
+    await assert_healthy(s, tracker)
