@@ -24,7 +24,12 @@ from pydantic_core import PydanticCustomError
 
 from service.textsafe import find_unencodable, has_visible_text
 
-__all__ = ["RequestModel", "VisibleText", "check_visible"]
+__all__ = ["JSON_SAFE_INT", "RequestModel", "VisibleText", "check_visible"]
+
+JSON_SAFE_INT = 2**53 - 1
+"""Bound of integer fields such as `seed`: beyond 2**53 a JSON number is not an exact
+double, so a client (or a schema validator) that reads numbers as doubles could send a
+value that it believes is in range and that is not (-9223372036854776000 reads as -2**63)."""
 
 UNENCODABLE_MESSAGE = (
     "contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode text; "

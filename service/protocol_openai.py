@@ -15,10 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.protocol_common import RequestModel
+from service.protocol_common import JSON_SAFE_INT, RequestModel
 from service.protocol_solve import MIN_TIMEOUT_S, StepOut, UsageOut
-
-INT64 = 2**63 - 1
 
 
 class ContentPart(BaseModel):
@@ -104,7 +102,10 @@ class ChatCompletionRequest(AgentExtensions):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Per model call")
     max_tokens: int | None = Field(None, ge=1, le=32768, description="Per model call (step)")
     max_completion_tokens: int | None = Field(None, ge=1, le=32768, description="= max_tokens")
-    seed: int | None = Field(None, ge=-INT64 - 1, le=INT64, description="Choice i uses seed+i")
+    seed: int | None = Field(
+        None, ge=-JSON_SAFE_INT, le=JSON_SAFE_INT,
+        description="Choice i uses seed+i; |seed| < 2**53 (an exact JSON number)",
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, description="Accepted and ignored")

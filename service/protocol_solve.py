@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.executor import ExecutionResult
 from agent.model_client import Usage
 from agent.trajectory import Candidate, Step, Trajectory
-from service.protocol_common import RequestModel, VisibleText
+from service.protocol_common import JSON_SAFE_INT, RequestModel, VisibleText
 
 MAX_QUESTION_CHARS = 20_000
 
@@ -46,7 +46,7 @@ class SolveRequest(RequestModel):
     max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Max tokens per model reply (per step)"
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=JSON_SAFE_INT)
     timeout_s: float | None = Field(
         None,
         ge=MIN_TIMEOUT_S,

@@ -234,3 +234,29 @@ def test_client_gone_while_sending_the_body_is_labelled_with_the_route(
             return
         time.sleep(0.1)
     raise AssertionError("no 499 labelled route=/v1/solve")
+
+
+# Integer literals past 2**53 are not exact doubles: -9223372036854776000 reads as -2**63 in
+# a client that parses numbers as doubles and as an exact integer out of int64 here. The
+# seed's documented range is the exactly representable one, on both ends, on every route.
+SEED_CASES = [
+    ("/v1/chat/completions", CHAT % (MODEL, '"q"', ',"seed":%s'), 2**53 - 1, -(2**53 - 1)),
+    ("/v1/solve", '{"question":"q","seed":%s}', 2**53 - 1, 0),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "high", "low"), SEED_CASES)
+def test_seed_takes_exactly_the_integers_a_json_number_holds(
+    gateway: GatewayServer, scripted_server: ScriptedServer, path: str, body: str,
+    high: int, low: int,
+) -> None:
+    scripted_server.handler = final_handler
+    for ok in (high, low):
+        r = _raw_post(gateway.url + path, body % ok)
+        assert r.status_code == 200, r.text
+    sent = [req.get("seed") for req in scripted_server.chat_requests]
+    assert high in sent and low in sent, sent  # passed on unchanged
+    for bad in (high + 1, low - 1, -9223372036854776000, 9223372036854775808):
+        r = _raw_post(gateway.url + path, body % bad)
+        assert r.status_code in (400, 422), (bad, r.text)
+        assert r.json()["error"]["param"] == "seed", r.text
