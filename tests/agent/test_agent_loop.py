@@ -56,7 +56,7 @@ class Search:
 
 async def solve(model: OpenAIChatClient, executor: SandboxExecutor, **kw: Any) -> Trajectory:
     tools = kw.pop("tools", {})
-    config = kw.pop("config", AgentConfig(samples=4, max_steps=4, seed=3))
+    config = kw.pop("config", AgentConfig(samples=4, max_steps=4, seed=3, policy="first"))
     return await run_agent("What is x?", model=model, executor=executor, tools=tools,
                            config=config, **kw)  # fmt: skip
 

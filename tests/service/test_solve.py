@@ -37,7 +37,11 @@ def test_solve_returns_answer_steps_candidates_usage(
     assert len(step["candidates"]) == 3
     assert step["candidates"][0]["valid"] is True
     assert step["candidates"][0]["execution"]["final_answer"] == 144
-    assert all(c["parse_error"] for c in step["candidates"][1:])
+    # the others: prose (a parse error), or stopped when candidate 0 was done (the default
+    # policy 'early' ends the step at the first valid candidate)
+    assert all(
+        c["parse_error"] or c["finish_reason"] == "cancelled" for c in step["candidates"][1:]
+    ), step["candidates"]
     assert "x = 12" in step["code"]
     # usage is what the model server reported (the scripted server counts words)
     [req] = scripted_server.chat_requests
