@@ -540,13 +540,13 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
 
-    def _state_host_pid(self, pids: list[int] | None = None) -> int | None:
-        """Host pid of the state process (its pid namespace's pid is `state_pid`); `pids`:
-        the jail's processes when the caller has just read them."""
-        if self.state_host_pid is None and self.cgroups is not None:
+    def _state_host_pid(self, pids: list[int]) -> int | None:
+        """Host pid of the state process (its pid namespace's pid is `state_pid`) among
+        `pids`, the jail's processes as the caller has just read them."""
+        if self.state_host_pid is None:
             # newest first: the state is the promoted candidate, forked after the old
             # state and usually after its rivals (a guess for speed; NSpid decides)
-            for pid in sorted(self.cgroups.procs() if pids is None else pids, reverse=True):
+            for pid in sorted(pids, reverse=True):
                 if pid != self.init_host_pid and _ns_pid(pid) == self.state_pid:
                     self.state_host_pid = pid
                     break

@@ -684,10 +684,9 @@ class State:
             if after is not None:
                 self.handle(after)
 
-    def handle(self, msg: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]] | None:
+    def handle(self, msg: dict[str, Any]) -> None:
+        """Every control operation but spawn (serve forks those in batches)."""
         op = msg["op"]
-        if op == "spawn":
-            return self.spawn([msg])
         if op == "kill":
             pid = msg.get("pid")
             if isinstance(pid, int) and pid in self.children:
@@ -711,7 +710,6 @@ class State:
         elif op == "tools":
             for name in msg.get("names", []):
                 self.ns[name] = make_tool(name)
-        return None
 
     def configure(self, msg: dict[str, Any]) -> None:
         self.cfg = msg
@@ -764,7 +762,7 @@ class State:
         gc.freeze()
         # the gate: a child runs no code before the host has its socket (code that kills
         # the state process at once must not take the "spawned" message with it)
-        forked: list[tuple[int, int]] = []  # (index in prepared, pid)
+        started: dict[int, int] = {}  # index in prepared -> pid
         for index, (msg, _, _, gate_r, _) in enumerate(prepared):
             pid = self._fork(msg, failed)
             if pid == 0:
@@ -779,8 +777,7 @@ class State:
                 self.gate = _gate(gate_r, rnd, rnd_state)
                 return prepared[index][2], msg
             if pid > 0:
-                forked.append((index, pid))
-        started = {index: pid for index, pid in forked}
+                started[index] = pid
         for index, (msg, parent_end, child_end, gate_r, gate_w) in enumerate(prepared):
             child_end.close()
             os.close(gate_r)
