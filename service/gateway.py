@@ -46,7 +46,6 @@ log = logging.getLogger("distillery.runs")
 # normally ends a late run itself with finish_reason "timeout".
 HARD_DEADLINE_GRACE_S = 5.0
 KEEPALIVE_S = 15.0
-INT64_MAX = 2**63 - 1
 
 
 @dataclass

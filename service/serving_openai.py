@@ -28,7 +28,6 @@ from agent.model_client import Usage
 from agent.trajectory import Trajectory
 from service.errors import APIError, api_error_payload, error_payload
 from service.gateway import (
-    INT64_MAX,
     DoneEvent,
     FailedEvent,
     Gateway,
@@ -195,8 +194,8 @@ class ChatService:
             specs = []
             for i in range(req.n):
                 seed = req.seed
-                if seed is not None and i:
-                    seed = seed + i if seed + i <= INT64_MAX else seed - i
+                if seed is not None:
+                    seed += i  # |seed| < 2**53 (the request's bounds): seed+i cannot overflow
                 config = gw.agent_config(
                     max_steps=req.max_steps,
                     samples=req.samples,
