@@ -531,7 +531,10 @@ class Study:
     def stage_build_data(self, mode: str) -> dict[str, Any]:
         from training.build_data import build_data, load_tokenizer
 
-        files = [Path(f) for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
+        # by name under this folder: the marker's absolute paths name where the study ran,
+        # which differs for a study unpacked elsewhere (study.pack)
+        files = [self.out / "teacher" / mode / Path(f).name
+                 for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
         out = self.out / "data" / f"{mode}.jsonl"
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
             self.student_dir()), max_length=self.cfg.sft.max_length,

@@ -4,6 +4,8 @@
     distillery study run --config study.json --out runs/study        # JSON overrides of a preset
     distillery study run --quick --student DIR --teacher-url URL --out DIR   (the test suite's)
     distillery study report --out runs/study    # results.json/.md of what is finished so far
+    distillery study pack --out runs/study --to study.tar.gz   # to continue on another machine
+    distillery study unpack study.tar.gz --out runs/study2
 
 Rerun the same command to continue after a kill or a spent budget. The last stdout line is a
 JSON summary; exit status 0 complete, 75 budget spent (rerun to continue), 2 bad
@@ -52,6 +54,37 @@ def add_parser(sub: Any) -> None:
     rep = ssub.add_parser("report", help="write results.json/.md from what a study has so far")
     rep.add_argument("--out", required=True, type=Path, help="the study folder")
     rep.set_defaults(func=report_command)
+    pk = ssub.add_parser("pack", help="archive a study's finished work to continue it elsewhere")
+    pk.add_argument("--out", required=True, type=Path, help="the study folder")
+    pk.add_argument("--to", required=True, type=Path, help="the archive to write (.tar.gz)")
+    pk.set_defaults(func=pack_command)
+    up = ssub.add_parser("unpack", help="extract a packed study into a new folder")
+    up.add_argument("archive", type=Path, help="a `study pack` archive")
+    up.add_argument("--out", required=True, type=Path, help="the new study folder")
+    up.set_defaults(func=unpack_command)
+
+
+def pack_command(args: argparse.Namespace) -> int:
+    from study.pack import PackError, pack_study
+
+    try:
+        summary = pack_study(args.out, args.to)
+    except (PackError, OSError) as e:
+        return fail(str(e), EXIT_CONFIG, json_line=True)
+    emit({"ok": True, **summary})
+    return 0
+
+
+def unpack_command(args: argparse.Namespace) -> int:
+    from study.pack import PackError, unpack_study
+
+    try:
+        manifest = unpack_study(args.archive, args.out)
+    except (PackError, OSError) as e:
+        return fail(str(e), EXIT_CONFIG, json_line=True)
+    emit({"ok": True, "out": str(args.out), **manifest,
+          "next": f"distillery study run --config ... --out {args.out} (the same configuration)"})
+    return 0
 
 
 def report_command(args: argparse.Namespace) -> int:

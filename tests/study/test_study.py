@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,3 +325,67 @@ def test_resume_adopts_new_fields_at_their_defaults(tmp_path: Path) -> None:
     cfg.repair = False
     with pytest.raises(ValueError, match="another configuration"):
         Study(cfg, tmp_path, backend=None, say=said.append)._setup()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_packed_study_continues_elsewhere_without_redoing_work(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    archive = tmp_path / "study.tar.gz"
+    assert cli_main(["study", "pack", "--out", str(reference), "--to", str(archive)]) == 0
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    # the work is in; what a rerun rebuilds (and the large merged exports) is not
+    assert {"study.json", "PACKED.json", "stages/generate-agent.json", "data/agent.jsonl",
+            "eval/teacher/records.jsonl", "results.json"} <= names  # fmt: skip
+    assert any(n.startswith("teacher/agent/attempt-") for n in names)
+    assert any(n.startswith("sft/agent/final/") for n in names)
+    assert not any(n.split("/")[0] in {"questions", "models", "export", "logs"} for n in names)
+    assert not any("/checkpoints/" in n for n in names)  # SFT finished: final weights only
+    assert "stages/questions.json" not in names and "stages/export-agent.json" not in names
+
+    moved = tmp_path / "elsewhere" / "study"  # another path: the markers' paths do not apply
+    assert cli_main(["study", "unpack", str(archive), "--out", str(moved)]) == 0
+    capsys.readouterr()
+    n_requests = len(teacher.requests)
+    assert cli_main(study_argv(moved, tiny_model_dir, teacher, shared_data_dir)) == 0
+    err = capsys.readouterr().err
+    rerun = set(re.findall(r"\] (\S+): running", err))
+    assert rerun == {"questions", "student-base", "export-agent", "export-cot"}
+    assert err.count("done already") == len(STAGES) - len(rerun)
+    assert len(teacher.requests) == n_requests  # no teacher call, no evaluation redone
+    for name in STAGES:  # the rebuilt stages produced what they had produced before
+        old = json.loads((reference / "stages" / f"{name}.json").read_text())
+        new = json.loads((moved / "stages" / f"{name}.json").read_text())
+        assert new["output"] == old["output"], name
+    assert (moved / "export" / "agent" / "model.safetensors").is_file()
+    ref_table = json.loads((reference / "results.json").read_text())["table"]
+    assert json.loads((moved / "results.json").read_text())["table"] == ref_table
+
+
+def test_unpack_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    from study.pack import PackError, pack_study, unpack_study
+
+    with pytest.raises(PackError, match="not a study folder"):
+        pack_study(tmp_path, tmp_path / "x.tar.gz")
+    not_study = tmp_path / "other.tar.gz"
+    with tarfile.open(not_study, "w:gz") as tar:
+        tar.add(__file__, arcname="notes.txt")
+    with pytest.raises(PackError, match="not a packed study"):
+        unpack_study(not_study, tmp_path / "a")
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for name in ("study.json", "PACKED.json", "../escaped.txt"):
+            tar.add(__file__, arcname=name)
+    with pytest.raises(PackError, match="outside"):
+        unpack_study(evil, tmp_path / "b")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "b").exists()  # checked before anything is written
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    with pytest.raises(PackError, match="not empty"):
+        unpack_study(evil, tmp_path / "c")
+    assert (tmp_path / "c" / "keep.txt").read_text() == "mine"
+    with pytest.raises(PackError, match="cannot read"):
+        unpack_study(tmp_path / "c" / "keep.txt", tmp_path / "d")

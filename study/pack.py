@@ -1,0 +1,111 @@
+"""Pack a study folder so that another machine (or a later session) continues it.
+
+`pack_study(out, dest)` writes a .tar.gz of what took the study's time and is small: the
+configuration (study.json), the stage markers, the teacher's records, the built training
+data, the trained students' final weights (the LoRA adapter), the evaluation records and the
+reports. It leaves out what a rerun rebuilds in seconds or minutes and what is large: the
+question files (rebuilt from the shared data, bit for bit), the converted base student, the
+merged exports, SFT checkpoints of finished runs, and the vLLM logs. The markers of the stages
+whose outputs are left out are left out too, so `distillery study run` on the unpacked folder
+reruns exactly those stages; their outputs digest the same, so every later stage is skipped.
+
+`unpack_study(archive, out)` extracts an archive into a new folder (refusing a non-empty one
+and any member that would land outside it).
+
+A stage still running when the study was packed (no marker yet) keeps its partial work: the
+teacher's records so far, or the SFT run's checkpoints (`train sft` resumes from the last).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PackError", "pack_study", "unpack_study"]
+
+REBUILT_STAGES = ("questions", "student-base", "export-agent", "export-cot")
+"""Stages whose outputs are not packed: their markers are dropped, so they run again."""
+_LEFT_OUT_DIRS = ("questions", "models", "export", "logs")
+
+
+class PackError(ValueError):
+    """The folder is not a study, or the archive cannot be unpacked; the message says why."""
+
+
+def _members(out: Path) -> list[Path]:
+    if not (out / "study.json").is_file():
+        raise PackError(f"{out} is not a study folder (no study.json): run `distillery study run "
+                        "--out DIR` first")  # fmt: skip
+    keep: list[Path] = []
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out)
+        if not p.is_file() or p.name.endswith(".tmp") or str(rel) == "PACKED.json":
+            continue
+        top = rel.parts[0]
+        if top in _LEFT_OUT_DIRS:
+            continue
+        if top == "stages" and p.stem in REBUILT_STAGES:
+            continue
+        if top == "sft" and len(rel.parts) > 2 and rel.parts[2] == "checkpoints":
+            if (out / "stages" / f"sft-{rel.parts[1]}.json").is_file():
+                continue  # finished: the final weights are enough
+        keep.append(rel)
+    return keep
+
+
+def pack_study(out: Path, dest: Path) -> dict[str, Any]:
+    """Write DEST (.tar.gz) from the study folder OUT; returns what went in."""
+    out = Path(out)
+    members = _members(out)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    manifest = {
+        "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "from": str(out),
+        "files": len(members),
+        "rebuilt_on_resume": list(REBUILT_STAGES),
+        "finished_stages": sorted(
+            p.stem for p in (out / "stages").glob("*.json") if p.stem not in REBUILT_STAGES
+        ),
+    }
+    with tarfile.open(tmp, "w:gz") as tar:
+        for rel in members:
+            tar.add(out / rel, arcname=str(rel), recursive=False)
+        blob = json.dumps(manifest, indent=2).encode() + b"\n"
+        info = tarfile.TarInfo("PACKED.json")
+        info.size, info.mtime = len(blob), int(time.time())
+        tar.addfile(info, io.BytesIO(blob))
+    tmp.replace(dest)
+    return {**manifest, "archive": str(dest), "bytes": dest.stat().st_size}
+
+
+def unpack_study(archive: Path, out: Path) -> dict[str, Any]:
+    """Extract ARCHIVE into OUT (new or empty); returns the archive's manifest."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise PackError(f"{out} is not empty: unpack into a new folder")
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (OSError, tarfile.TarError) as e:
+        raise PackError(f"cannot read {archive}: {e}") from e
+    with tar:
+        names = tar.getnames()
+        if "PACKED.json" not in names or "study.json" not in names:
+            raise PackError(f"{archive} is not a packed study (no PACKED.json/study.json)")
+        for member in tar.getmembers():  # all checked before anything is written
+            try:
+                tarfile.data_filter(member, str(out.resolve()))
+            except tarfile.FilterError as e:
+                raise PackError(
+                    f"{archive}: {member.name!r} would land outside {out} or is "
+                    f"not a plain file or folder ({e})"
+                ) from e
+        out.mkdir(parents=True, exist_ok=True)
+        tar.extractall(out, filter="data")
+    manifest: dict[str, Any] = json.loads((out / "PACKED.json").read_text(encoding="utf-8"))
+    return manifest
