@@ -8,6 +8,7 @@ dependency.
 """
 
 from study.config import PRESETS, ConfigError, ModelSpec, StudyConfig, load_config, preset
+from study.pack import PackError, pack_study, unpack_study
 from study.pipeline import (
     Backend,
     BudgetSpent,
@@ -25,14 +26,17 @@ __all__ = [
     "BudgetSpent",
     "ConfigError",
     "ModelSpec",
+    "PackError",
     "ServeError",
     "Study",
     "StudyConfig",
     "StudyError",
     "VLLMServer",
     "load_config",
+    "pack_study",
     "preset",
     "report_study",
     "run_study",
     "split_of",
+    "unpack_study",
 ]

@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
 
 
 def pack_command(args: argparse.Namespace) -> int:
-    from study.pack import PackError, pack_study
+    from study import PackError, pack_study
 
     try:
         summary = pack_study(args.out, args.to)
@@ -76,7 +76,7 @@ def pack_command(args: argparse.Namespace) -> int:
 
 
 def unpack_command(args: argparse.Namespace) -> int:
-    from study.pack import PackError, unpack_study
+    from study import PackError, unpack_study
 
     try:
         manifest = unpack_study(args.archive, args.out)

@@ -365,7 +365,7 @@ def test_packed_study_continues_elsewhere_without_redoing_work(
 
 
 def test_unpack_refuses_what_it_cannot_use(tmp_path: Path) -> None:
-    from study.pack import PackError, pack_study, unpack_study
+    from study import PackError, pack_study, unpack_study
 
     with pytest.raises(PackError, match="not a study folder"):
         pack_study(tmp_path, tmp_path / "x.tar.gz")
