@@ -27,9 +27,14 @@ from typing import Any
 
 __all__ = ["PackError", "pack_study", "unpack_study"]
 
-REBUILT_STAGES = ("questions", "student-base", "export-agent", "export-cot")
-"""Stages whose outputs are not packed: their markers are dropped, so they run again."""
-_LEFT_OUT_DIRS = ("questions", "models", "export", "logs")
+_REBUILT = {
+    "questions": ("questions",),
+    "models": ("student-base",),
+    "export": ("export-agent", "export-cot"),
+}
+"""Folders not packed, and the stages that write them (their markers are dropped too)."""
+REBUILT_STAGES = tuple(stage for stages in _REBUILT.values() for stage in stages)
+_LEFT_OUT_DIRS = (*_REBUILT, "logs")
 
 
 class PackError(ValueError):
@@ -94,10 +99,10 @@ def unpack_study(archive: Path, out: Path) -> dict[str, Any]:
     except (OSError, tarfile.TarError) as e:
         raise PackError(f"cannot read {archive}: {e}") from e
     with tar:
-        names = tar.getnames()
-        if "PACKED.json" not in names or "study.json" not in names:
+        members = tar.getmembers()
+        if not {"PACKED.json", "study.json"} <= {m.name for m in members}:
             raise PackError(f"{archive} is not a packed study (no PACKED.json/study.json)")
-        for member in tar.getmembers():  # all checked before anything is written
+        for member in members:  # all checked before anything is written
             try:
                 tarfile.data_filter(member, str(out.resolve()))
             except tarfile.FilterError as e:

@@ -324,6 +324,10 @@ class Study:
 
     # ------------------------------------------------------------------ models
 
+    def records_dir(self, mode: str) -> Path:
+        """Where the teacher's records of MODE lie (attempt-K.jsonl)."""
+        return self.out / "teacher" / mode
+
     def student_dir(self) -> Path:
         spec = str(self.cfg.student.path)
         return self.out / "models" / "student-base" if spec == "smollm2" else Path(spec)
@@ -487,7 +491,7 @@ class Study:
             todo = [q for q in questions if q.id not in solved]
             if not todo:
                 break
-            path = self.out / "teacher" / mode / f"attempt-{k}.jsonl"
+            path = self.records_dir(mode) / f"attempt-{k}.jsonl"
             files.append(path)
             temp = 0.0 if (k == 0 and cfg.first_greedy) else cfg.temperature
             agent_cfg = AgentConfig(
@@ -533,7 +537,7 @@ class Study:
 
         # by name under this folder: the marker's absolute paths name where the study ran,
         # which differs for a study unpacked elsewhere (study.pack)
-        files = [self.out / "teacher" / mode / Path(f).name
+        files = [self.records_dir(mode) / Path(f).name
                  for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
         out = self.out / "data" / f"{mode}.jsonl"
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
@@ -733,7 +737,7 @@ def collect_results(study: Study) -> dict[str, Any]:
 
 
 def _attempt_files(study: Study, mode: str) -> list[Path]:
-    found = (study.out / "teacher" / mode).glob("attempt-*.jsonl")
+    found = study.records_dir(mode).glob("attempt-*.jsonl")
     return sorted(found, key=lambda p: int(p.stem.removeprefix("attempt-")))
 
 
