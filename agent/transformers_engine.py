@@ -205,6 +205,7 @@ class TransformersEngine(InProcessEngine):
         dtype: str | None = None,
         device: str | None = None,
         threads: int | None = None,
+        models_dir: Path | None = None,
     ) -> TransformersEngine:
         """Load an HF folder (safetensors + config + tokenizer with a chat template).
 
@@ -213,11 +214,12 @@ class TransformersEngine(InProcessEngine):
         device: None = "cuda" when available, else "cpu".
         threads: torch's CPU threads for generation (set on the engine's worker thread
         only, not process-wide); None = `default_threads()`.
+        models_dir: where an adapter's base named by a bare name lies (`adapter_base`).
         """
         folder = Path(path).expanduser()
         if threads is not None and threads < 1:
             raise ModelError(f"threads must be >= 1, got {threads}")
-        base = adapter_base(folder)  # an adapter-only export loads as base + adapter
+        base = adapter_base(folder, models_dir)  # an adapter-only export loads as base + adapter
         weights = base or folder
         require_model_folder(weights, shown=folder)
         try:
@@ -486,11 +488,12 @@ def require_model_folder(weights: Path, *, shown: Path | None = None) -> None:
         )
 
 
-def adapter_base(folder: Path) -> Path | None:
+def adapter_base(folder: Path, models_dir: Path | None = None) -> Path | None:
     """The base model folder of an adapter-only export (`distillery export --mode adapter`:
     adapter_config.json and no config.json), None for a model folder. A relative
-    `base_model_name_or_path` counts from the adapter folder. ModelError when the base it
-    names is not a local Hugging Face folder."""
+    `base_model_name_or_path` counts from the adapter folder, then from `models_dir` (where
+    prepared models lie: `agent.embedded_model.prepare_adapter_base`). ModelError when the
+    base it names is not a local Hugging Face folder."""
     if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
         return None
     import json
@@ -500,6 +503,8 @@ def adapter_base(folder: Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read the base model of the adapter in {folder}: {exc}") from exc
     base = folder / str(named or "")
+    if named and models_dir is not None and not (base / "config.json").is_file():
+        base = models_dir / str(named)
     if not named or not (base / "config.json").is_file():
         raise ModelError(
             f"{folder} is a LoRA adapter whose base model {named!r} is not a local Hugging Face "

