@@ -8,6 +8,7 @@ dependency.
 """
 
 from study.config import PRESETS, ConfigError, ModelSpec, StudyConfig, load_config, preset
+from study.harvest import HarvestError, harvest_source, reuse_harvest
 from study.pack import PackError, pack_study, unpack_study
 from study.pipeline import (
     Backend,
@@ -25,6 +26,7 @@ __all__ = [
     "Backend",
     "BudgetSpent",
     "ConfigError",
+    "HarvestError",
     "ModelSpec",
     "PackError",
     "ServeError",
@@ -32,10 +34,12 @@ __all__ = [
     "StudyConfig",
     "StudyError",
     "VLLMServer",
+    "harvest_source",
     "load_config",
     "pack_study",
     "preset",
     "report_study",
+    "reuse_harvest",
     "run_study",
     "split_of",
     "unpack_study",

