@@ -34,6 +34,8 @@ _REBUILT = {
 }
 """Folders not packed, and the stages that write them (their markers are dropped too)."""
 REBUILT_STAGES = tuple(stage for stages in _REBUILT.values() for stage in stages)
+_TRAINED_STAGES = ("sft-agent", "sft-cot")
+"""Left out with the weights (`weights=False`): a continued study trains the students again."""
 _LEFT_OUT_DIRS = (*_REBUILT, "logs")
 
 
@@ -41,7 +43,7 @@ class PackError(ValueError):
     """The folder is not a study, or the archive cannot be unpacked; the message says why."""
 
 
-def _members(out: Path) -> list[Path]:
+def _members(out: Path, weights: bool = True) -> list[Path]:
     if not (out / "study.json").is_file():
         raise PackError(f"{out} is not a study folder (no study.json): run `distillery study run "
                         "--out DIR` first")  # fmt: skip
@@ -55,6 +57,8 @@ def _members(out: Path) -> list[Path]:
             continue
         if top == "stages" and p.stem in REBUILT_STAGES:
             continue
+        if not weights and (top == "sft" or (top == "stages" and p.stem in _TRAINED_STAGES)):
+            continue
         if top == "sft" and len(rel.parts) > 2 and rel.parts[2] == "checkpoints":
             if (out / "stages" / f"sft-{rel.parts[1]}.json").is_file():
                 continue  # finished: the final weights are enough
@@ -62,10 +66,14 @@ def _members(out: Path) -> list[Path]:
     return keep
 
 
-def pack_study(out: Path, dest: Path) -> dict[str, Any]:
-    """Write DEST (.tar.gz) from the study folder OUT; returns what went in."""
+def pack_study(out: Path, dest: Path, *, weights: bool = True) -> dict[str, Any]:
+    """Write DEST (.tar.gz) from the study folder OUT; returns what went in. Without
+    `weights` the trained students (sft/) are left out too: an archive of the study's record
+    (configuration, teacher records, data, evaluation records, reports) a few MB small,
+    whose continuation trains the students again (SFT is seeded: the same weights)."""
     out = Path(out)
-    members = _members(out)
+    members = _members(out, weights)
+    rebuilt = list(REBUILT_STAGES) + ([] if weights else list(_TRAINED_STAGES))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -73,9 +81,10 @@ def pack_study(out: Path, dest: Path) -> dict[str, Any]:
         "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "from": str(out),
         "files": len(members),
-        "rebuilt_on_resume": list(REBUILT_STAGES),
+        "weights": weights,
+        "rebuilt_on_resume": rebuilt,
         "finished_stages": sorted(
-            p.stem for p in (out / "stages").glob("*.json") if p.stem not in REBUILT_STAGES
+            p.stem for p in (out / "stages").glob("*.json") if p.stem not in rebuilt
         ),
     }
     with tarfile.open(tmp, "w:gz") as tar:

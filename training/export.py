@@ -255,7 +255,13 @@ def _write_metadata(
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Put the finished export in place (an old one under --overwrite goes first)."""
+    """Put the finished export in place (an old one under --overwrite goes first), readable
+    by everyone like a model folder (the temp folder and copied checkpoints are 0700/0600:
+    a vLLM or gateway container running as another user could not read them)."""
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -64,6 +64,9 @@ def add_parser(sub: Any) -> None:
     pk = ssub.add_parser("pack", help="archive a study's finished work to continue it elsewhere")
     pk.add_argument("--out", required=True, type=Path, help="the study folder")
     pk.add_argument("--to", required=True, type=Path, help="the archive to write (.tar.gz)")
+    pk.add_argument("--without-weights", action="store_true",
+                    help="leave the trained students out (the record of a finished study; "
+                    "continuing it trains them again)")  # fmt: skip
     pk.set_defaults(func=pack_command)
     up = ssub.add_parser("unpack", help="extract a packed study into a new folder")
     up.add_argument("archive", type=Path, help="a `study pack` archive")
@@ -75,7 +78,7 @@ def pack_command(args: argparse.Namespace) -> int:
     from study import PackError, pack_study
 
     try:
-        summary = pack_study(args.out, args.to)
+        summary = pack_study(args.out, args.to, weights=not args.without_weights)
     except (PackError, OSError) as e:
         return fail(str(e), EXIT_CONFIG, json_line=True)
     emit({"ok": True, **summary})

@@ -364,6 +364,34 @@ def test_packed_study_continues_elsewhere_without_redoing_work(
     assert json.loads((moved / "results.json").read_text())["table"] == ref_table
 
 
+@pytest.mark.slow
+def test_packed_without_weights_retrains_the_same_students(
+    reference: Path, teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The record of a finished study, without the students' weights: continuing it trains
+    them again, to the same weights (seeded SFT), so no evaluation is redone."""
+    archive = tmp_path / "record.tar.gz"
+    assert cli_main(["study", "pack", "--out", str(reference), "--to", str(archive),
+                     "--without-weights"]) == 0  # fmt: skip
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert not any(n.startswith("sft/") for n in names)
+    assert "stages/sft-agent.json" not in names and "eval/agent/records.jsonl" in names
+    moved = tmp_path / "again"
+    assert cli_main(["study", "unpack", str(archive), "--out", str(moved)]) == 0
+    capsys.readouterr()
+    n_requests = len(teacher.requests)
+    assert cli_main(study_argv(moved, tiny_model_dir, teacher, shared_data_dir)) == 0
+    rerun = set(re.findall(r"\] (\S+): running", capsys.readouterr().err))
+    assert rerun == {"questions", "student-base", "sft-agent", "sft-cot", "export-agent",
+                     "export-cot"}  # fmt: skip
+    assert len(teacher.requests) == n_requests
+    for name in ("sft-agent", "export-agent"):
+        old = json.loads((reference / "stages" / f"{name}.json").read_text())["output"]
+        assert json.loads((moved / "stages" / f"{name}.json").read_text())["output"] == old
+
+
 def test_unpack_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     from study import PackError, pack_study, unpack_study
 

@@ -40,6 +40,9 @@ def test_merged_export_equals_base_plus_adapter(
     ):  # fmt: skip
         assert (out / name).is_file(), name
     assert not list(tmp_path.glob(".student.*")), "no temp folder left behind"
+    # readable by a server running as another user (mkdtemp makes 0700, checkpoints 0600)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o644}
 
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.chat_template == AutoTokenizer.from_pretrained(str(tiny_model_dir)).chat_template
