@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     )
     sandbox_pool_size: int = _sandbox("pool_size", ge=0)
     sandbox_fork_width: int = _sandbox("fork_width", ge=1)
+    sandbox_spare_candidates: int = _sandbox("spare_candidates", ge=0)
     sandbox_memory_mb: int = _sandbox("memory_mb", ge=64)
     sandbox_pids: int = _sandbox("pids", ge=4)
     sandbox_step_timeout_s: float = _sandbox("step_timeout_s", gt=0)

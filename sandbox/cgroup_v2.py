@@ -320,22 +320,41 @@ def remove_stale(parent_dir: Path) -> None:
                 group.rmdir()
 
 
-def _read_kv(path: Path, key: str) -> int:
+def read_small(path: str | Path) -> bytes:
+    """A small cgroup/proc file in one read (these are read on every step: no file object,
+    no decoding)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for line in path.read_text().splitlines():
-            k, _, v = line.partition(" ")
-            if k == key:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def _read_kv(path: str | Path, key: str) -> int:
+    want = key.encode()
+    try:
+        for line in read_small(path).splitlines():
+            k, _, v = line.partition(b" ")
+            if k == want:
                 return int(v)
     except (OSError, ValueError):
         pass
     return 0
 
 
-def _read_int(path: Path) -> int:
+def _read_int(path: str | Path) -> int:
     try:
-        return int(path.read_text().split()[0])
+        return int(read_small(path).split()[0])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def read_pids(path: str | Path) -> list[int]:
+    """The pids in a cgroup.procs file ([] when it is gone)."""
+    try:
+        return [int(w) for w in read_small(path).split()]
+    except (OSError, ValueError):
+        return []
 
 
 class JailCgroupsV2:
@@ -345,12 +364,14 @@ class JailCgroupsV2:
         self.dir = jail_parent / f"NSJAIL.{init_pid}"
         # one directory serves every controller (the v1 class has one per controller)
         self.dirs = {"memory": self.dir, "pids": self.dir, "cpu": self.dir}
+        self._events = {n: str(self.dir / n) for n in ("memory.events", "pids.events")}
+        self._procs = str(self.dir / "cgroup.procs")
 
     def oom_kills(self) -> int:
-        return _read_kv(self.dir / "memory.events", "oom_kill")
+        return _read_kv(self._events["memory.events"], "oom_kill")
 
     def pids_limit_hits(self) -> int:
-        return _read_kv(self.dir / "pids.events", "max")
+        return _read_kv(self._events["pids.events"], "max")
 
     def memory_usage(self) -> int:
         return _read_int(self.dir / "memory.current")
@@ -362,7 +383,7 @@ class JailCgroupsV2:
 
     def procs(self) -> list[int]:
         """Host pids of every process in the jail (zombies excluded)."""
-        return _pids(self.dir)
+        return read_pids(self._procs)
 
     def freezer(self) -> CgroupV2Freezer | None:
         """The jail's freezer (None on a kernel without cgroup.freeze, before Linux 5.2)."""

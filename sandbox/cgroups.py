@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from sandbox import cgroup_v2
-from sandbox.cgroup_v2 import _read_int, _read_kv  # the same counter files on v1
+from sandbox.cgroup_v2 import _read_int, _read_kv, read_pids  # the same files on v1
 from sandbox.errors import SandboxSetupError
 
 if TYPE_CHECKING:
@@ -264,12 +264,15 @@ class JailCgroups:
     def __init__(self, root: str, parent: str, init_pid: int) -> None:
         name = f"NSJAIL.{init_pid}"
         self.dirs = {ctl: Path(root) / ctl / parent / name for ctl in CONTROLLERS}
+        self._oom = str(self.dirs["memory"] / "memory.oom_control")
+        self._pids_events = str(self.dirs["pids"] / "pids.events")
+        self._procs = str(self.dirs["pids"] / "cgroup.procs")
 
     def oom_kills(self) -> int:
-        return _read_kv(self.dirs["memory"] / "memory.oom_control", "oom_kill")
+        return _read_kv(self._oom, "oom_kill")
 
     def pids_limit_hits(self) -> int:
-        return _read_kv(self.dirs["pids"] / "pids.events", "max")
+        return _read_kv(self._pids_events, "max")
 
     def memory_usage(self) -> int:
         return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
@@ -279,10 +282,7 @@ class JailCgroups:
 
     def procs(self) -> list[int]:
         """Host pids of every process in the jail (zombies excluded)."""
-        try:
-            return [int(x) for x in (self.dirs["pids"] / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            return []
+        return read_pids(self._procs)
 
     def cleanup(self) -> bool:
         """Kill anything left (nsjail normally does this) and remove the groups.

@@ -50,6 +50,11 @@ class SandboxConfig:
     """Workers started ahead of time so that a run does not wait for a jail to start."""
     fork_width: int = 8
     """Candidates of one step that run at the same time."""
+    spare_candidates: int = 8
+    """Candidates forked for the next step as soon as a step ends (while the model
+    generates), as many as the step just run had, at most this many; they wait frozen
+    with the jail and take the fork off the next step's latency. 0 = fork on demand.
+    Needs the cgroup freezer (none are kept without it)."""
     max_tool_calls: int = 64
     """Tool calls one execution may make."""
     cpu_ms_per_sec: int = 0
@@ -107,6 +112,7 @@ class SandboxConfig:
             (self.output_max_bytes >= 1024, "output_max_bytes must be >= 1024"),
             (self.pool_size >= 0, "pool_size must be >= 0"),
             (self.fork_width >= 1, "fork_width must be >= 1"),
+            (self.spare_candidates >= 0, "spare_candidates must be >= 0"),
             (self.max_tool_calls >= 0, "max_tool_calls must be >= 0"),
             (self.cpu_ms_per_sec >= 0, "cpu_ms_per_sec must be >= 0"),
             (-20 <= self.nice <= 19, "nice must be in -20..19"),

@@ -46,6 +46,10 @@ SETTLE_S = 2.0
 Long enough for a CPU-starved machine: a SIGKILLed process that is frozen before it died
 (cgroup v1) stays until the next thaw, a leftover that tests rightly count."""
 
+SPARE_DELAY_S = 0.002
+"""Spares are forked when no next step came this long after a step (a model generates for
+far longer; a caller that steps back to back gets none)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +68,11 @@ class Fork:
     channel: Channel
     dead: bool = False
     """It exited, was killed or broke the protocol: it cannot become the state."""
+    spare: bool = False
+    """Forked ahead, without code: it waits for `run` (see WorkerProcess.take_spares)."""
+    started: bool = True
+    """False for a spare given its code until it says `started` (it took the code)."""
+    host_pid: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -96,6 +105,7 @@ class WorkerProcess:
     death_reason: str | None = None
     """Why the host killed the jail (a protocol violation), if it did."""
     _fork_pids: set[int] = field(default_factory=set)
+    _spares: list[asyncio.Task[Fork]] = field(default_factory=list)
     _settle: asyncio.Future[None] | None = None
     _reader: asyncio.Task[None] | None = None
     _spawns: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
@@ -377,28 +387,36 @@ class WorkerProcess:
         if self.dead:
             raise WorkerDied("the sandbox worker is gone")
         try:
-            await asyncio.wait_for(self.control.send(msg), self.config.control_timeout_s)
+            async with asyncio.timeout(self.config.control_timeout_s):
+                await self.control.send(msg)
         except (OSError, TimeoutError) as e:
             self._mark_dead()
             raise WorkerDied(f"cannot reach the sandbox state process: {e}") from e
 
     # --- operations --------------------------------------------------------------------
 
-    async def spawn(self, code: str) -> Fork:
-        """Fork a candidate that runs `code` against the current state."""
+    async def spawn(self, code: str | None) -> Fork:
+        """Fork a candidate that runs `code` against the current state (None: a spare that
+        waits for its code, see `take_spares`)."""
         self._next_cid += 1
         cid = self._next_cid
         fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self._spawns[cid] = fut
+        request: Message = {"op": "spawn", "cid": cid}
+        if code is not None:
+            request["code"] = code
         try:
-            await self._send_control({"op": "spawn", "cid": cid, "code": code})
-            pid, fd = await asyncio.wait_for(fut, self.config.control_timeout_s)
+            await self._send_control(request)
+            async with asyncio.timeout(self.config.control_timeout_s):
+                pid, fd = await fut
         except TimeoutError as e:
             self._mark_dead()
             await self.close()
             raise WorkerDied("the sandbox state process did not answer a fork request") from e
         finally:
             self._spawns.pop(cid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed with the worker before it was awaited: retrieved
         try:
             sock = socket.socket(fileno=fd)
         except OSError as e:
@@ -416,9 +434,74 @@ class WorkerProcess:
             max_depth=self.config.json_depth_max + 2,
             on_violation=violation,
         )
-        fork = Fork(cid, pid, channel)
+        fork = Fork(cid, pid, channel, spare=code is None)
         holder.append(fork)
+        if fork.spare:
+            channel.silence()  # a spare has nothing to say before it has code
         return fork
+
+    # --- spares: the next step's candidates, forked while the model generates ------------
+
+    def spares_wanted(self, n: int) -> int:
+        """How many spares to fork for a step of `n` candidates: none without a freezer
+        (a spare must not run between steps), never more than the config allows nor than
+        the pids limit leaves room for (init, the state and one more process)."""
+        if self.freezer is None or self.dead:
+            return 0
+        return max(0, min(n, self.config.spare_candidates, self.config.pids - 3))
+
+    def _request_spares(self, n: int) -> None:
+        for _ in range(n):
+            task = asyncio.ensure_future(self.spawn(None))
+            task.add_done_callback(_ignore_result)
+            self._spares.append(task)
+
+    async def take_spares(self, n: int) -> list[Fork]:
+        """Up to `n` live spares for a step's candidates; the others are killed (they
+        would only hold pids). Waits for spares still being forked (a step that follows
+        the last one at once)."""
+        tasks, self._spares = self._spares, []
+        if not tasks:
+            return []
+        if not all(t.done() for t in tasks):
+            await asyncio.wait(tasks)
+        forks = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
+        live = [f for f in forks if f.usable]
+        for fork in forks:
+            if fork not in live[:n]:
+                self.kill(fork)
+        return live[:n]
+
+    async def run_spare(self, fork: Fork, code: str) -> bool:
+        """Hand a spare its code; False if it cannot take it (then fork a candidate)."""
+        if not fork.usable:
+            return False
+        fork.spare, fork.started = False, False
+        fork.channel.unsilence()
+        try:
+            await fork.channel.send({"op": "run", "code": code})
+        except OSError:
+            self.kill(fork)
+            return False
+        return True
+
+    def _drop_spares(self) -> None:
+        """The state they were forked from is gone or changed: they must not run."""
+        tasks, self._spares = self._spares, []
+        for task in tasks:
+            task.add_done_callback(self._kill_spare)
+
+    def _kill_spare(self, task: asyncio.Future[Fork]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.kill(task.result())
+
+    def spare_forks(self) -> list[Fork]:
+        """The spares forked and announced so far (parked, waiting for a step)."""
+        return [
+            t.result()
+            for t in self._spares
+            if t.done() and not t.cancelled() and t.exception() is None and t.result().usable
+        ]
 
     def kill(self, fork: Fork) -> None:
         """SIGKILL a candidate (through the state process) and drop its channel."""
@@ -443,6 +526,7 @@ class WorkerProcess:
 
     async def discard(self) -> None:
         """Kill every candidate and stray process; the state stays as it was."""
+        self._drop_spares()
         self._fork_pids.clear()
         self._exits.clear()
         await self._send_control({"op": "discard"})
@@ -452,7 +536,9 @@ class WorkerProcess:
         fork.channel.accept_fds = True  # it will hand over its own candidates' sockets
         fork.channel.on_violation = None  # as the control channel, _control_loop judges
         fork.channel.unsilence()
-        await asyncio.wait_for(fork.channel.send({"op": "promote"}), self.config.control_timeout_s)
+        self._drop_spares()
+        async with asyncio.timeout(self.config.control_timeout_s):
+            await fork.channel.send({"op": "promote"})
         old, old_reader = self.control, self._reader
         self.control = fork.channel
         self.state_pid = fork.pid
@@ -468,6 +554,7 @@ class WorkerProcess:
         old.close()
 
     async def set_tools(self, names: list[str]) -> None:
+        self._drop_spares()  # forked without these tools
         await self._send_control({"op": "tools", "names": names})
 
     async def ping(self, timeout: float = 1.0) -> bool:
@@ -487,16 +574,20 @@ class WorkerProcess:
 
     # --- between steps -----------------------------------------------------------------
 
-    def quiesce(self) -> None:
-        """The step is over: kill every process but init and the state process now, and
-        freeze the jail as soon as the killed ones are gone (a background task, at most
-        SETTLE_S later; `resume` cancels it). Never raises."""
+    def quiesce(self, spares: int = 0) -> None:
+        """The step is over: kill every process but init and the state process now; then,
+        in a background task that `resume` cancels: fork `spares` spares for the next step
+        (see `spares_wanted`) once SPARE_DELAY_S passed without a next step, and freeze the
+        jail as soon as they are parked and the killed processes are gone (at most
+        SETTLE_S later). Never raises."""
         if not self.jailed or self.cgroups is None or self.dead:
             return
         self._cancel_settle()
-        self._kill_strays()
+        if all(t.done() for t in self._spares):  # a spare being forked is no stray
+            self._kill_strays()
         if self.freezer is not None:
-            self._settle = asyncio.ensure_future(self._freeze_when_settled())
+            wanted = spares if not self._spares else 0
+            self._settle = asyncio.ensure_future(self._freeze_when_settled(wanted))
 
     def _kill_strays(self) -> bool:
         """SIGKILL every process of the jail but init and the state; True if none was left."""
@@ -506,14 +597,37 @@ class WorkerProcess:
         state = self._state_host_pid(pids)
         if state is None or self.init_host_pid is None:
             return True  # cannot tell the state process apart (no NSpid): kill nothing
-        keep = {self.init_host_pid, state}
+        keep = {self.init_host_pid, state, *self._spare_host_pids(pids)}
         strays = [pid for pid in pids if pid not in keep]
         for pid in strays:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         return not strays
 
-    async def _freeze_when_settled(self) -> None:
+    def _spare_host_pids(self, pids: list[int]) -> list[int]:
+        """Host pids of the parked spares among `pids` (the jail's processes)."""
+        spares = {f.pid: f for f in self.spare_forks()}
+        out = [f.host_pid for f in spares.values() if f.host_pid in pids]
+        missing = {ns for ns, f in spares.items() if f.host_pid not in pids}
+        if missing:
+            for pid in pids:
+                if pid in out or pid == self.init_host_pid or pid == self.state_host_pid:
+                    continue
+                ns = _ns_pid(pid)
+                if ns in missing:
+                    spares[ns].host_pid = pid
+                    out.append(pid)
+        return [p for p in out if p is not None]
+
+    async def _freeze_when_settled(self, spares: int) -> None:
+        if spares > 0:
+            # a caller that starts its next step at once (no model time) gains nothing
+            # from spares: they would only be forked in its way
+            await asyncio.sleep(SPARE_DELAY_S)
+            self._kill_strays()  # the strays go first: a spare forked now is never one
+            self._request_spares(spares)
+        if self._spares:  # spares are parked before the jail freezes (never killed as strays)
+            await asyncio.wait(self._spares)  # (a cancelled wait leaves them running)
         deadline = time.monotonic() + SETTLE_S
         delay = 0.0005
         while time.monotonic() < deadline:
@@ -601,6 +715,7 @@ class WorkerProcess:
             self._reader.cancel()
         self.control.close()
         self._cancel_settle()
+        self._spares.clear()  # their spawn futures failed with the worker (_mark_dead)
         if self.freezer is not None:
             self.freezer.thaw()  # frozen processes do not die of SIGKILL before they thaw
         if self.jailed:

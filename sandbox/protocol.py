@@ -22,9 +22,11 @@ Messages (host -> worker process):
             tool_args_max_bytes, tool_args_step_max_bytes, json_depth_max}
   tools    {names}                      define the proxied tool functions
   spawn    {cid, code}                  fork a candidate that runs `code`
+  spawn    {cid}                        fork a spare: a candidate that waits for its code
   kill     {pid}                        SIGKILL a candidate (and its process group)
   discard  {}                           kill every candidate and stray process
   ping     {}                           liveness check -> pong
+  run      {code} (to a spare)          run `code` -> started, then as any candidate
   promote  {}   (to a parked candidate) become the session state
   tool_result {id, result} / tool_error {id, error}   (to a candidate)
 Messages (worker -> host):
@@ -34,6 +36,7 @@ Messages (worker -> host):
   spawn_failed {cid, error, errno}
   exited   {pid, code, signal}          a candidate was reaped
   pong     {}
+  started  {}                           (from a spare) it took its code
   tool     {id, name, args, kwargs}     (from a candidate)
   text     {field, data}                (from a candidate) a piece of a result's text field
   result   {texts, error_kind, is_final, final_json, exec_s, keep}

@@ -58,6 +58,7 @@ class SandboxSession:
         self._has_state = False  # something was committed on the current worker
         self._lost_notice = False  # the next results must say the state was lost
         self._closed = False
+        self._width = 0  # candidates of the last step: as many spares are forked for the next
         self.workers_started = 0
 
     # --- plumbing ---------------------------------------------------------------------
@@ -159,15 +160,21 @@ class SandboxSession:
     ) -> list[tuple[ExecutionResult, Fork | None]]:
         cache = ToolCache(self.tools)
         width = asyncio.Semaphore(self.config.fork_width)
+        self._width = len(codes)
+        try:
+            spares = await worker.take_spares(len(codes))
+        except WorkerDied:
+            spares = []
         # the jail's limit counters before the round: a rise explains a failure
         counters = worker.oom_kills(), worker.pids_limit_hits()
 
-        async def one(code: str) -> tuple[ExecutionResult, Fork | None]:
+        async def one(code: str, spare: Fork | None) -> tuple[ExecutionResult, Fork | None]:
             async with width:
-                return await self._run_candidate(worker, code, cache, counters)
+                return await self._run_candidate(worker, code, cache, counters, spare)
 
+        picks: list[Fork | None] = [*spares, *[None] * (len(codes) - len(spares))]
         try:
-            return await asyncio.gather(*(one(c) for c in codes))
+            return await asyncio.gather(*(one(c, f) for c, f in zip(codes, picks, strict=True)))
         finally:
             cache.close()
 
@@ -222,7 +229,7 @@ class SandboxSession:
             chosen.channel.close()
             await self._worker.close()
         else:
-            self._worker.quiesce()
+            self._worker.quiesce(self._worker.spares_wanted(self._width))
 
     async def _discard_locked(self) -> None:
         pending, self._pending = self._pending, None
@@ -235,52 +242,36 @@ class SandboxSession:
         if worker is not None and not worker.dead:
             with contextlib.suppress(WorkerDied):
                 await worker.discard()
-            worker.quiesce()
+            worker.quiesce(worker.spares_wanted(self._width))
 
     # --- one candidate -----------------------------------------------------------------
 
     async def _run_candidate(
-        self, worker: WorkerProcess, code: str, cache: ToolCache, counters: tuple[int, int]
+        self,
+        worker: WorkerProcess,
+        code: str,
+        cache: ToolCache,
+        counters: tuple[int, int],
+        spare: Fork | None = None,
     ) -> tuple[ExecutionResult, Fork | None]:
         t0 = time.perf_counter()
         oom0, pids0 = counters
-        try:
-            fork = await worker.spawn(code)
-        except SpawnFailed as e:
-            kind: ErrorKind = "pids" if e.errno == errno.EAGAIN else "crash"
-            return _failure(f"The sandbox could not start the code: {e}", kind, t0), None
-        except WorkerDied:
-            return _NOT_STARTED, None
-        records: list[ToolCallRecord] = []
-        try:
-            async with asyncio.timeout(self.config.step_timeout_s):
-                result = await self._converse(fork, cache, records)
-        except TimeoutError:
-            worker.kill(fork)
-            result = _failure(
-                f"Timeout: the code ran longer than {self.config.step_timeout_s:g} s "
-                "(wall-clock limit) and was stopped.",
-                "timeout",
-                t0,
-            )
-        except OutputCapExceeded as e:
-            worker.kill(fork)
-            result = _failure(
-                f"Output limit exceeded: the code printed more than "
-                f"{self.config.output_max_bytes} bytes (counted on the host; the process "
-                "was killed).",
-                "output",
-                t0,
-            )
-            result.stdout = e.stdout
-        except ProtocolError as e:
-            worker.kill(fork)
-            result = _failure(
-                f"The sandbox process broke the protocol and was killed: {e}", "crash", t0
-            )
-        except BaseException:
-            worker.kill(fork)
-            raise
+        # on a spare first (forked while the model generated); on a fresh fork when there
+        # is none or it died before it took the code
+        for attempt in (spare, None) if spare is not None else (None,):
+            try:
+                fork = await self._start(worker, code, attempt)
+            except SpawnFailed as e:
+                kind: ErrorKind = "pids" if e.errno == errno.EAGAIN else "crash"
+                return _failure(f"The sandbox could not start the code: {e}", kind, t0), None
+            except WorkerDied:
+                return _NOT_STARTED, None
+            records: list[ToolCallRecord] = []
+            result = await self._serve_candidate(worker, fork, cache, records, t0)
+            if result is not _NOT_TAKEN:
+                break
+            fork.dead = True
+            fork.channel.close()
         if result is None:  # the process died without a result
             fork.dead = True
             fork.channel.close()
@@ -298,6 +289,53 @@ class SandboxSession:
         result.tool_calls = records
         return result, (None if fork.dead else fork)
 
+    @staticmethod
+    async def _start(worker: WorkerProcess, code: str, spare: Fork | None) -> Fork:
+        if spare is not None and await worker.run_spare(spare, code):
+            return spare
+        return await worker.spawn(code)
+
+    async def _serve_candidate(
+        self,
+        worker: WorkerProcess,
+        fork: Fork,
+        cache: ToolCache,
+        records: list[ToolCallRecord],
+        t0: float,
+    ) -> ExecutionResult | None:
+        """The candidate's result, a failure the host judged (limits, protocol), None when
+        it died without a result, or _NOT_TAKEN (a spare that died before its code)."""
+        try:
+            async with asyncio.timeout(self.config.step_timeout_s):
+                return await self._converse(fork, cache, records)
+        except TimeoutError:
+            worker.kill(fork)
+            return _failure(
+                f"Timeout: the code ran longer than {self.config.step_timeout_s:g} s "
+                "(wall-clock limit) and was stopped.",
+                "timeout",
+                t0,
+            )
+        except OutputCapExceeded as e:
+            worker.kill(fork)
+            result = _failure(
+                f"Output limit exceeded: the code printed more than "
+                f"{self.config.output_max_bytes} bytes (counted on the host; the process "
+                "was killed).",
+                "output",
+                t0,
+            )
+            result.stdout = e.stdout
+            return result
+        except ProtocolError as e:
+            worker.kill(fork)
+            return _failure(
+                f"The sandbox process broke the protocol and was killed: {e}", "crash", t0
+            )
+        except BaseException:
+            worker.kill(fork)
+            raise
+
     async def _converse(
         self, fork: Fork, cache: ToolCache, records: list[ToolCallRecord]
     ) -> ExecutionResult | None:
@@ -313,8 +351,11 @@ class SandboxSession:
         while True:
             msg = await fork.channel.recv_msg()
             if msg is None:
-                return None
+                return None if fork.started else _NOT_TAKEN
             op = msg["op"]
+            if op == "started" and not fork.started:  # a spare took its code
+                fork.started = True
+                continue
             if op == "text":
                 texts.add(msg)
                 continue
@@ -519,6 +560,7 @@ def parse_tool_call(msg: Message) -> tuple[int, str, list[Any], dict[str, Any]]:
 
 
 _NOT_STARTED = ExecutionResult(error="not started", error_kind="crash")
+_NOT_TAKEN = ExecutionResult(error="a spare died before it took the code", error_kind="crash")
 
 
 def _worker_died(reason: str | None = None) -> ExecutionResult:

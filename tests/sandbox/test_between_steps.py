@@ -18,7 +18,7 @@ import pytest
 
 from sandbox.process import WorkerProcess
 from tests.sandbox.conftest import Opener
-from tests.sandbox.util import Tracker, assert_healthy, attack_config, wait_until
+from tests.sandbox.util import Tracker, assert_healthy, at_rest, attack_config, wait_until
 
 pytestmark = pytest.mark.nsjail
 
@@ -63,8 +63,8 @@ async def test_nothing_runs_between_steps(open_session: Opener, tracker: Tracker
     assert r.ok, r.error
     worker = s.worker
     assert worker is not None and worker.freezer is not None
-    # the spinner is killed; only init and the state process are left, frozen
-    assert await wait_until(lambda: len(worker.process_ids()) == 2, timeout=10.0)
+    # the spinner is killed; only init, the state process and its spares are left, frozen
+    assert await wait_until(lambda: at_rest(worker), timeout=10.0)
     freezer = worker.freezer
 
     def frozen() -> bool:
@@ -97,7 +97,7 @@ async def test_a_stopped_state_and_a_detached_child_do_not_outlive_the_step(
     assert r.error_kind == "exception"
     worker = s.worker
     assert worker is not None
-    assert await wait_until(lambda: len(worker.process_ids()) == 2, timeout=10.0)
+    assert await wait_until(lambda: at_rest(worker), timeout=10.0)
     r = await s.run("x")
     assert r.value_repr == "'kept'" and not r.state_lost, r
     await assert_healthy(s, tracker)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.config import SandboxConfig
+from sandbox.process import WorkerProcess
 from sandbox.procs import is_alive
 from sandbox.session import SandboxSession
 
@@ -74,8 +75,17 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
     return cond()
 
 
+def at_rest(worker: WorkerProcess) -> bool:
+    """Only init, the state process and the parked spares (the next step's candidates,
+    announced by the state, see WorkerProcess.take_spares) are left in the jail."""
+    pids = set(worker.process_ids())
+    spares = {f.host_pid for f in worker.spare_forks()}
+    return len(pids) == 2 + len(spares) and spares <= pids
+
+
 async def assert_healthy(session: SandboxSession, tracker: Tracker | None = None) -> None:
-    """The next step works and only init + the state process are left in the jail."""
+    """The next step works and only init + the state process (+ its parked spares) are
+    left in the jail."""
     if tracker is not None:
         tracker.watch(session)
     r = await session.run("__probe = 40 + 2\n__probe")
@@ -83,5 +93,5 @@ async def assert_healthy(session: SandboxSession, tracker: Tracker | None = None
     assert r.value_repr == "42"
     worker = session.worker
     assert worker is not None and not worker.dead
-    ok = await wait_until(lambda: len(worker.process_ids()) == 2)
+    ok = await wait_until(lambda: at_rest(worker))
     assert ok, f"processes left in the jail: {worker.process_ids()}"
