@@ -479,10 +479,23 @@ def compare(ref: str, quick: bool) -> None:
         idle = {label: run_part(tree, "idle_cpu", rounds, seconds) for label, tree in trees.items()}
         load_end = os.getloadavg()[0]
     print(f"load average at the end {load_end:.1f}\n")
-    print(f"{'row':44} {'before p50':>11} {'after p50':>10} {'after/before':>13}  target")
+    print(
+        f"{'row':44} {'before p50':>11} {'after p50':>10} {'after/before':>13} "
+        f"{'CPU ms before':>14} {'after':>6}  target"
+    )
     for key, name, target in STEP_ROWS:
         b, a = pct(samples["before"][key], 0.5), pct(samples["after"][key], 0.5)
-        print(f"{name:44} {b:9.2f}ms {a:8.2f}ms {a / b:13.2f}  {target}")
+        cpu_b, cpu_a = (
+            1000 * sum(xs) / len(xs)
+            for xs in (samples["before"][f"cpu_{key}"], samples["after"][f"cpu_{key}"])
+        )
+        print(
+            f"{name:44} {b:9.2f}ms {a:8.2f}ms {a / b:13.2f} {cpu_b:14.2f} {cpu_a:6.2f}  {target}"
+        )
+    print(
+        "(CPU ms: host + every jail process per sample, the jail in 10 ms ticks; a step "
+        "includes forking the spares that follow it)"
+    )
     print("\nhostile tenant (4 candidates at a time) vs another tenant's `1 + 1`, ms:")
     print(f"{'attack':28} {'version':>7} {'1+1 p50':>8} {'p99':>8} {'max':>8} {'loop lag max':>13}")
     for name in ["none", *HOSTILE]:
