@@ -625,6 +625,9 @@ class WorkerProcess:
             # from spares: they would only be forked in its way
             await asyncio.sleep(SPARE_DELAY_S)
             self._kill_strays()  # the strays go first: a spare forked now is never one
+            if self.state_host_pid is not None:  # the last step's code may have stopped it
+                with contextlib.suppress(OSError):
+                    os.kill(self.state_host_pid, signal.SIGCONT)
             self._request_spares(spares)
         if self._spares:  # spares are parked before the jail freezes (never killed as strays)
             await asyncio.wait(self._spares)  # (a cancelled wait leaves them running)

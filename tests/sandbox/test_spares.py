@@ -141,3 +141,24 @@ async def test_a_spare_killed_while_parked_is_replaced_by_a_fork(
     value = eval(r.value_repr or "")
     assert value[0] == 5 and value[1] != spare.pid
     await assert_healthy(s, tracker)
+
+
+async def test_a_stopped_state_process_still_forks_its_spares(
+    open_session: Opener, tracker: Tracker
+) -> None:
+    # a rejected candidate stops the state process; the spares are asked for after the step
+    # and must not wait for the next step's SIGCONT (past control_timeout_s the worker
+    # would count as dead and the run would lose its state)
+    s = await open_session(attack_config(control_timeout_s=1.0))
+    await s.run("x = 'kept'")
+    [r] = await s.try_candidates(["import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)"])
+    assert r.ok, r
+    await s.discard()  # the stopped process stays the state
+    worker = s.worker
+    assert worker is not None
+    assert await wait_until(lambda: at_rest(worker) and len(worker.spare_forks()) == 1)
+    await asyncio.sleep(1.5)
+    assert not worker.dead
+    r = await s.run("x")
+    assert r.value_repr == "'kept'" and not r.state_lost, r
+    await assert_healthy(s, tracker)
