@@ -49,6 +49,10 @@ Long enough for a CPU-starved machine: a SIGKILLed process that is frozen before
 SPARE_DELAY_S = 0.002
 """Spares are forked when no next step came this long after a step (a model generates for
 far longer; a caller that steps back to back gets none)."""
+SPARE_BYTES = 4 << 20
+"""Memory budgeted per spare (its warm-up copies 1-2 MiB of the state's pages): spares are
+forked only into room the jail has beyond an eighth of its limit, so that they never push
+a run near its memory limit into the OOM killer between steps."""
 
 log = logging.getLogger(__name__)
 
@@ -604,6 +608,12 @@ class WorkerProcess:
                 os.kill(pid, signal.SIGKILL)
         return not strays
 
+    def _room_for_spares(self) -> int:
+        """How many spares fit in the jail's memory (see SPARE_BYTES)."""
+        limit = self.config.memory_mb << 20
+        free = limit - limit // 8 - self.memory_bytes()[0]
+        return max(0, free // SPARE_BYTES)
+
     def _spare_host_pids(self, pids: list[int]) -> list[int]:
         """Host pids of the parked spares among `pids` (the jail's processes)."""
         spares = {f.pid: f for f in self.spare_forks()}
@@ -628,7 +638,7 @@ class WorkerProcess:
             if self.state_host_pid is not None:  # the last step's code may have stopped it
                 with contextlib.suppress(OSError):
                     os.kill(self.state_host_pid, signal.SIGCONT)
-            self._request_spares(spares)
+            self._request_spares(min(spares, self._room_for_spares()))
         if self._spares:  # spares are parked before the jail freezes (never killed as strays)
             await asyncio.wait(self._spares)  # (a cancelled wait leaves them running)
         deadline = time.monotonic() + SETTLE_S

@@ -162,3 +162,22 @@ async def test_a_stopped_state_process_still_forks_its_spares(
     r = await s.run("x")
     assert r.value_repr == "'kept'" and not r.state_lost, r
     await assert_healthy(s, tracker)
+
+
+async def test_no_spares_when_the_run_is_near_its_memory_limit(
+    open_session: Opener, tracker: Tracker
+) -> None:
+    # spares copy some of the state's pages: a run close to its limit gets none, rather
+    # than an OOM kill between steps
+    s = await open_session(attack_config(memory_mb=256, step_timeout_s=20.0))
+    r = await s.run("big = b'x' * (200 << 20)\nlen(big)")
+    assert r.value_repr == str(200 << 20), r
+    worker = s.worker
+    assert worker is not None
+    assert await wait_until(lambda: len(worker.process_ids()) == 2)
+    await asyncio.sleep(0.3)
+    assert worker.spare_forks() == [] and len(worker.process_ids()) == 2
+    r = await s.run("del big\n1 + 1")
+    assert r.value_repr == "2" and not r.state_lost, r
+    assert await wait_until(lambda: at_rest(worker) and len(worker.spare_forks()) == 1)
+    await assert_healthy(s, tracker)
