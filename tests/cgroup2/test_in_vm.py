@@ -20,7 +20,7 @@ from sandbox.cgroups import detect, prepare
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError
 from tests.sandbox.conftest import ExecutorFactory, Opener
-from tests.sandbox.util import Tracker, assert_healthy, attack_config, wait_until
+from tests.sandbox.util import Tracker, assert_healthy, at_rest, attack_config, wait_until
 from tests.sandbox.util import fast_config as _fast_config
 
 SCENARIO = os.environ.get("DISTILLERY_CGROUP2_VM")
@@ -77,8 +77,9 @@ async def test_limits_land_in_the_jails_group(open_session: Opener, tracker: Tra
     assert (group / "cpu.max").read_text().split() == ["300000", "1000000"]
     if (group / "memory.swap.max").exists():
         assert (group / "memory.swap.max").read_text().strip() == "0"
-    # init + the state process at rest (the step's fork may take a moment to exit)
-    assert await wait_until(lambda: len(_procs(group)) == 2, 60), _procs(group)
+    # init, the state process and its spare at rest (the step's fork may take a moment
+    # to exit), all in the jail's group
+    assert await wait_until(lambda: at_rest(worker) and len(_procs(group)) == 3, 60), _procs(group)
     assert set(worker.process_ids()) == set(_procs(group))
     current, peak = worker.memory_bytes()
     assert 0 < current <= peak
