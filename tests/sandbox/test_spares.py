@@ -169,7 +169,8 @@ async def test_no_spares_when_the_run_is_near_its_memory_limit(
 ) -> None:
     # spares copy some of the state's pages: a run close to its limit gets none, rather
     # than an OOM kill between steps
-    s = await open_session(attack_config(memory_mb=256, step_timeout_s=20.0))
+    # (200 MB written takes seconds of CPU under emulation: tests/cgroup2 runs this in qemu)
+    s = await open_session(attack_config(memory_mb=256, cpu_s=60, step_timeout_s=120.0))
     r = await s.run("big = b'x' * (200 << 20)\nlen(big)")
     assert r.value_repr == str(200 << 20), r
     worker = s.worker
