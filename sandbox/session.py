@@ -59,6 +59,7 @@ class SandboxSession:
         self._lost_notice = False  # the next results must say the state was lost
         self._closed = False
         self._width = 0  # candidates of the last step: as many spares are forked for the next
+        self._finals: list[bool] = []  # which of them gave a final answer (no next step)
         self.workers_started = 0
 
     # --- plumbing ---------------------------------------------------------------------
@@ -146,6 +147,7 @@ class SandboxSession:
             pairs = [(died if r is _NOT_STARTED else r, f) for r, f in pairs]
             self._pending = [fork for _, fork in pairs]
             results = [r for r, _ in pairs]
+            self._finals = [r.is_final for r in results]
             if worker.dead and not any(f is not None and f.usable for f in self._pending):
                 # nothing can carry the state on: it is gone
                 if self._has_state:
@@ -229,7 +231,9 @@ class SandboxSession:
             chosen.channel.close()
             await self._worker.close()
         else:
-            self._worker.quiesce(self._worker.spares_wanted(self._width))
+            # after a final answer the run is over: no spares for a step that will not come
+            final = index < len(self._finals) and self._finals[index]
+            self._worker.quiesce(0 if final else self._worker.spares_wanted(self._width))
 
     async def _discard_locked(self) -> None:
         pending, self._pending = self._pending, None

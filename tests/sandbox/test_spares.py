@@ -58,6 +58,20 @@ async def test_as_many_spares_as_the_last_step_had_and_unused_ones_die(
     await assert_healthy(s, tracker)
 
 
+async def test_no_spares_after_a_final_answer(open_session: Opener, tracker: Tracker) -> None:
+    s = await open_session(attack_config())
+    r = await s.run("final_answer(42)")
+    assert r.is_final and r.final_answer == 42
+    worker = s.worker
+    assert worker is not None
+    assert await wait_until(lambda: len(worker.process_ids()) == 2)
+    await asyncio.sleep(0.3)  # past SPARE_DELAY_S: none were asked for
+    assert worker.spare_forks() == [] and len(worker.process_ids()) == 2
+    r = await s.run("1 + 1")  # a caller may still go on: the step forks as without spares
+    assert r.value_repr == "2", r
+    await assert_healthy(s, tracker)
+
+
 async def test_spares_after_a_discard_carry_the_state_from_before_the_step(
     open_session: Opener, tracker: Tracker
 ) -> None:
