@@ -323,7 +323,7 @@ async def main(quick: bool, nice: int) -> None:
     print(
         "(CPU ms: mean CPU time of host + every jail process per sample, "
         + ("exact (cpuacct)" if CPU_GROUP[0] else "in 10 ms ticks for the jail")
-        + "; a step's includes forking the spares that follow it)"
+        + "; a step's includes forking the spares it ran on)"
     )
     print(
         f"\nratios of p50s, same load: fresh jail / warm step = "
@@ -534,7 +534,7 @@ def compare(ref: str, quick: bool) -> None:
     print(
         "(CPU ms: host + every jail process per sample, exact where the machine has a cgroup "
         "v1 cpuacct hierarchy, else the jail in 10 ms ticks; a step's includes forking the "
-        "spares that follow it)"
+        "spares it ran on, made in the model time before it)"
     )
     print("\nhostile tenant (4 candidates at a time) vs another tenant's `1 + 1`, ms:")
     print(f"{'attack':28} {'version':>7} {'1+1 p50':>8} {'p99':>8} {'max':>8} {'loop lag max':>13}")
