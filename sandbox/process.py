@@ -77,6 +77,7 @@ class Fork:
     started: bool = True
     """False for a spare given its code until it says `started` (it took the code)."""
     host_pid: int | None = None
+    """Its pid on the host, once looked up (spares: the stray killer keeps them)."""
 
     @property
     def usable(self) -> bool:

@@ -163,10 +163,7 @@ class SandboxSession:
         cache = ToolCache(self.tools)
         width = asyncio.Semaphore(self.config.fork_width)
         self._width = len(codes)
-        try:
-            spares = await worker.take_spares(len(codes))
-        except WorkerDied:
-            spares = []
+        spares = await worker.take_spares(len(codes))  # forked while the model generated
         # the jail's limit counters before the round: a rise explains a failure
         counters = worker.oom_kills(), worker.pids_limit_hits()
 
