@@ -28,7 +28,7 @@ from sandbox.pool import WorkerPool
 from sandbox.probe import probe_interpreter
 from sandbox.process import WorkerProcess
 from sandbox.results import ToolFn
-from sandbox.session import SandboxSession
+from sandbox.session import CandidateStats, SandboxSession
 from sandbox.uids import UidAllocator, allocator_for
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class SandboxExecutor:
         self._nsjail: str | None = None
         self.cgroups: CgroupSetup | None = None
         self.uids: UidAllocator | None = None
+        self.candidates = CandidateStats()  # where every session's candidates ran
         if self.config.unjailed:
             log.warning(UNJAILED_WARNING)
         else:
@@ -97,7 +98,9 @@ class SandboxExecutor:
                 raise ValueError(f"invalid tool name {name!r}")
             if not callable(fn):
                 raise TypeError(f"tool {name!r} is not callable")
-        session = SandboxSession(self.pool.acquire, self.config, tools, self._sessions.discard)
+        session = SandboxSession(
+            self.pool.acquire, self.config, tools, self._sessions.discard, self.candidates
+        )
         self._sessions.add(session)
         try:
             await session.start()
@@ -161,5 +164,7 @@ class SandboxExecutor:
             "workers_started": s.started,
             "worker_start_failures": s.start_failures,
             "open_sessions": len(self._sessions),
+            "candidates_on_spares": self.candidates.on_spares,
+            "candidates_forked": self.candidates.forked,
             "jail_uids_in_use": self.uids.in_use if self.uids is not None else 0,
         }

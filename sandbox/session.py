@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from sandbox.config import SandboxConfig
@@ -40,6 +41,17 @@ ERROR_KINDS = frozenset(get_args(ErrorKind))
 EXIT_WAIT_S = 1.0
 
 
+@dataclass
+class CandidateStats:
+    """Where candidates ran, across sessions (the executor's readiness statistics)."""
+
+    on_spares: int = 0
+    """Handed to a spare forked while the model generated."""
+    forked: int = 0
+    """Forked when the step started (no spare: the first step, no model time, a step
+    wider than the last, spares off or no freezer)."""
+
+
 class SandboxSession:
     def __init__(
         self,
@@ -47,8 +59,10 @@ class SandboxSession:
         config: SandboxConfig,
         tools: Mapping[str, ToolFn],
         on_close: Callable[[SandboxSession], None] | None = None,
+        stats: CandidateStats | None = None,
     ) -> None:
         self._acquire = acquire
+        self.stats = stats if stats is not None else CandidateStats()
         self.config = config
         self.tools = dict(tools)
         self._on_close = on_close
@@ -290,11 +304,13 @@ class SandboxSession:
         result.tool_calls = records
         return result, (None if fork.dead else fork)
 
-    @staticmethod
-    async def _start(worker: WorkerProcess, code: str, spare: Fork | None) -> Fork:
+    async def _start(self, worker: WorkerProcess, code: str, spare: Fork | None) -> Fork:
         if spare is not None and await worker.run_spare(spare, code):
+            self.stats.on_spares += 1
             return spare
-        return await worker.spawn(code)
+        fork = await worker.spawn(code)
+        self.stats.forked += 1
+        return fork
 
     async def _serve_candidate(
         self,

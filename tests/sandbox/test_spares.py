@@ -18,7 +18,7 @@ import signal
 import pytest
 
 from sandbox.procs import is_alive
-from tests.sandbox.conftest import Opener
+from tests.sandbox.conftest import ExecutorFactory, Opener
 from tests.sandbox.test_between_steps import jail_cpu_s
 from tests.sandbox.util import Tracker, assert_healthy, at_rest, attack_config, wait_until
 
@@ -196,3 +196,18 @@ async def test_no_spares_when_the_run_is_near_its_memory_limit(
     assert r.value_repr == "2" and not r.state_lost, r
     assert await wait_until(lambda: at_rest(worker) and len(worker.spare_forks()) == 1)
     await assert_healthy(s, tracker)
+
+
+async def test_the_executor_counts_candidates_run_on_spares(
+    make_executor: ExecutorFactory,
+) -> None:
+    ex = make_executor(attack_config())
+    s = await ex.open_session({})
+    await s.run("x = 1")  # the first step: forked
+    worker = s.worker
+    assert worker is not None
+    assert await wait_until(lambda: len(worker.spare_forks()) == 1)
+    await s.run("x += 1")  # on the spare
+    stats = ex.stats()
+    assert (stats["candidates_forked"], stats["candidates_on_spares"]) == (1, 1), stats
+    await s.close()
