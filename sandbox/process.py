@@ -635,22 +635,28 @@ class WorkerProcess:
             # a caller that starts its next step at once (no model time) gains nothing
             # from spares: they would only be forked in its way
             await asyncio.sleep(SPARE_DELAY_S)
-            self._kill_strays()  # the strays go first: a spare forked now is never one
+            # the strays go first, and are gone: a spare forked now is never taken for one,
+            # and the memory and pids they held are free when the room for spares is read
+            await self._strays_gone()
             if self.state_host_pid is not None:  # the last step's code may have stopped it
                 with contextlib.suppress(OSError):
                     os.kill(self.state_host_pid, signal.SIGCONT)
             self._request_spares(min(spares, self._room_for_spares()))
         if self._spares:  # spares are parked before the jail freezes (never killed as strays)
             await asyncio.wait(self._spares)  # (a cancelled wait leaves them running)
+        await self._strays_gone()
+        if self.freezer is not None and not self._closed:
+            self.freezer.freeze()
+
+    async def _strays_gone(self) -> None:
+        """Kill strays until none is left in the jail, or SETTLE_S passed."""
         deadline = time.monotonic() + SETTLE_S
         delay = 0.0005
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
             if self._kill_strays():
-                break
-        if self.freezer is not None and not self._closed:
-            self.freezer.freeze()
+                return
 
     def _cancel_settle(self) -> None:
         if self._settle is not None and not self._settle.done():
