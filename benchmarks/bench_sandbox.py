@@ -59,26 +59,11 @@ MODEL_S = 0.05
 """Model time before each step of the main rows: a lower bound (a 0.5B model generating a
 step of ~100 tokens takes a few hundred ms on a GPU, seconds on a CPU)."""
 ROWS = ("fresh", "step", "step_b2b", "forks", "forks_b2b")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
-
-
-def jail_cpu_s(worker: WorkerProcess) -> float:
-    """CPU time of every process the jail ever ran: the live ones plus what they reaped."""
-    total = 0
-    for pid in worker.process_ids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / CLK_TCK
 
 
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -88,7 +73,7 @@ def own_cpuacct_group() -> Path | None:
     """Move this process into a cgroup v1 cpuacct group of its own (removed at exit), so
     that `cpuacct.usage` counts it and every process it starts - nsjail moves the jails
     only in the memory, pids and cpu hierarchies - to the nanosecond. None where there is
-    no writable cpuacct hierarchy (then CPU is counted in ticks, see cpu_seconds)."""
+    no writable cpuacct hierarchy (then CPU is counted in ticks, see total_cpu_s)."""
     group = CPUACCT / f"distillery-bench-{os.getpid()}"
     try:
         group.mkdir(exist_ok=True)
@@ -108,14 +93,14 @@ def own_cpuacct_group() -> Path | None:
 CPU_GROUP: list[Path | None] = [None]
 
 
-def cpu_seconds(worker: WorkerProcess) -> float:
+def total_cpu_s(worker: WorkerProcess) -> float:
     """CPU time of this process and of the jail: exact with our own cpuacct group, else
     this process's plus the jail's live processes' (10 ms ticks; it misses processes whose
     reaper died before them)."""
     group = CPU_GROUP[0]
     if group is not None:
         return int((group / "cpuacct.usage").read_text()) / 1e9
-    return time.process_time() + jail_cpu_s(worker)
+    return time.process_time() + worker.cpu_seconds()
 
 
 async def quiet(worker: WorkerProcess) -> None:
@@ -149,26 +134,26 @@ async def interleaved(ex: SandboxExecutor, rounds: int) -> dict[str, list[float]
     async def steps(key: str, think_s: float) -> None:
         await quiet(worker)
         await session.run("x = 1")
-        c0 = cpu_seconds(worker)
+        c0 = total_cpu_s(worker)
         for _ in range(10):
             await asyncio.sleep(think_s)
             t0 = time.perf_counter()
             res = await session.run("x = 1")
             out[key].append(time.perf_counter() - t0)
             assert res.ok, res.error
-        cpu[key].append((cpu_seconds(worker) - c0) / 10)
+        cpu[key].append((total_cpu_s(worker) - c0) / 10)
 
     async def forks(key: str, think_s: float, i: int) -> None:
         await quiet(worker)
         await session.try_candidates(codes)
         await session.commit(i % N)
-        c0 = cpu_seconds(worker)
+        c0 = total_cpu_s(worker)
         await asyncio.sleep(think_s)
         t0 = time.perf_counter()
         results = await session.try_candidates(codes)
         await session.commit((i + 1) % N)
         out[key].append(time.perf_counter() - t0)
-        cpu[key].append(cpu_seconds(worker) - c0)
+        cpu[key].append(total_cpu_s(worker) - c0)
         assert all(x.ok for x in results)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -448,9 +433,9 @@ async def between_steps_cpu(config: SandboxConfig, wait_s: float = 1.0) -> dict[
         w = s.worker
         assert w is not None
         await asyncio.sleep(0.3)
-        c0 = jail_cpu_s(w)
+        c0 = w.cpu_seconds()
         await asyncio.sleep(wait_s)
-        out[name] = (jail_cpu_s(w) - c0) / wait_s
+        out[name] = (w.cpu_seconds() - c0) / wait_s
         await s.close()
     await ex.aclose()
     return out

@@ -170,7 +170,7 @@ def _write(path: Path, value: str) -> None:
 
 
 def _pids(path: Path) -> list[int]:
-    return [int(w) for w in _words(path / "cgroup.procs") if w.isdigit()]
+    return read_pids(path / "cgroup.procs")
 
 
 @dataclass(frozen=True)
@@ -364,14 +364,15 @@ class JailCgroupsV2:
         self.dir = jail_parent / f"NSJAIL.{init_pid}"
         # one directory serves every controller (the v1 class has one per controller)
         self.dirs = {"memory": self.dir, "pids": self.dir, "cpu": self.dir}
-        self._events = {n: str(self.dir / n) for n in ("memory.events", "pids.events")}
+        self._oom = str(self.dir / "memory.events")
+        self._pids_events = str(self.dir / "pids.events")
         self._procs = str(self.dir / "cgroup.procs")
 
     def oom_kills(self) -> int:
-        return _read_kv(self._events["memory.events"], "oom_kill")
+        return _read_kv(self._oom, "oom_kill")
 
     def pids_limit_hits(self) -> int:
-        return _read_kv(self._events["pids.events"], "max")
+        return _read_kv(self._pids_events, "max")
 
     def memory_usage(self) -> int:
         return _read_int(self.dir / "memory.current")

@@ -46,6 +46,7 @@ SETTLE_S = 2.0
 Long enough for a CPU-starved machine: a SIGKILLed process that is frozen before it died
 (cgroup v1) stays until the next thaw, a leftover that tests rightly count."""
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPARE_DELAY_S = 0.002
 """Spares are forked when no next step came this long after a step (a model generates for
 far longer; a caller that steps back to back gets none)."""
@@ -470,7 +471,7 @@ class WorkerProcess:
             return []
         if not all(t.done() for t in tasks):
             await asyncio.wait(tasks)
-        forks = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
+        forks = [f for f in map(_spawned, tasks) if f is not None]
         live = [f for f in forks if f.usable]
         for fork in forks:
             if fork not in live[:n]:
@@ -497,16 +498,14 @@ class WorkerProcess:
             task.add_done_callback(self._kill_spare)
 
     def _kill_spare(self, task: asyncio.Future[Fork]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self.kill(task.result())
+        fork = _spawned(task)
+        if fork is not None:
+            self.kill(fork)
 
     def spare_forks(self) -> list[Fork]:
         """The spares forked and announced so far (parked, waiting for a step)."""
-        return [
-            t.result()
-            for t in self._spares
-            if t.done() and not t.cancelled() and t.exception() is None and t.result().usable
-        ]
+        forks = (_spawned(t) for t in self._spares if t.done())
+        return [f for f in forks if f is not None and f.usable]
 
     def kill(self, fork: Fork) -> None:
         """SIGKILL a candidate (through the state process) and drop its channel."""
@@ -717,6 +716,21 @@ class WorkerProcess:
         rss = sum(_rss(p) for p in self.process_ids())
         return rss, rss
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the jail's live processes and of the children they reaped (utime,
+        stime, cutime, cstime from /proc, in clock ticks: a process whose reaper died
+        before it is not counted)."""
+        ticks = 0
+        for pid in self.process_ids():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ticks += sum(int(x) for x in fields[11:15])
+        return ticks / CLK_TCK
+
     def log_tail(self, limit: int = 4000) -> str:
         try:
             return Path(self.tmpdir, "worker.log").read_text(errors="replace")[-limit:]
@@ -785,6 +799,13 @@ def _ns_pid(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _spawned(task: asyncio.Future[Fork]) -> Fork | None:
+    """The fork a finished spawn task made (None: it failed or was cancelled)."""
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

@@ -312,7 +312,7 @@ def execute(
     return res
 
 
-def send_result(sock: socket.socket, res: dict[str, Any]) -> None:
+def result_frames(res: dict[str, Any]) -> list[bytes]:
     """The result as `text` frames for its long fields, then a small `result` frame."""
     texts: list[str] = []
     frames: list[bytes] = []
@@ -323,6 +323,11 @@ def send_result(sock: socket.socket, res: dict[str, Any]) -> None:
             frames.extend(protocol.text_frames(name, value))
     res["texts"] = texts
     frames.append(protocol.encode(res))
+    return frames
+
+
+def send_result(sock: socket.socket, res: dict[str, Any]) -> None:
+    frames = result_frames(res)
     # one write for a small result (one wake-up of the host), chunks for a large one
     if sum(len(f) for f in frames) <= protocol.BATCH_BYTES:
         sock.sendall(b"".join(frames))
@@ -388,7 +393,7 @@ def _fd_top() -> int:
     return 1024 if soft == resource.RLIM_INFINITY else min(int(soft), 1 << 16)
 
 
-FD_TOP = [_fd_top()]
+FD_TOP = _fd_top()
 """Descriptor numbers open_fds checks: the limit the worker started with (nsjail sets soft
 and hard alike), so code that lowers its own limits later cannot hide a number above them."""
 _POLLER: list[Any] = []
@@ -398,7 +403,7 @@ def open_fds() -> list[int]:
     """Every open descriptor number >= 3 of this process, in one poll() (there is no /proc
     in the jail): poll marks every number that is not open with POLLNVAL. The poll object
     is made once (forks inherit it)."""
-    top = FD_TOP[0]
+    top = FD_TOP
     if not _POLLER:
         _POLLER.append(select.poll())
         for fd in range(3, top):
@@ -917,12 +922,7 @@ def warm_up(ns: dict[str, Any], limit: int, depth_max: int) -> None:
     that the copy-on-write faults every step takes - the compiler's, the allocator's, the
     result's encoding - are paid before its code arrives, not after."""
     scratch = {"__builtins__": ns.get("__builtins__", builtins.__dict__)}
-    res = execute(WARM_UP_CODE, scratch, limit, depth_max)
-    for name in protocol.TEXT_FIELDS:
-        value = res.pop(name, None)
-        if isinstance(value, str):
-            b"".join(protocol.text_frames(name, value))
-    protocol.encode({**res, "texts": []})
+    result_frames(execute(WARM_UP_CODE, scratch, limit, depth_max))
     linecache.cache.pop(FILENAME, None)
 
 

@@ -83,6 +83,13 @@ def at_rest(worker: WorkerProcess) -> bool:
     return len(pids) == 2 + len(spares) and spares <= pids
 
 
+async def idle_cpu_s(worker: WorkerProcess, seconds: float = 1.5) -> float:
+    """CPU seconds the jail uses while this waits `seconds` (clock ticks of 0.01 s)."""
+    cpu0 = worker.cpu_seconds()
+    await asyncio.sleep(seconds)
+    return worker.cpu_seconds() - cpu0
+
+
 async def assert_healthy(session: SandboxSession, tracker: Tracker | None = None) -> None:
     """The next step works and only init + the state process (+ its parked spares) are
     left in the jail."""
