@@ -33,31 +33,35 @@ _REBUILT = {
     "export": ("export-agent", "export-cot"),
 }
 """Folders not packed, and the stages that write them (their markers are dropped too)."""
-REBUILT_STAGES = tuple(stage for stages in _REBUILT.values() for stage in stages)
-_TRAINED_STAGES = ("sft-agent", "sft-cot")
-"""Left out with the weights (`weights=False`): a continued study trains the students again."""
-_LEFT_OUT_DIRS = (*_REBUILT, "logs")
+_TRAINED = {"sft": ("sft-agent", "sft-cot")}
+"""Left out too without the weights (`weights=False`): a continued study trains again."""
+
+
+def _rebuilt(weights: bool) -> dict[str, tuple[str, ...]]:
+    """The folders an archive leaves out and the stages that write them again."""
+    return _REBUILT if weights else {**_REBUILT, **_TRAINED}
+
+
+def _stages(rebuilt: dict[str, tuple[str, ...]]) -> list[str]:
+    return [stage for stages in rebuilt.values() for stage in stages]
 
 
 class PackError(ValueError):
     """The folder is not a study, or the archive cannot be unpacked; the message says why."""
 
 
-def _members(out: Path, weights: bool = True) -> list[Path]:
+def _members(out: Path, rebuilt: dict[str, tuple[str, ...]]) -> list[Path]:
     if not (out / "study.json").is_file():
         raise PackError(f"{out} is not a study folder (no study.json): run `distillery study run "
                         "--out DIR` first")  # fmt: skip
+    left_out, dropped = (*rebuilt, "logs"), _stages(rebuilt)
     keep: list[Path] = []
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out)
         if not p.is_file() or p.name.endswith(".tmp") or str(rel) == "PACKED.json":
             continue
         top = rel.parts[0]
-        if top in _LEFT_OUT_DIRS:
-            continue
-        if top == "stages" and p.stem in REBUILT_STAGES:
-            continue
-        if not weights and (top == "sft" or (top == "stages" and p.stem in _TRAINED_STAGES)):
+        if top in left_out or (top == "stages" and p.stem in dropped):
             continue
         if top == "sft" and len(rel.parts) > 2 and rel.parts[2] == "checkpoints":
             if (out / "stages" / f"sft-{rel.parts[1]}.json").is_file():
@@ -72,8 +76,9 @@ def pack_study(out: Path, dest: Path, *, weights: bool = True) -> dict[str, Any]
     (configuration, teacher records, data, evaluation records, reports) a few MB small,
     whose continuation trains the students again (SFT is seeded: the same weights)."""
     out = Path(out)
-    members = _members(out, weights)
-    rebuilt = list(REBUILT_STAGES) + ([] if weights else list(_TRAINED_STAGES))
+    left_out = _rebuilt(weights)
+    members = _members(out, left_out)
+    rebuilt = _stages(left_out)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
