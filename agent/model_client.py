@@ -3,11 +3,20 @@
 Implementations: `agent.openai_client.OpenAIChatClient` (any OpenAI-compatible server,
 vLLM in production) and `agent.transformers_engine.TransformersEngine` (in-process,
 the embedded default). Tests drive the loop with a scripted OpenAI-compatible server.
+
+`call_scope(deadline)` tells a client, without changing any signature, by when the calls
+made in the current context (and in every task started from it) must be answered: a
+client never waits to retry past it and fails at once instead (`ModelUnavailable`). The
+scope also carries back what the server asked for: `retry_after_s`, the wait a failed
+call's `Retry-After` named, so a gateway can pass it on to its own client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,11 +85,59 @@ class ModelError(Exception):
 
 
 class ModelUnavailable(ModelError):
-    """The model server cannot be reached (connection refused, DNS, timeout, 5xx after retries)."""
+    """The model server cannot be reached (connection refused, DNS, timeout, 5xx after
+    retries), or it asked for a wait (`Retry-After`) longer than the client may wait.
+
+    `retry_after_s`: the wait the server asked for in its last answer (None when it named
+    none), for the caller to pass on."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ModelRequestError(ModelError):
     """The server rejected the request (4xx other than 429): retrying will not help."""
+
+
+@dataclass
+class CallScope:
+    """See `call_scope`."""
+
+    deadline: float | None = None
+    """time.monotonic() by which every model call in the scope must be answered."""
+    retry_after_s: float | None = None
+    """Set by the client when a call fails as unavailable after the server named a wait
+    (`Retry-After`, seconds): the largest such wait seen in the scope."""
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline (negative once past), None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def note_retry_after(self, seconds: float | None) -> None:
+        if seconds is not None and (self.retry_after_s is None or seconds > self.retry_after_s):
+            self.retry_after_s = seconds
+
+
+_SCOPE: ContextVar[CallScope | None] = ContextVar("model_call_scope", default=None)
+
+
+@contextmanager
+def call_scope(deadline: float | None) -> Iterator[CallScope]:
+    """Model calls made in this block, and in tasks created in it (asyncio copies the
+    context when a task is created), see `deadline` (time.monotonic()); the yielded scope
+    collects `retry_after_s`. Nested scopes: the innermost one applies."""
+    scope = CallScope(deadline)
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
+def current_call_scope() -> CallScope | None:
+    """The innermost `call_scope` of the running context, None outside any."""
+    return _SCOPE.get()
 
 
 @runtime_checkable

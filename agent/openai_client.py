@@ -11,10 +11,21 @@ it also asks for vLLM's per-chunk `token_ids` (exact per-candidate token counts)
 continuous usage (prompt tokens known even when the stream is closed early). Closing
 the stream closes the HTTP response, which aborts the request in vLLM.
 
-Transient failures (429, 5xx, connection errors, timeouts) are retried with
-exponential backoff (jittered), honouring a Retry-After header. When the server
-cannot be reached or retries run out: ModelUnavailable. When it rejects the request
-(4xx other than 429): ModelRequestError with the server's own message.
+Transient failures (408, 429, 5xx, connection errors, timeouts) are retried, plain
+and streamed requests by the same loop, after exponential backoff (jittered) or the
+server's Retry-After. A wait is never taken when it is longer than `retry_after_max_s`
+(the server asks for more: it is down for a while) or than what is left of the
+caller's deadline (`agent.model_client.call_scope`): the call fails at once instead,
+so an outage never holds the caller for nothing. When the server cannot be reached,
+retries run out or a wait is refused: ModelUnavailable (`retry_after_s`: the server's
+Retry-After, also noted in the call scope). When it rejects the request (4xx other
+than 408/429): ModelRequestError with the server's own message.
+
+A stream must end properly: with `data: [DONE]`, or with a finish reason for every
+choice it started. One that carries no choice at all (`choices: []` throughout) or
+that ends (cleanly) with a choice unfinished and no `[DONE]` raises ModelError (a
+truncated or malformed stream is never taken for a short answer); a connection that
+breaks mid-stream is ModelUnavailable.
 
 Timeouts: `timeout_s` bounds each wait for bytes (httpx's read timeout). Without
 streaming that is the whole generation; with streaming it is silence - no chunk for
@@ -31,9 +42,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,13 +58,36 @@ from agent.model_client import (
     ModelUnavailable,
     SamplingParams,
     Usage,
+    current_call_scope,
 )
 from agent.streaming import ChoiceDelta, CompletionStream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Worth another try; any other 5xx too."""
+
+
+class _Transient(Exception):
+    """One attempt failed in a way worth another try (a 429/5xx answer)."""
+
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class _OpenStream:
+    """A streamed response that answered 2xx, read up to its first generated token."""
+
+    resp: httpx.Response
+    events: AsyncGenerator[ChoiceDelta, None]
+    primed: list[ChoiceDelta] = field(default_factory=list)
+    """Deltas already read (none of them generated a token, but the last one may)."""
+    ended: bool = False
+    """The stream ended while priming (every delta is in `primed`)."""
 
 
 @dataclass
@@ -113,7 +147,7 @@ class OpenAIChatClient:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 20.0,
-        retry_after_max_s: float = 60.0,
+        retry_after_max_s: float = 5.0,
         vllm_stream_extras: bool = True,
     ) -> None:
         if retries < 0:
@@ -150,7 +184,7 @@ class OpenAIChatClient:
     ) -> Completion:
         body = self.request_body(messages, params, continue_final_message=continue_final_message)
         t0 = time.perf_counter()
-        data = await self._post_with_retries("chat/completions", body)
+        data = await self._request_with_retries("POST", "chat/completions", body)
         latency = time.perf_counter() - t0
         completion = self._parse_completion(data, latency)
         if len(completion.choices) != params.n:
@@ -227,124 +261,187 @@ class OpenAIChatClient:
         return body
 
     # -- internals ----------------------------------------------------------------
-    async def _post_with_retries(self, path: str, body: dict[str, Any]) -> Any:
-        return await self._request_with_retries("POST", path, body)
-
     async def _request_with_retries(
         self, method: str, path: str, body: dict[str, Any] | None
     ) -> Any:
         url = f"{self.base_url}/{path}"
-        last = "no attempt made"
-        for attempt in range(self.retries + 1):
+        return await self._retrying(url, lambda: self._attempt_json(method, path, body, url))
+
+    async def _attempt_json(
+        self, method: str, path: str, body: dict[str, Any] | None, url: str
+    ) -> Any:
+        """One non-streamed attempt: the JSON body of a 2xx answer."""
+        resp = await self._http.request(method, path, json=body)
+        self._raise_for_status(resp, url)
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise ModelError(
+                f"model server {url} returned HTTP {resp.status_code} with a non-JSON "
+                f"body: {resp.text[:200]!r}; is this an OpenAI-compatible server?"
+            ) from e
+
+    def _raise_for_status(self, resp: httpx.Response, url: str) -> None:
+        """Nothing for a 2xx; ModelRequestError for a rejection (4xx but 408/429);
+        `_Transient` (with the server's Retry-After) for anything worth another try."""
+        if resp.status_code < 300:
+            return
+        message = _server_message(resp)
+        if resp.status_code not in RETRY_STATUSES and resp.status_code < 500:
+            raise ModelRequestError(_rejection(url, resp.status_code, message, self.model_name))
+        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        raise _Transient(f"HTTP {resp.status_code}: {message}", retry_after)
+
+    async def _retrying(self, url: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """The client's one retry loop, for plain and streamed requests alike.
+
+        Runs `attempt` until it returns. A transient failure (`_Transient`, a timeout, a
+        connection error) is tried again after a backoff or the server's Retry-After,
+        unless that wait is longer than `retry_after_max_s` or than what is left of the
+        caller's deadline (`call_scope`): then, like when retries run out, it raises
+        ModelUnavailable at once (carrying the server's Retry-After). Any ModelError
+        from `attempt` is raised as it is."""
+        last, retry_after = "no attempt made", None
+        for n in range(self.retries + 1):
             self.stats.attempts += 1
-            if attempt:
+            if n:
                 self.stats.retries += 1
-            retry_after: float | None = None
             try:
-                resp = await self._http.request(method, path, json=body)
+                return await attempt()
+            except _Transient as e:
+                last, retry_after = e.reason, e.retry_after
             except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__})"
+                last = f"timed out: no data for {self.timeout_s:g} s ({type(e).__name__})"
+                retry_after = None
             except httpx.TransportError as e:
                 last = f"connection failed ({type(e).__name__}: {e or 'no detail'})"
-            else:
-                if resp.status_code < 300:
-                    try:
-                        return resp.json()
-                    except ValueError as e:
-                        self.stats.failures += 1
-                        raise ModelError(
-                            f"model server {url} returned HTTP {resp.status_code} with a non-JSON "
-                            f"body: {resp.text[:200]!r}; is this an OpenAI-compatible server?"
-                        ) from e
-                message = _server_message(resp)
-                if resp.status_code not in RETRY_STATUSES and resp.status_code < 500:
-                    self.stats.failures += 1
-                    raise ModelRequestError(
-                        _rejection(url, resp.status_code, message, self.model_name)
-                    )
-                last = f"HTTP {resp.status_code}: {message}"
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            if attempt == self.retries:
+                retry_after = None
+            except ModelError:
+                self.stats.failures += 1
+                raise
+            if n == self.retries:
                 break
-            delay = self._backoff(attempt, retry_after)
+            delay = self._retry_wait(url, n, retry_after, last)
             log.warning(
                 "model call to %s failed (%s); retry %d/%d in %.2fs",
-                url,
-                last,
-                attempt + 1,
-                self.retries,
-                delay,
-            )
+                url, last, n + 1, self.retries, delay,
+            )  # fmt: skip
             await asyncio.sleep(delay)
-        self.stats.failures += 1
-        raise ModelUnavailable(
+        raise self._unavailable(
             f"model server {url} unavailable after {self.retries + 1} attempt(s): {last}. "
             f"Check that the server is running and reachable at {self.base_url} "
-            f"(GET {self.base_url}/models) and serves model {self.model_name!r}."
+            f"(GET {self.base_url}/models) and serves model {self.model_name!r}.",
+            retry_after,
         )
+
+    def _retry_wait(self, url: str, attempt: int, retry_after: float | None, last: str) -> float:
+        """Seconds to wait before the next attempt; raises ModelUnavailable instead when
+        the server asks for more than `retry_after_max_s` or the wait would outlast the
+        caller's deadline (holding the caller's slot for nothing)."""
+        if retry_after is not None and retry_after > self.retry_after_max_s:
+            log.warning(
+                "model call to %s failed (%s) with Retry-After %gs: not retried",
+                url,
+                last,
+                retry_after,
+            )
+            raise self._unavailable(
+                f"model server {url} is unavailable ({last}) and asks to retry after "
+                f"{retry_after:g} s, more than the {self.retry_after_max_s:g} s a request "
+                "waits for it (DISTILLERY_MODEL_RETRY_AFTER_MAX_S); not retried",
+                retry_after,
+            )
+        delay = retry_after if retry_after is not None else self._backoff(attempt)
+        scope = current_call_scope()
+        remaining = scope.remaining_s() if scope is not None else None
+        if remaining is not None and delay >= remaining:
+            log.warning(
+                "model call to %s failed (%s); a retry in %.2fs would pass the "
+                "request's deadline: not retried",
+                url,
+                last,
+                delay,
+            )
+            raise self._unavailable(
+                f"model server {url} is unavailable ({last}); waiting {delay:.3g} s to retry "
+                f"would pass the request's deadline ({max(0.0, remaining):.3g} s left); "
+                "not retried",
+                retry_after,
+            )
+        return delay
+
+    def _unavailable(self, message: str, retry_after: float | None = None) -> ModelUnavailable:
+        """A counted ModelUnavailable; the server's Retry-After is also noted in the scope."""
+        self.stats.failures += 1
+        scope = current_call_scope()
+        if scope is not None:
+            scope.note_retry_after(retry_after)
+        return ModelUnavailable(message, retry_after_s=retry_after)
+
+    async def _open_stream(
+        self, body: dict[str, Any], stream: CompletionStream, url: str
+    ) -> _OpenStream:
+        """One streamed attempt, read up to its first generated token (or its end): a
+        failure before that is retried by `_retrying`, nothing was generated."""
+        request = self._http.build_request("POST", "chat/completions", json=body)
+        resp = await self._http.send(request, stream=True)
+        events: AsyncGenerator[ChoiceDelta, None] | None = None
+        try:
+            if resp.status_code >= 300:
+                await resp.aread()
+                self._raise_for_status(resp, url)
+            events = _read_events(resp, stream, url)
+            opened = _OpenStream(resp, events)
+            while True:
+                try:
+                    delta = await events.__anext__()
+                except StopAsyncIteration:
+                    opened.ended = True
+                    return opened
+                opened.primed.append(delta)
+                if delta.tokens or delta.text or delta.finish_reason:
+                    return opened
+        except BaseException:
+            if events is not None:
+                await events.aclose()
+            await resp.aclose()
+            raise
 
     async def _stream_events(
         self, body: dict[str, Any], stream: CompletionStream
     ) -> AsyncIterator[ChoiceDelta]:
         url = f"{self.base_url}/chat/completions"
-        generated = 0  # tokens received: once > 0 the request is never re-sent
-        last = "no attempt made"
         t0 = time.perf_counter()
-        for attempt in range(self.retries + 1):
-            self.stats.attempts += 1
-            if attempt:
-                self.stats.retries += 1
-            retry_after: float | None = None
-            try:
-                async with self._http.stream("POST", "chat/completions", json=body) as resp:
-                    if resp.status_code >= 300:
-                        await resp.aread()
-                        message = _server_message(resp)
-                        if resp.status_code not in RETRY_STATUSES and resp.status_code < 500:
-                            self.stats.failures += 1
-                            raise ModelRequestError(
-                                _rejection(url, resp.status_code, message, self.model_name)
-                            )
-                        last = f"HTTP {resp.status_code}: {message}"
-                        retry_after = parse_retry_after(resp.headers.get("retry-after"))
-                    else:
-                        async for delta in _read_events(resp, stream, url):
-                            generated += delta.tokens
-                            yield delta
-                        self._record_stream(stream, time.perf_counter() - t0)
-                        return
-            except httpx.TimeoutException as e:
-                last = f"no data for {self.timeout_s:g} s ({type(e).__name__})"
-                if generated:
-                    self.stats.failures += 1
-                    raise ModelUnavailable(
-                        f"model server {url} went silent for {self.timeout_s:g} s after "
-                        f"{generated} generated tokens; not re-sent (the tokens would be paid "
-                        "twice). The server is overloaded or stuck: check its load, or raise "
-                        "the model timeout (DISTILLERY_MODEL_TIMEOUT_S)."
-                    ) from e
-            except httpx.TransportError as e:
-                last = f"connection failed ({type(e).__name__}: {e or 'no detail'})"
-                if generated:
-                    self.stats.failures += 1
-                    raise ModelUnavailable(
-                        f"model server {url} dropped the stream after {generated} generated "
-                        f"tokens ({last}); not re-sent. Check the server's log."
-                    ) from e
-            if attempt == self.retries:
-                break
-            delay = self._backoff(attempt, retry_after)
-            log.warning(
-                "streamed model call to %s failed (%s) before any token; retry %d/%d in %.2fs",
-                url, last, attempt + 1, self.retries, delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
-        self.stats.failures += 1
-        raise ModelUnavailable(
-            f"model server {url} unavailable after {self.retries + 1} attempt(s): {last}. "
-            f"Check that the server is running and reachable at {self.base_url} "
-            f"(GET {self.base_url}/models) and serves model {self.model_name!r}."
-        )
+        opened = await self._retrying(url, lambda: self._open_stream(body, stream, url))
+        generated = 0  # tokens received: the request is never re-sent from here on
+        try:
+            for delta in opened.primed:
+                generated += delta.tokens
+                yield delta
+            if not opened.ended:
+                async for delta in opened.events:
+                    generated += delta.tokens
+                    yield delta
+        except httpx.TimeoutException as e:
+            raise self._unavailable(
+                f"model server {url} went silent for {self.timeout_s:g} s after "
+                f"{generated} generated tokens; not re-sent (the tokens would be paid "
+                "twice). The server is overloaded or stuck: check its load, or raise "
+                "the model timeout (DISTILLERY_MODEL_TIMEOUT_S)."
+            ) from e
+        except httpx.TransportError as e:
+            raise self._unavailable(
+                f"model server {url} dropped the stream after {generated} generated "
+                f"tokens (connection failed: {type(e).__name__}: {e or 'no detail'}); "
+                "not re-sent. Check the server's log."
+            ) from e
+        except ModelError:
+            self.stats.failures += 1
+            raise
+        finally:
+            await opened.events.aclose()
+            await opened.resp.aclose()
+        self._record_stream(stream, time.perf_counter() - t0)
 
     def _record_stream(self, stream: CompletionStream, latency: float) -> None:
         self.stats.requests += 1
@@ -352,9 +449,7 @@ class OpenAIChatClient:
         self.stats.latency_s += latency
         self.stats.last_latency_s = latency
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_max_s)
+    def _backoff(self, attempt: int) -> float:
         base = min(self.backoff_s * (2**attempt), self.backoff_max_s)
         return base * (0.5 + random.random() / 2)  # jitter: spread retries of many clients
 
@@ -392,34 +487,73 @@ class OpenAIChatClient:
 
 async def _read_events(
     resp: httpx.Response, stream: CompletionStream, url: str
-) -> AsyncIterator[ChoiceDelta]:
-    """The choice deltas of one streamed response; `stream.usage` follows the server's."""
+) -> AsyncGenerator[ChoiceDelta, None]:
+    """The choice deltas of one streamed response; `stream.usage` follows the server's.
+    Raises ModelError for a stream without events, without any choice, or that ended
+    without `[DONE]` while a choice it started had no finish reason (truncated)."""
     server_completion = 0
     generated = 0
     events = 0
+    started: set[int] = set()
+    finished: set[int] = set()
+    done = False
     async for line in resp.aiter_lines():
         chunk = _sse_data(line, url)
         if chunk is None:
             continue
         if isinstance(chunk, str):  # [DONE]
+            done = True
             break
         events += 1
         if chunk.get("model"):
             stream.model = str(chunk["model"])
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            server_completion = int(usage.get("completion_tokens") or 0)
+            stream.usage.prompt_tokens = _count(usage.get("prompt_tokens"))
+            server_completion = _count(usage.get("completion_tokens"))
         for delta in _chunk_deltas(chunk, url):
+            started.add(delta.index)
+            if delta.finish_reason is not None:
+                finished.add(delta.index)
             generated += delta.tokens
             stream.usage.completion_tokens = max(generated, server_completion)
             yield delta
         stream.usage.completion_tokens = max(generated, server_completion)
+    _check_stream_end(url, events, started, finished, done)
+
+
+def _check_stream_end(
+    url: str, events: int, started: set[int], finished: set[int], done: bool
+) -> None:
+    """Raise ModelError (logged) unless the stream ended as a complete answer."""
+    problem = None
     if not events:
-        raise ModelError(
-            f"model server {url} answered a streamed request without any server-sent event; "
+        problem = (
+            "answered a streamed request without any server-sent event; "
             "does it support stream=true?"
         )
+    elif not started:
+        problem = (
+            f"sent {events} stream event(s) without any choice (`choices: []` throughout); "
+            "no completion was generated"
+        )
+    elif not done and started - finished:
+        unfinished = ", ".join(str(i) for i in sorted(started - finished))
+        problem = (
+            f"ended the stream without `data: [DONE]` while choice(s) {unfinished} had no "
+            "finish reason: the completion was cut short"
+        )
+    if problem is not None:
+        log.warning("model server %s %s", url, problem)
+        raise ModelError(f"model server {url} {problem}")
+
+
+def _count(value: Any) -> int:
+    """A token count from the server's usage (0 when it is missing or not a number)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _sse_data(line: str, url: str) -> dict[str, Any] | str | None:

@@ -13,9 +13,11 @@ from agent.model_client import (
     ModelRequestError,
     ModelUnavailable,
     SamplingParams,
+    call_scope,
 )
 from agent.openai_client import OpenAIChatClient, normalize_base_url, parse_retry_after
-from tests.helpers.scripted_server import Drop, Error, Reply, ScriptedServer
+from agent.streaming import collect
+from tests.helpers.scripted_server import Drop, Error, RawStream, Reply, ScriptedServer
 
 MSGS = [{"role": "system", "content": "sys"}, {"role": "user", "content": "New task:\nq"}]
 
@@ -82,6 +84,98 @@ async def test_retry_after_is_honoured(scripted_server: ScriptedServer) -> None:
     await client.complete(MSGS, SamplingParams())
     await client.aclose()
     assert srv.arrival_times[1] - srv.arrival_times[0] >= 0.38
+
+
+async def test_a_long_retry_after_fails_at_once(scripted_server: ScriptedServer) -> None:
+    """A server down for an hour: no wait at all (plain and streamed), its Retry-After
+    carried on the error and in the call scope."""
+    srv = scripted_server
+    outage = Error(503, "overloaded", headers={"Retry-After": "3600"})
+    srv.script(outage, outage)
+    client = _client(srv, retries=3, retry_after_max_s=5.0)
+    with call_scope(None) as scope, pytest.raises(ModelUnavailable) as ei:
+        await client.complete(MSGS, SamplingParams())
+    assert ei.value.retry_after_s == 3600.0 and scope.retry_after_s == 3600.0
+    assert "3600" in str(ei.value) and "not retried" in str(ei.value)
+    with pytest.raises(ModelUnavailable) as ei:
+        await collect(client.stream(MSGS, SamplingParams()))
+    await client.aclose()
+    assert ei.value.retry_after_s == 3600.0
+    assert len(srv.requests) == 2  # one attempt each, no retry
+    assert client.stats.retries == 0 and client.stats.failures == 2
+
+
+async def test_no_retry_wait_past_the_callers_deadline(scripted_server: ScriptedServer) -> None:
+    srv = scripted_server
+    srv.script(Error(429, "busy", headers={"Retry-After": "2"}), Reply("never sent"))
+    client = _client(srv, retries=3, retry_after_max_s=5.0)
+    with call_scope(time.monotonic() + 1.0) as scope, pytest.raises(ModelUnavailable) as ei:
+        await client.complete(MSGS, SamplingParams())
+    assert "deadline" in str(ei.value) and scope.retry_after_s == 2.0
+    assert len(srv.requests) == 1 and srv.pending == 1
+    # within the deadline and the cap, the wait is taken and the retry succeeds
+    srv.reset()
+    srv.script(Error(503, "busy", headers={"Retry-After": "0.1"}), Reply("ok"))
+    with call_scope(time.monotonic() + 60.0) as scope:
+        out = await client.complete(MSGS, SamplingParams())
+    await client.aclose()
+    assert out.choices[0].text == "ok" and scope.retry_after_s is None
+
+
+async def test_streamed_requests_share_the_retry_loop(scripted_server: ScriptedServer) -> None:
+    """Retried before any token (HTTP errors, a drop), never after one."""
+    srv = scripted_server
+    srv.script(Error(503, "busy"), Drop(), Reply("one two three"))
+    client = _client(srv, retries=3)
+    out = await collect(client.stream(MSGS, SamplingParams()))
+    assert out.choices[0].text == "one two three" and out.choices[0].finish_reason == "stop"
+    assert len(srv.requests) == 3 and client.stats.retries == 2 and client.stats.requests == 1
+    # a stream cut after its first token (no finish, no [DONE]) is not re-sent
+    srv.reset()
+    chunk = {"choices": [{"index": 0, "delta": {"content": "Thought:"}, "token_ids": [1]}]}
+    srv.script(RawStream([chunk]), Reply("not sent"))
+    with pytest.raises(ModelError, match="without `data: \\[DONE\\]`") as ei:
+        await collect(client.stream(MSGS, SamplingParams()))
+    await client.aclose()
+    assert not isinstance(ei.value, ModelUnavailable)
+    assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("events", "error"),
+    [
+        ([{"choices": [], "usage": {"prompt_tokens": 3}}] * 3 + ["[DONE]"], "without any choice"),
+        ([{"choices": []}], "without any choice"),
+        ([{"choices": [{"index": 0, "delta": {"content": "a"}}]},
+          {"choices": [{"index": 1, "delta": {"content": "b"}, "finish_reason": "stop"}]}],
+         "choice\\(s\\) 0 had no finish reason"),
+        (["[DONE]"], "without any server-sent event"),
+    ],
+)
+async def test_malformed_streams_are_model_errors(
+    scripted_server: ScriptedServer, events: list[object], error: str
+) -> None:
+    """Never a short answer: an empty or truncated stream raises (and is not retried)."""
+    srv = scripted_server
+    srv.script(RawStream(events), Reply("not sent"))  # type: ignore[arg-type]
+    client = _client(srv, retries=2)
+    with pytest.raises(ModelError, match=error):
+        await collect(client.stream(MSGS, SamplingParams(n=2)))
+    await client.aclose()
+    assert len(srv.requests) == 1 and client.stats.failures == 1
+
+
+async def test_a_stream_may_omit_done_when_every_choice_finished(
+    scripted_server: ScriptedServer,
+) -> None:
+    srv = scripted_server
+    srv.script(RawStream([
+        {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]},
+    ]))
+    client = _client(srv)
+    out = await collect(client.stream(MSGS, SamplingParams()))
+    await client.aclose()
+    assert out.choices[0].text == "x" and out.choices[0].finish_reason == "stop"
 
 
 async def test_retries_exhausted_raise_unavailable(scripted_server: ScriptedServer) -> None:

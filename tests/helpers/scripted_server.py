@@ -8,6 +8,7 @@ takes the next item of the script (or asks the handler):
     srv.script("same text for every one of the n choices")
     srv.script(Error(429, headers={"Retry-After": "0"}), Error(500), Drop())
     srv.script(Reply(["..."], delay_s=1))
+    srv.script(RawStream([{"choices": []}, "[DONE]"]))  # a stream sent exactly as given
     srv.handler = lambda body: ["text"] * body.get("n", 1)  # used when the script is empty
 
 Like vLLM, a choice text is cut at the first of the request's `stop` strings (which
@@ -94,7 +95,19 @@ class Drop:
     delay_s: float = 0.0
 
 
-ScriptItem = Reply | Error | Drop | list[str] | str | Callable[[dict[str, Any]], Any]
+@dataclass
+class RawStream:
+    """A 200 text/event-stream whose events are sent exactly as given, one `data:` line
+    each (a dict as JSON, a str as it is: "[DONE]"), then the body ends cleanly; nothing
+    is added (no `[DONE]` unless listed). For malformed or truncated upstream streams."""
+
+    events: list[dict[str, Any] | str]
+    delay_s: float = 0.0
+
+
+ScriptItem = (
+    Reply | Error | Drop | RawStream | list[str] | str | Callable[[dict[str, Any]], Any]
+)
 
 
 def _words(text: str) -> int:
@@ -267,11 +280,11 @@ class ScriptedServer:
             await _send_json(send, 400, _err(msg, "BadRequestError", 400))
             return
         try:
-            if callable(item) and not isinstance(item, Reply | Error | Drop):
+            if callable(item) and not isinstance(item, Reply | Error | Drop | RawStream):
                 item = item(body)
             if isinstance(item, str | list):
                 item = Reply(item)
-            if not isinstance(item, Reply | Error | Drop):
+            if not isinstance(item, Reply | Error | Drop | RawStream):
                 raise TypeError(f"unsupported script item {item!r}")
             completion = self._completion(body, item) if isinstance(item, Reply) else None
         except Exception as e:  # a broken script is the test's bug: say so, do not look like a 5xx
@@ -288,6 +301,15 @@ class ScriptedServer:
             }
             await send(start)
             raise ConnectionAbortedError("scripted connection drop")  # uvicorn closes the socket
+        if isinstance(item, RawStream):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+            for event in item.events:
+                data = event if isinstance(event, str) else json.dumps(event)
+                chunk = b"data: " + data.encode() + b"\n\n"
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if isinstance(item, Error):
             payload = (
                 item.body
