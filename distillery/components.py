@@ -203,4 +203,7 @@ def service_config(settings: Settings) -> ServiceConfig:
         port=settings.port,
         shutdown_grace_s=settings.shutdown_grace_s,
         body_timeout_s=settings.body_timeout_s,
+        probe_port=settings.probe_port,
+        ready_model_failures=settings.ready_model_failures,
+        ready_model_window_s=settings.ready_model_window_s,
     )

@@ -210,6 +210,23 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1024, ge=1, description="Open connections per worker; more are refused at once (503)"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024,
+        description="A request's line and headers may hold this many bytes; more get 431",
+    )
+    probe_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Second listener with only /healthz, /readyz and /metrics, outside "
+        "max_connections (probes answer while the public port is full); unset = none",
+    )
+    ready_model_failures: int = Field(
+        5, ge=0,
+        description="/readyz fails while the last this many model calls all failed within "
+        "ready_model_window_s (0 = never)",
+    )
+    ready_model_window_s: float = Field(
+        60.0, gt=0, description="How recent the failed model calls of ready_model_failures are"
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0,
         description="On SIGTERM: runs in flight may finish for this long, then end with 503",

@@ -26,6 +26,7 @@ from service.gateway import Gateway
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.model_health import ModelHealth
 from service.model_metrics import ModelStatsCollector
 from service.openapi_docs import install_openapi_extras
 from service.serving_openai import ChatService
@@ -54,6 +55,7 @@ def create_app(
     if (components is None) == (build is None):
         raise ValueError("create_app needs exactly one of components= or build=")
     metrics = Metrics()
+    metrics.model_health = ModelHealth(config.ready_model_failures, config.ready_model_window_s)
     gateway = Gateway(config, metrics)
     owns_components = components is None
     if components is not None:

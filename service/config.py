@@ -43,3 +43,9 @@ class ServiceConfig:
     """A request body must arrive within this many seconds of its headers (else 408)."""
     drain_on_signals: bool = True
     """Install the SIGTERM/SIGINT drain (only takes effect in the main thread)."""
+    probe_port: int | None = None
+    """The probe listener's port (it serves only the probe routes); None = no such listener."""
+    ready_model_failures: int = 5
+    """/readyz fails while the last this many model calls all failed (0 = never)..."""
+    ready_model_window_s: float = 60.0
+    """... and the oldest of them ended less than this many seconds ago."""

@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from agent.trajectory import Trajectory
+from service.model_health import ModelHealth
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -97,6 +98,8 @@ class Metrics:
             p + "rejected_total", "Requests refused before running, by reason",
             ["reason"], registry=r,
         )
+        self.model_health = ModelHealth()
+        """Recent model-call outcomes for /readyz (not exported; replaced by the app)."""
 
     def observe_trajectory(self, traj: Trajectory, endpoint: str) -> None:
         self.runs.labels(endpoint, traj.finish_reason).inc()

@@ -1,4 +1,5 @@
-"""The outermost middleware: request id, access log line, request metrics, last-resort 500.
+"""The outermost middleware: request id, access log line, request metrics, last-resort 500,
+and the probe listener's route restriction.
 
 Pure ASGI (no BaseHTTPMiddleware) so that streaming and disconnect detection pass through.
 """
@@ -6,6 +7,7 @@ Pure ASGI (no BaseHTTPMiddleware) so that streaming and disconnect detection pas
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_bytes
+from service.http_protocol import LISTENER_KEY
 from service.metrics import Metrics
 from service.request_context import choose_request_id, reset_request_id, set_request_id
 
@@ -57,7 +60,39 @@ def _match_route(routes: Any, scope: Scope, depth: int) -> str | None:
     return None
 
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""What the probe listener serves (`service.http_protocol`); anything else there is a 404."""
+_SSE_ERROR = re.compile(rb'(?:^|\n)event: error\ndata: [^\n]*?"code": ?"([^"]{1,64})"')
+
+
+class _Outcome:
+    """What the client was actually sent, for the access log line."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.started = False
+        self.complete = False  # the last body message went out
+        self.stream_error: str | None = None  # the code of an `event: error` in the body
+
+    def saw(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if body and b"event: error" in body:
+                found = _SSE_ERROR.search(body)
+                self.stream_error = found.group(1).decode("ascii", "replace") if found else "?"
+            if not message.get("more_body", False):
+                self.complete = True
+
+
 class RequestContextMiddleware:
+    """Request id, the access log line (the status, whether the response was sent whole
+    and any `event: error` a stream ended with: what the client got, not what was meant),
+    request metrics, the last-resort 500, and 404 for non-probe paths on the probe
+    listener."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
@@ -75,14 +110,10 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = set_request_id(request_id)
         started = time.perf_counter()
-        status = 0
-        response_started = False
+        outcome = _Outcome()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 # time in the server until the response starts (all of it for JSON bodies)
@@ -90,49 +121,52 @@ class RequestContextMiddleware:
                 headers.append((b"server-timing", f"app;dur={dur_ms:.3f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
+            outcome.saw(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            info = scope["state"].get(LISTENER_KEY)
+            if getattr(info, "probe", False) and scope["path"] not in PROBE_PATHS:
+                await _send_error(send_wrapper, 404, "the probe port serves only "
+                                  f"{', '.join(sorted(PROBE_PATHS))}", "not_found")
+            else:
+                await self.app(scope, receive, send_wrapper)
         except Exception:
             error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            if not response_started:
-                status = 500
-                body = error_bytes(500, "internal error; the server log has the details "
-                                   f"(request id {request_id})", code="internal_error")
-                await send_wrapper(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+            if not outcome.started:
+                await _send_error(send_wrapper, 500, "internal error; the server log has the "
+                                  f"details (request id {request_id})", "internal_error")
         finally:
-            elapsed = time.perf_counter() - started
-            route = route_label(scope)
-            status_label = str(status or 499)
-            self.metrics.requests.labels(scope["method"], route, status_label).inc()
-            self.metrics.request_latency.labels(scope["method"], route).observe(elapsed)
-            if route not in ("/healthz", "/readyz", "/metrics") or status >= 400:
-                client = scope.get("client")
-                log.info(
-                    "%s %s %s",
-                    scope["method"],
-                    scope["path"],
-                    status_label,
-                    extra={
-                        "fields": {
-                            "event": "http_request",
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "route": route,
-                            "status": status or 499,
-                            "duration_ms": round(elapsed * 1000, 2),
-                            "client": f"{client[0]}:{client[1]}" if client else None,
-                        }
-                    },
-                )
+            self._record(scope, outcome, time.perf_counter() - started)
             reset_request_id(token)
+
+    def _record(self, scope: Scope, outcome: _Outcome, elapsed: float) -> None:
+        route = route_label(scope)
+        status = outcome.status
+        status_label = str(status or 499)
+        self.metrics.requests.labels(scope["method"], route, status_label).inc()
+        self.metrics.request_latency.labels(scope["method"], route).observe(elapsed)
+        if route in PROBE_PATHS and 0 < status < 400:
+            return
+        client = scope.get("client")
+        fields: dict[str, Any] = {
+            "event": "http_request",
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status or 499,
+            "duration_ms": round(elapsed * 1000, 2),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        if outcome.started and not outcome.complete:
+            fields["complete"] = False  # the body was cut (client gone, server stopping)
+        if outcome.stream_error is not None:
+            fields["stream_error"] = outcome.stream_error
+        log.info("%s %s %s", scope["method"], scope["path"], status_label,
+                 extra={"fields": fields})
+
+
+async def _send_error(send: Send, status: int, message: str, code: str) -> None:
+    body = error_bytes(status, message, code=code)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

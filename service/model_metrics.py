@@ -46,6 +46,7 @@ class InstrumentedModel:
         self.metrics.model_latency.labels(outcome).observe(time.perf_counter() - started)
         if error is not None:
             self.metrics.model_failures.labels(type(error).__name__).inc()
+        self.metrics.model_health.record(error)  # readiness (service.model_health)
 
     async def complete(
         self, messages: Sequence[Message], params: SamplingParams, **kwargs: Any

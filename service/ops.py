@@ -1,9 +1,16 @@
 """Operations routes: liveness, readiness (with per-component details), Prometheus metrics.
 
-/readyz checks, concurrently and each within a few seconds:
-  model     GET <model_url>/models lists the configured model (in-process engine: loaded)
-  sandbox   executor.ping() when it has one, else a session runs `1 + 1` and closes
-  retriever retriever.ping() (backend, index, document count); "disabled" without one
+/healthz (GET and HEAD) says only that the process serves HTTP: it never looks at a
+component or at load, so an outage or a full listener does not make a liveness probe
+restart the pod. /readyz checks, concurrently and each within a few seconds:
+  model       GET <model_url>/models lists the configured model (in-process engine: loaded)
+  model_calls the gateway's own recent model calls did not all fail
+              (`service.model_health`: the last N failed within a window = not ready)
+  capacity    the public listener is not full (`max_connections` connections open; the
+              probe listener and the fields under `scope["state"]` are set by
+              `service.http_protocol`; under another server it is always ok)
+  sandbox     executor.ping() when it has one, else a session runs `1 + 1` and closes
+  retriever   retriever.ping() (backend, index, document count); "disabled" without one
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from service.gateway import Gateway
+from service.http_protocol import LISTENER_KEY, ListenerInfo
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
@@ -50,11 +58,13 @@ def _gateway(request: Request) -> Gateway:
     return gw
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health, summary="Liveness: the process serves HTTP")
 async def healthz(request: Request) -> Health:
     return Health(uptime_s=round(time.time() - _gateway(request).started_at, 3))
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     response_model=Readiness,
@@ -76,6 +86,8 @@ async def readyz(request: Request) -> JSONResponse:
             _timed(_check_model(gw)), _timed(_check_sandbox(gw)), _timed(_check_retriever(gw))
         )
         checks = dict(zip(names, results, strict=True))
+        checks["model_calls"] = _check_model_calls(gw)
+        checks["capacity"] = _check_capacity(request)
     ready = all(c.ok for c in checks.values())
     body = Readiness(
         status="ready" if ready else "not_ready",
@@ -162,3 +174,23 @@ async def _check_retriever(gw: Gateway) -> dict[str, Any]:
     if retriever is None:
         return {"kind": "disabled"}
     return dict(await retriever.ping())
+
+
+def _check_model_calls(gw: Gateway) -> CheckResult:
+    report = gw.metrics.model_health.check()
+    return CheckResult(ok=report.ok, latency_ms=0.0, error=report.error, detail={
+        "recent_calls": report.recent_calls, "recent_failures": report.recent_failures,
+        "last_error": report.last_error})
+
+
+def _check_capacity(request: Request) -> CheckResult:
+    info = request.scope.get("state", {}).get(LISTENER_KEY)
+    if not isinstance(info, ListenerInfo):
+        return CheckResult(ok=True, latency_ms=0.0, detail={"connections": None})
+    stats = info.stats
+    detail = {"connections": stats.public_open, "max_connections": stats.max_connections}
+    if info.saturated:
+        return CheckResult(ok=False, latency_ms=0.0, detail=detail, error=(
+            f"the public listener holds its maximum of {stats.max_connections} connections "
+            "(new ones are refused)"))
+    return CheckResult(ok=True, latency_ms=0.0, detail=detail)

@@ -5,7 +5,8 @@ flags are exported as DISTILLERY_* variables so that every worker process (start
 uvicorn from the `distillery.app:create_app_from_env` factory) sees the same settings.
 
 uvicorn runs with the gateway's connection protection (`service.http_protocol`: header
-read timeout, max connections; the body read timeout is in the app) and its shutdown
+read timeout and size limit, max connections, the probe listener on `--probe-port`; the
+body read timeout is in the app) and its shutdown
 (`service.shutdown`: on SIGTERM the app drains for `--shutdown-grace-s`; uvicorn's own
 graceful timeout only covers the flush after that).
 """
@@ -37,15 +38,17 @@ from distillery.settings import Settings
 SERVER_FIELDS = ["host", "port", "workers", "log_level"]
 PROTECTION_FIELDS = [
     "api_keys", "max_concurrency", "max_queue", "request_timeout_s", "max_body_bytes",
-    "header_timeout_s", "body_timeout_s", "max_connections", "shutdown_grace_s",
+    "header_timeout_s", "body_timeout_s", "max_connections", "max_header_bytes",
+    "shutdown_grace_s",
 ]
+PROBE_FIELDS = ["probe_port", "ready_model_failures", "ready_model_window_s"]
 KEEP_ALIVE_S = 5
 """Idle keep-alive connections are closed after this (uvicorn's timeout_keep_alive)."""
 FLUSH_S = 10
 """uvicorn's graceful timeout: after the app's drain, time to finish sending responses."""
 FIELDS = [
     *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
-    *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS,
+    *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS, *PROBE_FIELDS,
 ]
 
 
@@ -78,6 +81,7 @@ def add_parser(sub: Any) -> None:
         flags={"api_keys": ["--api-key"]},
         helps={"api_keys": "accept this Bearer key (repeatable)"},
     )
+    add_settings_flags(p.add_argument_group("probes"), PROBE_FIELDS)
     p.set_defaults(func=run)
 
 
@@ -116,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         load_settings_protocol(settings)
     except ConfigError as e:
         return fail(str(e), EXIT_CONFIG)
+    if settings.probe_port is not None and settings.probe_port == settings.port:
+        return fail(f"--probe-port {settings.probe_port} is also --port: the probe listener "
+                    "needs a port of its own (or leave it unset)", EXIT_CONFIG)
     configure_logging(settings.log_level)
     common: dict[str, Any] = {
         "host": settings.host,
@@ -126,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": FLUSH_S,
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
+        "max_header_bytes": settings.max_header_bytes,
+        "probe_port": settings.probe_port,
         # a bound on buffered, not yet parsed request data (h11 fallback only)
         "h11_max_incomplete_event_size": 64 * 1024,
     }

@@ -1,0 +1,202 @@
+"""A real `distillery serve` against hostile HTTP: oversized and never-finished headers (431
+before authentication, memory bounded), requests the HTTP parser refuses (the JSON error
+shape with a request id, never uvicorn's text/plain), HEAD on the probes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.scripted_server import ScriptedServer
+from tests.service.conftest import final_handler
+from tests.service.test_serve_lifecycle import Serve
+
+KEY = "limits-key"
+LIMIT = 32 * 1024  # the documented default of --max-header-bytes
+
+
+@pytest.fixture(scope="module")
+def server(scripted_server_session: ScriptedServer, index_dir: Path) -> Iterator[Serve]:
+    scripted_server_session.handler = final_handler
+    s = Serve(scripted_server_session, index_dir, "--api-key", KEY, "--header-timeout-s", "20")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def raw_exchange(port: int, data: bytes, timeout_s: float = 20.0) -> bytes:
+    """Send `data` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        c.settimeout(timeout_s)
+        try:
+            c.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        out = b""
+        try:
+            while chunk := c.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(f"the server kept the connection open; got {out!r}") from None
+        return out
+
+
+def parse_raw(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return status, headers, body
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, want: int) -> dict:
+    assert status == want, body
+    assert headers["content-type"].startswith("application/json"), headers
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "code", "param", "request_id"}
+    assert err["request_id"] and err["request_id"] == headers["x-request-id"]
+    return dict(err)
+
+
+def test_huge_header_is_431_before_authentication(server: Serve) -> None:
+    r = httpx.post(server.url + "/v1/solve", json={"question": "q"},
+                   headers={"x-big": "a" * 1_000_000}, timeout=30)  # and no API key
+    err = assert_json_error(r.status_code, dict(r.headers), r.content, 431)
+    assert err["code"] == "headers_too_large" and str(LIMIT) in err["message"]
+    # just under the limit is served, and a body far over it is not a header
+    r = httpx.get(server.url + "/healthz", headers={"x-big": "a" * (LIMIT - 2048)})
+    assert r.status_code == 200
+    r = httpx.post(server.url + "/v1/solve", content=json.dumps(
+        {"question": "square 3", "pad": "x" * 300_000}), timeout=60,
+        headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"})
+    assert r.status_code != 431 and r.status_code < 500, r.text
+
+
+def test_many_headers_and_long_url_count_too(server: Serve) -> None:
+    many = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 60) for i in range(1000))
+    status, headers, body = parse_raw(raw_exchange(
+        server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"))
+    assert_json_error(status, headers, body, 431)
+    status, headers, body = parse_raw(raw_exchange(
+        server.port, b"GET /healthz?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert_json_error(status, headers, body, 431)
+
+
+def test_keep_alive_and_pipelined_requests_still_work(server: Serve) -> None:
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-pad: " + b"p" * (LIMIT // 2) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as c:
+        c.settimeout(20)
+        c.sendall(one * 3 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := c.recv(65536):
+            out += chunk
+    assert out.count(b"HTTP/1.1 200 OK") == 4, out
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_never_finished_big_headers_do_not_grow_memory(server: Serve) -> None:
+    """16 connections each stream 4 MB of one header that never ends (64 MB in all)."""
+    pid = server.proc.pid
+    for _ in range(3):  # warm the paths once so first-use allocations are not counted
+        httpx.get(server.url + "/healthz", headers={"x-big": "a" * 100_000})
+    before = _rss_kib(pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_kib(pid))
+            time.sleep(0.01)
+
+    answers: list[bytes] = []
+
+    def attacker() -> None:
+        head = b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nX-Endless: "
+        with socket.create_connection(("127.0.0.1", server.port)) as c:
+            c.settimeout(30)
+            try:
+                c.sendall(head)
+                for _ in range(64):
+                    c.sendall(b"a" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            out = b""
+            try:
+                while chunk := c.recv(65536):
+                    out += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            answers.append(out)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=attacker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    stop.set()
+    sampler.join()
+    growth_mib = (peak[0] - before) / 1024
+    print(f"RSS before {before / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB "
+          f"(+{growth_mib:.1f} MiB) with 16 x 4 MB never-finished headers")
+    assert growth_mib < 16, growth_mib  # 64 MB sent; without the limit it is all kept
+    assert len(answers) == 16
+    for a in answers:
+        assert a.startswith(b"HTTP/1.1 431"), a[:200]
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+MALFORMED = {
+    "duplicate content-length":
+        b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    "bad content-length": b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Length: 2x\r\n\r\n{}",
+    "negative content-length":
+        b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}",
+    "chunked plus content-length": b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Length: 5"
+        b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "obs-fold": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "NUL in a header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "bare LF": b"GET /healthz HTTP/1.1\nHost: x\n\n",
+    "bare LF in a header": b"GET /healthz HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n",
+    "space before colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n",
+    "bad chunk size": b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "garbage request line": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_parser_refusals_use_the_json_error_shape(server: Serve, name: str) -> None:
+    answer = raw_exchange(server.port, MALFORMED[name])
+    status, headers, body = parse_raw(answer)
+    err = assert_json_error(status, headers, body, 400)
+    assert b"Invalid HTTP request received" not in answer
+    if name == "HTTP/2 preface":
+        assert err["code"] == "http2_not_supported"
+    else:
+        assert err["code"] == "malformed_request" and "HTTP/1.1" in err["message"]
+
+
+def test_head_on_probes(server: Serve) -> None:
+    for path in ("/healthz", "/readyz"):
+        r = httpx.head(server.url + path, timeout=30)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        assert r.headers["x-request-id"]
