@@ -403,7 +403,7 @@ class _Run:
         not a repeat, unless `keep_repeat`), else discard it. True when committed."""
         assert self.session is not None
         cand.execution = (await self.session.try_candidates([cand.code or ""]))[0]
-        apply_answer_check(self.answer_check, cand.execution)
+        await apply_answer_check(self.answer_check, cand.execution)
         if cand.valid and (keep_repeat or not self.is_repeat(cand)):
             await self.session.commit(0)
             return True
@@ -419,8 +419,8 @@ class _Run:
         if not runnable:
             return None
         results = await self.session.try_candidates([c.code or "" for c in runnable])
+        await asyncio.gather(*(apply_answer_check(self.answer_check, r) for r in results))
         for cand, result in zip(runnable, results, strict=True):
-            apply_answer_check(self.answer_check, result)
             cand.execution = result
         chosen = self.choose(candidates, policy or self.config.policy)
         if chosen is None:

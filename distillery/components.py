@@ -202,6 +202,8 @@ def service_config(settings: Settings) -> ServiceConfig:
         host=settings.host,
         port=settings.port,
         shutdown_grace_s=settings.shutdown_grace_s,
+        answer_check_timeout_s=settings.answer_check_timeout_s,
+        answer_check_workers=settings.answer_check_workers,
         body_timeout_s=settings.body_timeout_s,
         probe_port=settings.probe_port,
         ready_model_failures=settings.ready_model_failures,

@@ -227,6 +227,15 @@ class Settings(BaseSettings):
     ready_model_window_s: float = Field(
         60.0, gt=0, description="How recent the failed model calls of ready_model_failures are"
     )
+    answer_check_timeout_s: float = Field(
+        5.0, gt=0,
+        description="Structured outputs: checking one answer against a request's JSON schema "
+        "may take this long (in a child process, killed after it); a slower check rejects "
+        "the answer",
+    )
+    answer_check_workers: int = Field(
+        2, ge=1, description="Structured outputs: child processes checking answers at once"
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0,
         description="On SIGTERM: runs in flight may finish for this long, then end with 503",

@@ -86,6 +86,7 @@ def create_app(
         finally:
             if undo_signals is not None:
                 undo_signals()
+            await gateway.answer_validator.aclose()
             if owns_components and gateway.components is not None:
                 await gateway.components.aclose()
                 gateway.components = None

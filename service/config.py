@@ -35,6 +35,10 @@ class ServiceConfig:
     """Served model name to report before the model client is up."""
     model_api_key: str | None = None
     """Bearer key the readiness probe sends to the model server."""
+    answer_check_timeout_s: float = 5.0
+    """Structured outputs: the time limit of one answer's check against a JSON schema."""
+    answer_check_workers: int = 2
+    """Structured outputs: child processes that check answers (service.schema_check)."""
     shutdown_grace_s: float = 30.0
     """On SIGTERM/SIGINT: how long runs in flight may go on before they are ended (503)."""
     shutdown_retry_after_s: int = 2

@@ -35,6 +35,7 @@ from service.errors import APIError
 from service.limits import AdmissionController, Slot
 from service.metrics import Metrics
 from service.model_metrics import InstrumentedModel, instrument
+from service.schema_check import AnswerValidator
 
 if TYPE_CHECKING:
     from agent.agent import AgentConfig
@@ -99,6 +100,11 @@ class Gateway:
         self.draining = False
         """Set at shutdown: no new run is admitted."""
         self._instrumented: InstrumentedModel | None = None
+        self.answer_validator = AnswerValidator(
+            workers=config.answer_check_workers, timeout_s=config.answer_check_timeout_s,
+            on_outcome=lambda outcome: metrics.answer_checks.labels(outcome).inc(),
+        )
+        """Checks structured-output answers in child processes (closed with the app)."""
 
     # -- shutdown ------------------------------------------------------------------
     def shutdown_error(self) -> APIError:

@@ -98,6 +98,12 @@ class Metrics:
             p + "rejected_total", "Requests refused before running, by reason",
             ["reason"], registry=r,
         )
+        self.answer_checks = Counter(
+            p + "answer_checks_total",
+            "Structured-output answer checks by outcome (ok, rejected, timeout: the check "
+            "ran out of time; cancelled: its request ended first; both kill the checker)",
+            ["outcome"], registry=r,
+        )
         self.model_health = ModelHealth()
         """Recent model-call outcomes for /readyz (not exported; replaced by the app)."""
 

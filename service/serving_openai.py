@@ -47,6 +47,7 @@ from service.protocol_openai import (
     RunInfo,
 )
 from service.protocol_solve import StepOut, UsageOut
+from service.schema_check import AnswerValidator
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
@@ -75,7 +76,9 @@ def choice_content(traj: Trajectory, fmt: StructuredOutput | None) -> str:
     return answer_text(traj.answer) if fmt is None else fmt.content(traj.answer)
 
 
-def request_format(req: ChatCompletionRequest) -> StructuredOutput | None:
+def request_format(
+    req: ChatCompletionRequest, validator: AnswerValidator
+) -> StructuredOutput | None:
     rf = req.response_format
     if rf is None:
         return None
@@ -84,7 +87,7 @@ def request_format(req: ChatCompletionRequest) -> StructuredOutput | None:
         rf.type,
         spec.schema_ if spec is not None else None,
         spec.name if spec is not None else None,
-        param="response_format.json_schema.schema",
+        param="response_format.json_schema.schema", validator=validator,
     )
 
 
@@ -183,7 +186,7 @@ class ChatService:
         self._check_model(req.model)
         check_supported(req)
         task = task_of(req)
-        fmt = request_format(req)
+        fmt = request_format(req, gw.answer_validator)
         if fmt is not None:
             task += fmt.instructions
         deadline = gw.deadline(req.timeout_s)

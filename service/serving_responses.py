@@ -44,6 +44,7 @@ from service.protocol_responses import (
     ResponseUsage,
 )
 from service.protocol_solve import StepOut
+from service.schema_check import AnswerValidator
 from service.serving_openai import answer_text
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_json
 from service.structured import StructuredOutput, structured_output
@@ -103,13 +104,13 @@ def task_of(req: ResponsesRequest) -> str:
                code="invalid_value")
 
 
-def request_format(req: ResponsesRequest) -> StructuredOutput | None:
+def request_format(req: ResponsesRequest, validator: AnswerValidator) -> StructuredOutput | None:
     fmt = req.text.format if req.text is not None else None
     if fmt is None:
         return None
     return structured_output(
         fmt.type, getattr(fmt, "schema_", None), getattr(fmt, "name", None),
-        param="text.format.schema",
+        param="text.format.schema", validator=validator,
     )
 
 
@@ -123,7 +124,7 @@ class ResponsesService:
         request.app.state.chat_service.check_model(req.model)
         check_supported(req)
         task = task_of(req)
-        fmt = request_format(req)
+        fmt = request_format(req, gw.answer_validator)
         if fmt is not None:
             task += fmt.instructions
         deadline = gw.deadline(req.timeout_s)
