@@ -13,6 +13,13 @@ observation turns stay verbatim. With a tokenizer, every kept conversation is
 tokenized with the loss mask and verified token by token (training/masking.py), and
 conversations longer than `max_length` are dropped.
 
+Two more filters, each an option (training/grounding.py): `grounded` keeps a factual
+trajectory only if its answer occurs in a web_search observation read before the
+final_answer call; `leak_check` drops a hinted run whose turns mention the hint or name the
+answer before an observation showed it. A hinted run (generate's rationalization retries)
+is rendered with the question alone, as if the hint had not been there, and its example
+says `"hinted": true`; `hinted` counts the kept ones.
+
 The protocol profile (agent/protocol.py) is part of the data: conversations are rendered
 with it, every example records its name and sha256, and the whole profile, self-contained,
 is written beside the data as `OUT.protocol.json` (`export` copies it into the checkpoint,
@@ -39,6 +46,7 @@ from agent.prompts import initial_messages, system_prompt_template
 from agent.protocol import Protocol, ProtocolError, default_protocol, load_protocol
 from agent.trajectory import Trajectory
 from training.grading import grade
+from training.grounding import grounding_drop, leak_drop
 from training.masking import MaskError, encode_conversation, verify_encoding
 from training.repair import repaired_turns
 
@@ -56,6 +64,10 @@ class BuildStats:
     tokens: list[int] = field(default_factory=list)
     repaired: Counter[str] = field(default_factory=Counter)
     """Kept after `repair`, by the run's finish reason (training/repair.py)."""
+    hinted: int = 0
+    """Kept examples from hinted runs."""
+    checks: dict[str, Counter[str]] = field(default_factory=dict)
+    """What each optional check dropped, by reason ({"grounded": {...}, "leak_check": ...})."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -64,6 +76,8 @@ class BuildStats:
             "dropped": dict(self.dropped),
             "kinds": dict(self.kinds),
             "repaired": dict(self.repaired),
+            "hinted": self.hinted,
+            "checks": {name: dict(c) for name, c in self.checks.items()},
         }
         if self.tokens:
             d["tokens"] = {
@@ -155,6 +169,21 @@ def agent_drop_reason(
     return None
 
 
+def check_drop_reason(
+    rec: dict[str, Any], traj: Trajectory, *, grounded: bool, leak_check: bool,
+    stats: BuildStats,
+) -> str | None:
+    """The optional checks on a trajectory that passed the filter: the first that drops it
+    (counted in `stats.checks` under the check's name), else None."""
+    for name, on, check in (("grounded", grounded, grounding_drop),
+                            ("leak_check", leak_check, leak_drop)):  # fmt: skip
+        reason = check(rec, traj) if on else None
+        if reason:
+            stats.checks.setdefault(name, Counter())[reason] += 1
+            return reason
+    return None
+
+
 def _correct(rec: dict[str, Any], prediction: Any, regrade: bool) -> bool | None:
     if not regrade and rec.get("correct") is not None:
         return bool(rec["correct"])
@@ -173,10 +202,13 @@ def build_examples(
     stats: BuildStats | None = None,
     protocol: Protocol | None = None,
     repair: bool = False,
+    grounded: bool = False,
+    leak_check: bool = False,
 ) -> list[dict[str, Any]]:
     """Filter and render (see the module docstring). `tool_names` None: the record's tools.
     `repair`: keep correct runs that ended through the final-answer call, minus their
-    repeated steps and the final-answer prompt (training/repair.py)."""
+    repeated steps and the final-answer prompt (training/repair.py). `grounded`,
+    `leak_check`: the checks of training/grounding.py."""
     stats = stats or BuildStats()
     protocol = protocol or default_protocol()
     out: list[dict[str, Any]] = []
@@ -187,40 +219,19 @@ def build_examples(
             continue
         mode = rec.get("mode", "agent")
         if mode == "cot":
-            cot = rec.get("cot") or {}
-            correct = _correct(rec, cot.get("text"), regrade)
-            if correct is None and keep_ungraded:
-                correct = True
-            reason = None
-            if cot.get("finish_reason") == "length":
-                reason = "truncated"
-            elif correct is None:
-                reason = "ungraded"
-            elif not correct:
-                reason = "incorrect"
-            if reason:
-                stats.dropped[reason] += 1
-                continue
-            messages = [*cot["messages"], {"role": "assistant", "content": cot["text"]}]
-            n_steps = 0
+            made = _cot_messages(rec, regrade=regrade, keep_ungraded=keep_ungraded)
         else:
-            traj = Trajectory.from_dict(rec["trajectory"])
-            correct = _correct(rec, traj.answer, regrade)
-            if correct is None and keep_ungraded:
-                correct = True
-            turns = repaired_turns(traj) if repair and correct else None
-            reason = agent_drop_reason(rec, traj, correct, repaired=turns is not None)
-            if reason:
-                stats.dropped[reason] += 1
-                continue
-            check_turns_protocol(rec, traj, protocol)
             tools = list(tool_names) if tool_names is not None else list(rec.get("tools", []))
-            messages = student_messages(
-                traj, prompt=prompt, tool_names=tools, protocol=protocol, turns=turns
-            )
-            n_steps = sum(1 for m in messages if m["role"] == "assistant")
-            if turns is not None:
-                stats.repaired[traj.finish_reason] += 1
+            made = _agent_messages(
+                rec, prompt=prompt, tools=tools, protocol=protocol, regrade=regrade,
+                keep_ungraded=keep_ungraded, repair=repair, stats=stats,
+                grounded=grounded, leak_check=leak_check,
+            )  # fmt: skip
+        if isinstance(made, str):
+            stats.dropped[made] += 1
+            continue
+        messages = made
+        hinted = bool(rec.get("hint")) and mode != "cot"
         out.append(
             {
                 "id": str(rec["id"]),
@@ -229,14 +240,60 @@ def build_examples(
                 "question": rec.get("question"),
                 "answer": rec.get("gold"),
                 "source": rec.get("source"),
-                "steps": n_steps,
+                "steps": sum(1 for m in messages if m["role"] == "assistant") if mode != "cot"
+                else 0,
                 "ftp": bool(rec.get("ftp")),
+                "hinted": hinted,
                 "protocol": {"name": protocol.name, "sha256": protocol.sha256},
             }
-        )
+        )  # fmt: skip
         stats.kept += 1
+        stats.hinted += hinted
         stats.kinds[out[-1]["kind"]] += 1
     return out
+
+
+def _cot_messages(
+    rec: dict[str, Any], *, regrade: bool, keep_ungraded: bool
+) -> list[Message] | str:
+    """A CoT record's conversation, or why it is dropped."""
+    cot = rec.get("cot") or {}
+    correct = _correct(rec, cot.get("text"), regrade)
+    if correct is None and keep_ungraded:
+        correct = True
+    if cot.get("finish_reason") == "length":
+        return "truncated"
+    if correct is None:
+        return "ungraded"
+    if not correct:
+        return "incorrect"
+    return [*cot["messages"], {"role": "assistant", "content": cot["text"]}]
+
+
+def _agent_messages(
+    rec: dict[str, Any], *, prompt: str, tools: list[str], protocol: Protocol, regrade: bool,
+    keep_ungraded: bool, repair: bool, stats: BuildStats, grounded: bool, leak_check: bool,
+) -> list[Message] | str:
+    """An agent record's conversation as the student sees it, or why it is dropped. A hinted
+    run is rendered with the record's question alone (the hint was the teacher's only)."""
+    traj = Trajectory.from_dict(rec["trajectory"])
+    correct = _correct(rec, traj.answer, regrade)
+    if correct is None and keep_ungraded:
+        correct = True
+    turns = repaired_turns(traj) if repair and correct else None
+    reason = agent_drop_reason(rec, traj, correct, repaired=turns is not None) or (
+        check_drop_reason(rec, traj, grounded=grounded, leak_check=leak_check, stats=stats)
+    )
+    if reason:
+        return reason
+    check_turns_protocol(rec, traj, protocol)
+    if rec.get("hint"):
+        traj = replace(traj, question=str(rec["question"]))
+    messages = student_messages(traj, prompt=prompt, tool_names=tools, protocol=protocol,
+                                turns=turns)  # fmt: skip
+    if turns is not None:
+        stats.repaired[traj.finish_reason] += 1
+    return messages
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -263,6 +320,8 @@ def build_data(
     max_length: int = 10240,
     protocol: str | Protocol | None = None,
     repair: bool = False,
+    grounded: bool = False,
+    leak_check: bool = False,
 ) -> dict[str, Any]:
     """Write the kept conversations to `out` (JSONL, atomically) and the profile they were
     rendered with to `OUT.protocol.json`; returns the summary. `protocol`: a Protocol, a
@@ -280,6 +339,8 @@ def build_data(
             stats=stats,
             protocol=recorded,
             repair=repair,
+            grounded=grounded,
+            leak_check=leak_check,
         )
     if tokenizer is not None:
         kept = []

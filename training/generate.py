@@ -15,7 +15,12 @@ Modes:
 
 A record: {"id", "question", "gold", "task", "source", "mode", "ftp", "status": "ok"|"error",
 "prediction", "correct", "grade", "trajectory" (agent), "cot" (cot/ftp), "tools",
-"teacher", "error", "error_type", "elapsed_s", "created_at"}.
+"teacher", "error", "error_type", "elapsed_s", "created_at"}, and "hint" for a hinted run.
+
+Hinted runs (rationalization): a question whose `meta["hint"]` is set is asked with the hint
+appended to its task text (`hinted_task`): only the teacher sees it. The record's "question"
+stays the question alone and "hint" holds the hint; the trajectory records what the teacher
+saw. build-data renders such a run with the question alone (training/build_data.py).
 """
 
 from __future__ import annotations
@@ -211,6 +216,12 @@ async def run_question(
     return rec
 
 
+def hinted_task(q: Question) -> str:
+    """The task text the teacher is given: the question, and its hint when it has one."""
+    hint = q.meta.get("hint") if q.meta else None
+    return f"{q.question}\n\n{hint}" if hint else q.question
+
+
 def _new_record(
     q: Question, cfg: GenerateConfig, tools: Mapping[str, ToolFn], teacher: str
 ) -> dict[str, Any]:
@@ -235,6 +246,7 @@ def _new_record(
         "error_type": None,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "created_at": time.time(),
+        **({"hint": q.meta["hint"]} if q.meta and q.meta.get("hint") else {}),
     }
 
 
@@ -263,7 +275,7 @@ async def _agent_pass(
         # run_agent prefills "Thought: <prefix>": the paragraph, then a blank line
         prefix = f"{paragraph}\n\n" if paragraph else None
     traj = await run_agent(
-        q.question,
+        hinted_task(q),
         model=model,
         executor=executor,
         tools=tools,
