@@ -27,13 +27,17 @@ from agent.executor import (
 )
 from agent.model_client import (
     PROTOCOL_STOP,
+    CallScope,
     Choice,
     Completion,
     Message,
     ModelClient,
     ModelError,
+    ModelRequestError,
+    ModelUnavailable,
     SamplingParams,
     Usage,
+    call_scope,
 )
 from agent.observation import render_error, render_observation
 from agent.openai_client import OpenAIChatClient
@@ -63,6 +67,7 @@ __all__ = [
     "AnswerCheck",
     "AgentConfig",
     "CTranslate2Engine",
+    "CallScope",
     "Candidate",
     "Choice",
     "Completion",
@@ -74,6 +79,8 @@ __all__ = [
     "Message",
     "ModelClient",
     "ModelError",
+    "ModelRequestError",
+    "ModelUnavailable",
     "ModelRequest",
     "ObservationLayout",
     "OpenAIChatClient",
@@ -90,6 +97,7 @@ __all__ = [
     "Trajectory",
     "TransformersEngine",
     "Usage",
+    "call_scope",
     "checkpoint_protocol_file",
     "convert_gguf_to_hf",
     "default_protocol",

@@ -56,6 +56,7 @@ def build_model(settings: Settings) -> ModelClient:
             api_key=key,
             timeout_s=settings.model_timeout_s,
             retries=settings.model_retries,
+            retry_after_max_s=settings.model_retry_after_max_s,
         )
     from agent import CTranslate2Engine, TransformersEngine
 

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         description="Per model request; when streaming, the longest silence (no token) allowed",
     )
     model_retries: int = Field(3, ge=0, description="Retries of a failed model request")
+    model_retry_after_max_s: float = Field(
+        5.0,
+        ge=0,
+        description="Longest Retry-After of the model server a request waits for before "
+        "retrying; a longer one (or one past the request's deadline) fails the call at once "
+        "(503 with the server's Retry-After)",
+    )
 
     # --- agent / SAG (defaults: agent.agent.AgentConfig) ------------------------
     samples: int = _agent("samples", ge=1, le=64)

@@ -24,6 +24,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agent import CallScope
 from agent.model_client import Usage
 from agent.trajectory import Trajectory
 from service.errors import APIError, api_error_payload, error_payload
@@ -48,6 +49,7 @@ from service.protocol_openai import (
 )
 from service.protocol_solve import StepOut, UsageOut
 from service.schema_check import AnswerValidator
+from service.serving_solve import start_runs, upstream_retry_after
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
@@ -211,7 +213,7 @@ class ChatService:
                 run_id = completion_id if req.n == 1 else f"{completion_id}-{i}"
                 specs.append(RunSpec(task, config, run_id,
                                      answer_check=fmt.check if fmt is not None else None))
-            group = gw.start(specs, slot, deadline, ENDPOINT)
+            group, scope = start_runs(gw, specs, slot, deadline, ENDPOINT)
         except BaseException:
             slot.release()
             raise
@@ -221,7 +223,7 @@ class ChatService:
             )
         trajs = await group.results(request)
         for traj in trajs:
-            _raise_for_run_error(traj, gw)
+            _raise_for_run_error(traj, gw, scope)
         body = self._response(req, completion_id, created, trajs, fmt)
         return Response(model_json(body), media_type="application/json")
 
@@ -344,7 +346,7 @@ class ChatService:
             group.cancel()
 
 
-def _raise_for_run_error(traj: Trajectory, gw: Gateway) -> None:
+def _raise_for_run_error(traj: Trajectory, gw: Gateway, scope: CallScope | None = None) -> None:
     error = run_error(traj, gw.config)
     if error is not None:
-        raise error
+        raise error if scope is None else upstream_retry_after(error, scope)

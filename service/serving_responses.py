@@ -46,6 +46,7 @@ from service.protocol_responses import (
 from service.protocol_solve import StepOut
 from service.schema_check import AnswerValidator
 from service.serving_openai import answer_text
+from service.serving_solve import start_runs, upstream_retry_after
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
@@ -141,7 +142,7 @@ class ResponsesService:
                 max_tokens=req.max_output_tokens,
             )
             spec = RunSpec(task, config, rid, answer_check=fmt.check if fmt else None)
-            group = gw.start([spec], slot, deadline, ENDPOINT)
+            group, scope = start_runs(gw, [spec], slot, deadline, ENDPOINT)
         except BaseException:
             slot.release()
             raise
@@ -151,7 +152,7 @@ class ResponsesService:
         [traj] = await group.results(request)
         error = run_error(traj, gw.config)
         if error is not None:
-            raise error
+            raise upstream_retry_after(error, scope)
         return Response(model_json(builder.final(traj)), media_type="application/json")
 
     async def _events(self, group: RunGroup, b: _Builder) -> AsyncIterator[bytes]:

@@ -8,16 +8,22 @@ Events with `stream: true` (each `data:` is one JSON object on one line):
                    object (and code) the JSON form answers with its status, e.g. 503
                    model_unavailable when the model server is down
 plus `: keep-alive` comments during long steps.
+
+Every route starts its runs with `start_runs`: their model calls see the request's
+deadline (`agent.call_scope`), so the model client never waits to retry past it, and a
+503 for a model outage carries the model server's own Retry-After (`upstream_retry_after`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agent import CallScope, call_scope
 from service.errors import APIError, api_error_payload, error_payload
 from service.gateway import (
     DoneEvent,
@@ -29,11 +35,29 @@ from service.gateway import (
     new_run_id,
     outage_error,
 )
+from service.limits import Slot
 from service.protocol_solve import SolveRequest, SolveResponse, SolveStart, StepOut
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 from service.textsafe import model_json
 
 ENDPOINT = "solve"
+
+
+def start_runs(
+    gw: Gateway, specs: list[RunSpec], slot: Slot, deadline: float, endpoint: str
+) -> tuple[RunGroup, CallScope]:
+    """`gw.start(...)` with the runs' model calls bound to `deadline` (time.monotonic());
+    the returned scope collects the Retry-After a failed model call was answered with."""
+    with call_scope(deadline) as scope:  # the run tasks copy the context at creation
+        return gw.start(specs, slot, deadline, endpoint), scope
+
+
+def upstream_retry_after(error: APIError, scope: CallScope) -> APIError:
+    """`error`, with the model server's Retry-After (whole seconds, at least 1) when it is
+    a model outage and the model server named a wait."""
+    if error.code == "model_unavailable" and scope.retry_after_s is not None:
+        error.headers["Retry-After"] = str(max(1, math.ceil(scope.retry_after_s)))
+    return error
 
 
 class SolveService:
@@ -59,7 +83,7 @@ class SolveService:
                 seed=req.seed,
             )
             spec = RunSpec(req.question, config, new_run_id("solve"))
-            group = gw.start([spec], slot, deadline, ENDPOINT)
+            group, scope = start_runs(gw, [spec], slot, deadline, ENDPOINT)
         except BaseException:
             slot.release()
             raise
@@ -70,7 +94,7 @@ class SolveService:
         [traj] = await group.results(request)
         outage = outage_error(traj, gw.config)
         if outage is not None:
-            raise outage
+            raise upstream_retry_after(outage, scope)
         body = SolveResponse.of(
             traj,
             queue_s=queue_s,
