@@ -22,7 +22,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.agent import AgentConfig
@@ -204,6 +204,20 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Accepted Bearer keys; empty = no authentication"
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_can_be_sent(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """A key no client can send (not visible ASCII) is refused at startup."""
+        from service import api_key_problem  # only when keys are given
+
+        for i, key in enumerate(keys):
+            value = key.get_secret_value()
+            problem = api_key_problem(value) if value else None
+            if problem is not None:
+                raise ValueError(f"API key #{i + 1} {problem}; set another key")
+        return keys
+
     max_concurrency: int = Field(16, ge=1, description="Agent runs at once")
     max_queue: int = Field(64, ge=0, description="Requests waiting past max_concurrency")
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request deadline")

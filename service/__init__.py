@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "GatewayUvicornConfig",
     "ServiceConfig",
+    "api_key_problem",
     "configure_logging",
     "create_app",
     "serve",
@@ -22,6 +23,7 @@ __all__ = [
 _EXPORTS = {
     "GatewayUvicornConfig": "service.http_protocol",
     "ServiceConfig": "service.config",
+    "api_key_problem": "service.auth",
     "configure_logging": "service.logs",
     "create_app": "service.app",
     "serve": "service.http_protocol",

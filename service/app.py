@@ -15,13 +15,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from agent.runtime import Runtime
 from service import ops, router_openai, router_responses, router_solve
-from service.auth import make_auth_dependency
+from service.auth import APIKeyMiddleware, route_protection
 from service.config import ServiceConfig
-from service.errors import error_responses, install_error_handlers
+from service.errors import install_error_handlers
 from service.gateway import Gateway
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
@@ -106,22 +106,19 @@ def create_app(
     install_openapi_extras(app)
 
     keys = [k for k in config.api_keys if k]
-    protected: dict = {}
-    if keys:
-        protected = {
-            "dependencies": [Depends(make_auth_dependency(keys))],
-            "responses": error_responses(401),
-        }
+    protected = route_protection(keys)
     app.include_router(router_solve.router, **protected)
     app.include_router(router_openai.router, **protected)
     app.include_router(router_responses.router, **protected)
     app.include_router(ops.router)
 
-    # Outermost first at request time: request id/log/metrics, the shutdown drain, then
-    # the body limit (size and read time).
+    # Outermost first at request time: request id/log/metrics, the shutdown drain, the API
+    # key (before anything reads the body), then the body limit (size and read time).
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s
     )
+    if keys:
+        app.add_middleware(APIKeyMiddleware, keys=keys)
     app.add_middleware(DrainMiddleware, drainer=drainer)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

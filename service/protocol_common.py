@@ -2,9 +2,10 @@
 "not blank" meaning visible characters.
 
 `RequestModel` is the base of each route's root body model:
-- `strict=True`: no coercion (`"samples": "4"`, `"samples": true`, `"stream": "yes"` are
-  refused; an int is still accepted where a float is expected, and an integral JSON
-  number such as `4.0` where an int is: JSON Schema's "integer" allows it),
+- `strict=True`: no coercion (`"samples": "4"`, `"samples": true`, `"samples": 4.0`,
+  `"stream": "yes"` are refused: an integer field takes only a JSON number written as an
+  integer, in every request model, nested ones included; an int is still accepted where
+  a float is expected),
 - `extra="forbid"`: unknown fields are refused,
 - before any field is validated, every string anywhere in the body (keys too, extra
   fields too) must encode as UTF-8: a lone surrogate is an `invalid_unicode` error whose
@@ -15,8 +16,6 @@
 
 from __future__ import annotations
 
-import types
-import typing
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
@@ -46,14 +45,6 @@ class RequestModel(BaseModel):
         where = find_unencodable(data)
         if where is not None:
             raise PydanticCustomError("invalid_unicode", UNENCODABLE_MESSAGE, {"where": where})
-        if isinstance(data, dict):
-            ints = _integer_fields(cls)
-            fixed = {
-                k: int(v) for k, v in data.items()
-                if k in ints and isinstance(v, float) and v.is_integer() and abs(v) < 2**63
-            }
-            if fixed:
-                data = {**data, **fixed}
         return data
 
 
@@ -67,24 +58,3 @@ def check_visible(value: str) -> str:
 
 
 VisibleText = Annotated[str, AfterValidator(check_visible)]
-
-
-def _scalar_kinds(annotation: Any) -> set[Any]:
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _scalar_kinds(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        out: set[Any] = set()
-        for arg in typing.get_args(annotation):
-            out |= _scalar_kinds(arg)
-        return out
-    return {annotation} if annotation in (int, float, bool) else set()
-
-
-def _integer_fields(cls: type[BaseModel]) -> frozenset[str]:
-    names = []
-    for name, f in cls.model_fields.items():
-        kinds = _scalar_kinds(f.annotation)
-        if int in kinds and float not in kinds:
-            names.append(f.alias or name)
-    return frozenset(names)

@@ -94,12 +94,18 @@ def test_blank_means_no_visible_characters(
     assert scripted_server.chat_requests == []
 
 
-def test_integral_numbers_still_count_as_integers(
+def test_integer_fields_take_integers_only(
     gateway: GatewayServer, scripted_server: ScriptedServer
 ) -> None:
+    """`2.0` is refused where an integer is expected (types are strict; every integer field
+    of every route: tests/service/test_strictness.py); an int where a float is expected is
+    fine."""
     scripted_server.handler = final_handler
     r = httpx.post(gateway.url + "/v1/solve",
                    json={"question": "q", "samples": 2.0, "temperature": 0}, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "samples", r.text
+    r = httpx.post(gateway.url + "/v1/solve",
+                   json={"question": "q", "samples": 2, "temperature": 0}, timeout=60)
     assert r.status_code == 200, r.text
     assert scripted_server.chat_requests[0]["n"] == 2
 
