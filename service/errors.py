@@ -136,7 +136,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body larger than the limit",
         422: "The request does not match the schema",
         429: "Too many requests in flight and in the queue; see Retry-After",
-        502: "The model server rejected the request",
+        502: "The model server refused the request or sent a reply that could not be used",
         503: "The model server (or a component) is unreachable, or the service is not ready",
         504: "The request deadline passed before the run could finish",
         500: "The agent run failed unexpectedly; the server log has the request id",

@@ -35,6 +35,11 @@ from service.errors import APIError
 from service.limits import AdmissionController, Slot
 from service.metrics import Metrics
 from service.model_metrics import InstrumentedModel, instrument
+from service.public_errors import (
+    model_error_message,
+    model_outage_message,
+    sandbox_outage_message,
+)
 from service.schema_check import AnswerValidator
 
 if TYPE_CHECKING:
@@ -378,14 +383,14 @@ def outage_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
     if traj.error_type == "ModelUnavailable":
         return APIError(
             503,
-            traj.error or "the model server is unreachable",
+            model_outage_message(traj),
             code="model_unavailable",
             headers={"Retry-After": retry_after_for_model_outage(config)},
         )
     if traj.error_type in SANDBOX_OUTAGES:
         return APIError(
             503,
-            f"the sandbox is unusable: {traj.error}; see GET /readyz",
+            sandbox_outage_message(traj),
             code="sandbox_unavailable",
             headers={"Retry-After": "5"},
         )
@@ -400,7 +405,6 @@ def run_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
     if outage is not None:
         return outage
     if traj.error_type in MODEL_ERRORS:
-        return APIError(502, f"the model server rejected the request: {traj.error}",
-                        code="model_error")
+        return APIError(502, model_error_message(traj), code="model_error")
     return APIError(500, f"the agent run failed: {traj.error or traj.error_type}",
                     code="agent_error", type="server_error")
