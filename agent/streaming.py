@@ -13,6 +13,9 @@ Contract:
 - `aclose()` ends the request: the server stops generating every unfinished choice
   (closing the HTTP stream aborts the request in vLLM; the embedded engine drops the
   rows). Idempotent; safe while a delta is being awaited from another task.
+- Iteration ends normally only when the server completed the request; a stream that
+  carries no choice at all, or that is cut off (a choice without a finish reason and no
+  end-of-stream marker), raises ModelError instead, so it is never taken for a short reply.
 - Errors are `agent.model_client.ModelError`s. A request that fails before any token
   may be retried by the client; after the first token it is never re-sent (the
   tokens would be paid twice): the error propagates and the caller keeps what it has.

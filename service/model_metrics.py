@@ -3,8 +3,11 @@
 `InstrumentedModel(model, metrics)` is the `ModelClient` the gateway's runs use: every
 `complete` call (and, for a streaming client, every `stream` until it ends or fails) is
 timed into `distillery_model_request_seconds{outcome="ok"|"error"}`, and a failure adds
-one to `distillery_model_failures_total{error_type}` (ModelUnavailable, ModelRequestError,
-...). Other attributes pass through to the wrapped client, which stays the runtime's.
+one to `distillery_model_failures_total{error_type}` (ModelUnavailable: an outage;
+ModelRequestError: the server refused the request; ModelError: a malformed reply, such as
+a stream with `choices: []` throughout or one cut off without a finish reason or
+`[DONE]`). These names are stable (dashboards, alerts and readiness read them). Other
+attributes pass through to the wrapped client, which stays the runtime's.
 Replies are also made safe to re-send: a choice's text (or a streamed delta's) that
 holds characters UTF-8 cannot encode (a lone surrogate from a `\udfff` escape in the
 server's JSON) has them replaced, so the next model request and the response can always
