@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.report import Run, build_report, load_run, paper_table
+from evaluation.html_report import md_table_html, write_html
+from evaluation.results import Run, build_report, load_run, paper_table
+from training.run_folder import write_json_atomic
 
 __all__ = ["CompareError", "bootstrap_diff", "compare_runs", "pair_runs"]
 
@@ -195,8 +197,6 @@ def _write_comparison(
     seed: int,
     html: bool,
 ) -> None:
-    from evaluation.runner import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "runs": [{"name": r.name, "out": str(r.out)} for r in runs],
@@ -205,7 +205,7 @@ def _write_comparison(
         "resamples": resamples,
         "seed": seed,
     }
-    write_json(out / "compare.json", doc)
+    write_json_atomic(out / "compare.json", doc)
     md = [
         "# Comparison: " + " vs ".join(r.name for r in runs),
         "",
@@ -224,8 +224,6 @@ def _write_comparison(
     ]
     (out / "compare.md").write_text("\n".join(md), encoding="utf-8")
     if html:
-        from evaluation.html_report import md_table_html, write_html
-
         section = (
             f'<section id="pairs"><h2>Paired differences (baseline: {_html.escape(runs[0].name)}), '
             f"95% bootstrap CI</h2>{md_table_html(_pairs_md(pairs))}</section>"

@@ -25,12 +25,10 @@ import html
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evaluation.metrics import outcome_of
-
-if TYPE_CHECKING:
-    from evaluation.report import Run
+from evaluation.results import Run, describe_run, paper_table
 
 __all__ = [
     "PALETTE",
@@ -524,8 +522,6 @@ def render_html(
     title: str | None = None,
     extra_sections: Sequence[str] = (),
 ) -> str:
-    from evaluation.report import describe_run, paper_table
-
     set_names, labels = _set_labels(reports)
     run_names = [rep["run"]["name"] for rep in reports]
     charts = _charts(runs, reports, set_names, labels)

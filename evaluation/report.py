@@ -1,179 +1,29 @@
 """Reports of an evaluation folder: `report.json`, `report.md` (and `report.html`).
 
-Everything is recomputed from the folder alone (config.json, records.jsonl, gold.json,
-judgments.jsonl), so `distillery eval report DIR` rewrites the reports of any run, and
-`compare` reads runs the same way (`load_run`).
-
-report.json:
-    {"run": {"name", "out", "mode", "model", "agent", "judge", ...},
-     "sets": {NAME: {"n", "accuracy", "em", "f1", "judge_accuracy", "parse_error_rate", ...}},
-     "average_accuracy": unweighted mean over sets (the paper's "Avg."),
-     "overall": pooled metrics, "missing": questions of the config without a record}
-report.md: the paper-style table (one row per run, one column per set, Avg.; accuracy in
-percent), then one row per set with every metric.
+`write_reports(DIR)` reads the folder (evaluation.results.load_run), builds its report and
+writes report.json (the report dict), report.md (the paper-style table: one row per run,
+one column per set, Avg., accuracy in percent; then one row per set with every metric)
+and report.html (evaluation.html_report).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.datasets import PAPER_SETS, GoldPassages
-from evaluation.metrics import QuestionRow, question_row, summarize
+from evaluation.html_report import write_html
+from evaluation.results import (
+    Run,
+    build_report,
+    describe_run,
+    fmt_num,
+    fmt_pct,
+    load_run,
+    paper_table,
+)
+from training.run_folder import write_json_atomic
 
 __all__ = ["Run", "build_report", "load_run", "markdown_report", "paper_table", "write_reports"]
-
-
-@dataclass
-class Run:
-    out: Path
-    config: dict[str, Any]
-    records: dict[str, dict[str, Any]]
-    rows: dict[str, list[QuestionRow]] = field(default_factory=dict)
-    """Set name -> rows, in the config's question order (questions with a record)."""
-    missing: int = 0
-
-    @property
-    def name(self) -> str:
-        return str(self.config.get("name") or self.out.name)
-
-    @property
-    def set_names(self) -> list[str]:
-        return [str(s["name"]) for s in self.config.get("sets", [])]
-
-    def label(self, set_name: str) -> str:
-        for s in self.config.get("sets", []):
-            if s["name"] == set_name:
-                return str(s.get("label") or set_name)
-        return set_name
-
-    @property
-    def use_judge(self) -> bool:
-        return bool(self.config.get("judge"))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if not path.is_file():
-        return rows
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def load_run(out: Path) -> Run:
-    """Read an evaluation folder; ValueError when it is not one."""
-    from evaluation.runner import load_records
-
-    out = Path(out)
-    cfg_path = out / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{out} is not an evaluation folder (no config.json)")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    records = load_records(out / "records.jsonl")
-    gold_doc: dict[str, Any] = {}
-    if (out / "gold.json").is_file():
-        gold_doc = json.loads((out / "gold.json").read_text(encoding="utf-8"))
-    gold = {qid: GoldPassages(**g) for qid, g in gold_doc.items()}
-    judgments = {str(j["id"]): j for j in _read_jsonl(out / "judgments.jsonl")}
-    run = Run(out=out, config=config, records=records)
-    use_judge = run.use_judge
-    by_set: dict[str, list[QuestionRow]] = {name: [] for name in run.set_names}
-    domains = {str(s["name"]): str(s["domain"]) for s in config.get("sets", [])}
-    for rec_id, rec in records.items():
-        set_name = str(rec.get("source") or rec_id.split("/", 1)[0])
-        if set_name not in by_set:
-            continue
-        by_set[set_name].append(
-            question_row(
-                rec,
-                set_name=set_name,
-                domain=domains[set_name],
-                gold=gold.get(rec_id),
-                judgment=judgments.get(rec_id),
-                use_judge=use_judge,
-            )
-        )
-    run.rows = by_set
-    expected = sum(int(s.get("n", 0)) for s in config.get("sets", []))
-    run.missing = max(0, expected - sum(len(r) for r in by_set.values()))
-    return run
-
-
-def build_report(run: Run) -> dict[str, Any]:
-    summary = summarize(run.rows, use_judge=run.use_judge, order=run.set_names)
-    for s in run.config.get("sets", []):
-        m = summary["sets"].get(s["name"])
-        if m is not None:
-            m["label"] = s.get("label", s["name"])
-            m["domain"] = s["domain"]
-            m["planned"] = s.get("n")
-            m["covered_in_file"] = s.get("covered_total")
-            m["total_in_file"] = s.get("total")
-    cfg = run.config
-    return {
-        "run": {
-            "name": run.name,
-            "out": str(run.out),
-            "mode": cfg.get("mode"),
-            "model": cfg.get("model"),
-            "agent": cfg.get("agent"),
-            "cot": cfg.get("cot"),
-            "judge": cfg.get("judge"),
-            "retrieval": cfg.get("retrieval"),
-            "protocol": cfg.get("protocol"),
-            "limit": cfg.get("limit"),
-            "only_covered": cfg.get("only_covered"),
-            "created_at": cfg.get("created_at"),
-        },
-        "metric": "judge" if run.use_judge else "exact_match",
-        **summary,
-        "missing": run.missing,
-    }
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def _num(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def paper_table(reports: Sequence[dict[str, Any]]) -> str:
-    """One row per run, one column per set (the union, in the paper's order), Avg."""
-    order = [name for name in PAPER_SETS]
-    names: list[str] = []
-    labels: dict[str, str] = {}
-    for rep in reports:
-        for name, m in rep["sets"].items():
-            if name not in names:
-                names.append(name)
-                labels[name] = str(m.get("label") or name)
-    names.sort(key=lambda n: (order.index(n) if n in order else len(order)))
-    head = "| Run | " + " | ".join(labels[n] for n in names) + " | Avg. |"
-    sep = "|---|" + "---:|" * (len(names) + 1)
-    lines = [head, sep]
-    for rep in reports:
-        cells = []
-        for n in names:
-            m = rep["sets"].get(n)
-            cells.append("-" if m is None else f"{_pct(m['accuracy'])} (n={m['n']})")
-        lines.append(
-            f"| {rep['run']['name']} | "
-            + " | ".join(cells)
-            + f" | {_pct(rep['average_accuracy'])} |"
-        )
-    return "\n".join(lines)
 
 
 def details_table(rep: dict[str, Any]) -> str:
@@ -185,37 +35,16 @@ def details_table(rep: dict[str, Any]) -> str:
     for name, m in [*rep["sets"].items(), ("overall", rep["overall"])]:
         label = m.get("label", name) if name != "overall" else "**all**"
         lines.append(
-            f"| {label} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['em'])} | {_pct(m['f1'])} | "
-            f"{_pct(m['judge_accuracy'])} | {_pct(m['parse_error_rate'])} | "
-            f"{_pct(m['execution_error_rate'])} | {_pct(m['max_steps_rate'])} | "
-            f"{_num(m['steps_mean'], 2)} | {_num(m['prompt_tokens_mean'], 0)} | "
-            f"{_num(m['completion_tokens_mean'], 0)} | {_num(m['latency_p50_s'], 2)} | "
-            f"{_num(m['latency_p95_s'], 2)} | {m['covered']} | {_pct(m['retrieval_recall'])} |"
+            f"| {label} | {m['n']} | {fmt_pct(m['accuracy'])} | {fmt_pct(m['em'])} | "
+            f"{fmt_pct(m['f1'])} | "
+            f"{fmt_pct(m['judge_accuracy'])} | {fmt_pct(m['parse_error_rate'])} | "
+            f"{fmt_pct(m['execution_error_rate'])} | {fmt_pct(m['max_steps_rate'])} | "
+            f"{fmt_num(m['steps_mean'], 2)} | {fmt_num(m['prompt_tokens_mean'], 0)} | "
+            f"{fmt_num(m['completion_tokens_mean'], 0)} | {fmt_num(m['latency_p50_s'], 2)} | "
+            f"{fmt_num(m['latency_p95_s'], 2)} | {m['covered']} | "
+            f"{fmt_pct(m['retrieval_recall'])} |"
         )
     return "\n".join(lines)
-
-
-def describe_run(rep: dict[str, Any]) -> str:
-    r = rep["run"]
-    model = r.get("model") or {}
-    who = model.get("name") or model.get("path") or model.get("kind")
-    where = model.get("url") or model.get("path") or ""
-    agent = r.get("agent") or {}
-    bits = [f"mode **{r.get('mode')}**", f"model `{who}`" + (f" ({where})" if where else "")]
-    if r.get("mode") == "agent" and agent:
-        bits.append(
-            f"N={agent.get('samples')} policy={agent.get('policy')} "
-            f"max_steps={agent.get('max_steps')} T={agent.get('temperature')} "
-            f"prompt={agent.get('prompt')} seed={agent.get('seed')}"
-        )
-    judge = r.get("judge")
-    bits.append(
-        f"factual accuracy: LLM judge `{judge.get('model')}`" if judge else
-        "factual accuracy: normalized exact match (no judge configured)"
-    )
-    if r.get("only_covered"):
-        bits.append("factual sets restricted to questions with gold passages (--only-covered)")
-    return "; ".join(bits)
 
 
 def markdown_report(rep: dict[str, Any]) -> str:
@@ -258,14 +87,10 @@ def markdown_report(rep: dict[str, Any]) -> str:
 
 def write_reports(out: Path, *, html: bool = True) -> dict[str, Any]:
     """(Re)write report.json, report.md and report.html of an evaluation folder."""
-    from evaluation.runner import write_json
-
     run = load_run(out)
     rep = build_report(run)
-    write_json(Path(out) / "report.json", rep)
+    write_json_atomic(Path(out) / "report.json", rep)
     (Path(out) / "report.md").write_text(markdown_report(rep), encoding="utf-8")
     if html:
-        from evaluation.html_report import write_html
-
         write_html(Path(out) / "report.html", [run], [rep])
     return rep

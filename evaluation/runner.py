@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,19 +30,19 @@ from agent import AgentConfig, Executor, ModelClient, Runtime, ToolFn
 from evaluation.datasets import EvalSet
 from evaluation.gateway_client import GatewayClient
 from evaluation.judge import Judge
+from evaluation.report import write_reports
 from training.generate import GenerateConfig, GenerateError, generate
 from training.questions import Question
+from training.run_folder import load_records, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
     "CONFIG_VERSION",
     "EvalConfig",
     "EvalError",
     "fingerprint",
-    "load_records",
     "judge_pass",
     "run_eval",
     "write_config",
-    "write_json",
 ]
 
 CONFIG_VERSION = 1
@@ -160,16 +159,6 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_config(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """Write DIR/config.json, or check it against the folder's: EvalError when they differ."""
     out.mkdir(parents=True, exist_ok=True)
@@ -192,33 +181,8 @@ def write_config(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
             f"{out} has records.jsonl but no config.json (not an evaluation folder?): "
             "use another --out"
         )
-    write_json(path, doc)
+    write_json_atomic(path, doc)
     return doc
-
-
-try:  # a faster decoder for big runs when it is installed; the standard library otherwise
-    import orjson
-
-    _loads: Any = orjson.loads
-    _DecodeError: Any = orjson.JSONDecodeError
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads, _DecodeError = json.loads, json.JSONDecodeError
-
-
-def load_records(path: Path) -> dict[str, dict[str, Any]]:
-    """id -> the last record for it (a half-written last line is skipped)."""
-    out: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return out
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                rec = _loads(line)
-            except (_DecodeError, UnicodeDecodeError, ValueError):
-                continue
-            if isinstance(rec, dict) and "id" in rec:
-                out[str(rec["id"])] = rec
-    return out
 
 
 class _Unused:
@@ -243,7 +207,7 @@ def _write_gold(out: Path, sets: Sequence[EvalSet]) -> None:
     doc = {
         qid: dataclasses.asdict(g) for s in sets for qid, g in s.gold.items()
     }
-    write_json(out / "gold.json", doc)
+    write_json_atomic(out / "gold.json", doc)
 
 
 async def judge_pass(
@@ -263,13 +227,8 @@ async def judge_pass(
         if q.id in records
     ]
     verdicts = await judge.judge_records(wanted, concurrency=concurrency)
-    tmp = out / "judgments.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for qid, v in verdicts.items():
-            f.write(json.dumps({"id": qid, "model": judge.model, **v.to_dict()}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / "judgments.jsonl")
+    write_jsonl_atomic(out / "judgments.jsonl", (
+        {"id": qid, "model": judge.model, **v.to_dict()} for qid, v in verdicts.items()))
     return {
         "judged": sum(v.verdict is not None for v in verdicts.values()),
         "judge_errors": sum(v.verdict is None for v in verdicts.values()),
@@ -300,8 +259,6 @@ async def run_eval(
     html: bool = True,
 ) -> dict[str, Any]:
     """Run (or finish) the evaluation in `out`, then write the reports; returns the summary."""
-    from evaluation.report import write_reports
-
     if (runtime is None) == (gateway is None):
         raise EvalError("run_eval needs either a runtime (model + executor) or a gateway")
     if gateway is not None and cfg.mode != "agent":

@@ -20,6 +20,13 @@ from training.grading import (
     token_f1,
 )
 from training.questions import Question, QuestionSetError, load_questions, task_for_dataset
+from training.run_folder import (
+    RecordAppender,
+    iter_records,
+    load_records,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from training.sft import Interrupted, SFTError, SFTSettings, train_sft
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "Interrupted",
     "Question",
     "QuestionSetError",
+    "RecordAppender",
     "SFTError",
     "SFTSettings",
     "build_data",
@@ -43,8 +51,10 @@ __all__ = [
     "grade_factual",
     "grade_math",
     "grade_with_judge",
+    "iter_records",
     "judge_answer",
     "load_questions",
+    "load_records",
     "load_tokenizer",
     "normalize_text",
     "read_eval_report",
@@ -52,4 +62,6 @@ __all__ = [
     "token_f1",
     "train_sft",
     "update_model_card",
+    "write_json_atomic",
+    "write_jsonl_atomic",
 ]
