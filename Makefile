@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 TORCH := torch==2.13.0
 PIP := $(BIN)/pip install --disable-pip-version-check -q
 
-.PHONY: demo demo-student test install install-dev vllm-venv lint bench clean browser
+.PHONY: demo demo-student test test-fast install install-dev vllm-venv lint bench clean browser
 .PHONY: deploy-check deploy-tools chart-with-es constraints image
 
 $(BIN)/python:
@@ -64,7 +64,13 @@ browser:
 
 # deploy-check already ran tests/deploy (with the fetched helm); the main run skips them.
 test: install-dev vllm-venv deploy-check browser
-	$(BIN)/python -m pytest -q -ra --ignore=tests/deploy
+	$(BIN)/python -m pytest -q -ra --durations=25 --ignore=tests/deploy
+
+# The inner loop: no vLLM server, no real-model download or conversion, nothing marked slow
+# (tests/conftest.py marks every test that uses such a fixture); the chart tests neither.
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -ra -m "not slow and not vllm" --ignore=tests/deploy \
+		--ignore=tests/cgroup2 --durations=10
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -24,6 +24,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Fixtures that start a vLLM server or download / convert a real model: a test that uses
+# one is marked `slow` (and `vllm`) here, so `make test-fast` (-m "not slow") skips it
+# without each test having to remember its mark.
+SLOW_FIXTURES = {
+    "vllm_tiny_server": ("slow", "vllm"),
+    "smollm2_model_dir": ("slow",),
+    "qwen_tokenizer": ("slow",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for mark in SLOW_FIXTURES.get(fixture, ()):
+                item.add_marker(mark)
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """../shared/data beside the checkout (override with DISTILLERY_DATA_DIR)."""

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from agent.trajectory import Step, Trajectory
+from agent.trajectory import Candidate, Step, Trajectory
 from distillery.options import (
     AGENT_FIELDS,
     ALIASES,
@@ -139,14 +139,7 @@ def _print_step(step: Step) -> None:
         file=out,
     )
     for c in step.candidates:
-        if c.parse_error is not None:
-            outcome = "parse error: " + _first_line(c.parse_error)
-        elif c.execution is not None and not c.execution.ok:
-            lines = (c.execution.error or "").strip().splitlines()
-            outcome = f"{c.execution.error_kind or 'error'}: {lines[-1] if lines else ''}"
-        else:
-            outcome = "ok"
-        print(f"  candidate #{c.index}: {outcome}", file=out)
+        print(f"  candidate #{c.index}: {_outcome(c)}", file=out)
     kept = step.kept
     if kept.thought:
         print(f"Thought: {kept.thought.strip()}", file=out)
@@ -154,6 +147,20 @@ def _print_step(step: Step) -> None:
         print("Code:\n" + kept.code.rstrip(), file=out)
     print(step.observation.rstrip(), file=out)
     out.flush()
+
+
+def _outcome(c: Candidate) -> str:
+    """What happened to one candidate, in a few words (a cancelled one is not 'ok')."""
+    if c.finish_reason == "cancelled":
+        return "cancelled (another candidate was kept first)"
+    if c.parse_error is not None:
+        return "parse error: " + _first_line(c.parse_error)
+    if c.execution is None:
+        return "not run"
+    if not c.execution.ok:
+        lines = (c.execution.error or "").strip().splitlines()
+        return f"{c.execution.error_kind or 'error'}: {lines[-1] if lines else ''}"
+    return "ok (repeats an earlier step)" if c.repeat else "ok"
 
 
 def _print_result(traj: Trajectory) -> None:

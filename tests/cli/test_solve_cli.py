@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.helpers.ports import free_port
-from tests.helpers.scripted_server import ScriptedServer
+from tests.helpers.scripted_server import Reply, ScriptedServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,3 +112,29 @@ def test_bad_options_are_rejected_clearly() -> None:
     proc = _solve("q", "--model-url", "http://x/v1")  # no --model
     assert proc.returncode == 2
     assert "--model" in proc.stderr
+
+
+def test_candidates_cut_by_early_exit_are_shown_as_cancelled(
+    scripted_server: ScriptedServer,
+) -> None:
+    """A streamed step ends at the first valid candidate; the others were never finished,
+    so the transcript must not call them ok."""
+    def handler(body: dict[str, object]) -> Reply:
+        n = int(str(body.get("n") or 1))
+        text = FINAL if "Observation" in json.dumps(body["messages"]) else STEP1
+        return Reply(text, token_delay_s=[0.001] + [0.2] * (n - 1))  # #0 finishes first
+
+    scripted_server.handler = handler
+    proc = _solve("Sum 1..10", "--model-url", scripted_server.url, "--model",
+                  scripted_server.model, "--samples", "3", "--no-search", "--json")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["steps"][0]
+    cancelled = [c["index"] for c in first["candidates"] if c.get("finish_reason") == "cancelled"]
+    human = _solve("Sum 1..10", "--model-url", scripted_server.url, "--model",
+                   scripted_server.model, "--samples", "3", "--no-search")
+    assert human.returncode == 0, human.stderr
+    lines = [ln.strip() for ln in human.stdout.splitlines() if ln.strip().startswith("candidate #")]
+    assert cancelled  # the slow candidates were cut when #0 was kept
+    for index in cancelled:
+        assert f"candidate #{index}: cancelled (another candidate was kept first)" in lines
+    assert sum(ln.endswith(": ok") for ln in lines[:3]) == 3 - len(cancelled)
