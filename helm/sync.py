@@ -38,6 +38,7 @@ CHART_MANAGED = {
     "cache_dir": "an emptyDir at /var/cache/distillery",
     "host": "0.0.0.0",
     "port": "gateway.port",
+    "probe_port": "gateway.probePort",
 }
 # JSON-schema keywords kept from pydantic's output.
 KEEP = {"type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",

@@ -15,6 +15,7 @@ import pytest
 from distillery.settings import Settings
 from tests.deploy.chart import (
     CHART,
+    HelmError,
     RELEASE,
     REPO,
     Rendered,
@@ -104,7 +105,8 @@ def test_gateway_ingress_limited_to_listed_peers_on_the_http_port() -> None:
     r = render([EXAMPLES / "gpu-production.yaml"])
     np = r.get("NetworkPolicy", "gateway")
     (rule,) = np.doc["spec"]["ingress"]
-    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}], r.where(np)
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"},
+                             {"port": 8081, "protocol": "TCP"}], r.where(np)  # http, probe
     names = [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
              for p in rule["from"]]
     assert names == ["ingress-nginx", "monitoring"], r.where(np)
@@ -118,17 +120,30 @@ def test_network_policy_can_be_turned_off() -> None:
 # --- probes --------------------------------------------------------------------------------
 
 
-def test_gateway_probes_target_healthz_and_readyz_on_the_served_port() -> None:
-    r = render(values={"gateway": {"port": 9000}})
+def test_gateway_probes_target_healthz_and_readyz_on_the_probe_listener() -> None:
+    r = render(values={"gateway": {"port": 9000, "probePort": 9001}})
     dep = r.get("Deployment", "gateway")
     c = container(dep, "gateway")
     where = r.where(dep)
-    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}], where
-    assert c["args"] == ["serve", "--host", "0.0.0.0", "--port", "9000"], where
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, where
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
-    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"},
+                          {"name": "probe", "containerPort": 9001, "protocol": "TCP"}], where
+    assert c["args"] == ["serve", "--host", "0.0.0.0", "--port", "9000",
+                         "--probe-port", "9001"], where
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}, where
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}, where
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}, where
     assert env_of(r)["DISTILLERY_PORT"] == "9000", r.source
+    assert env_of(r)["DISTILLERY_PROBE_PORT"] == "9001", r.source
+    svc = r.get("Service", "gateway")  # the probe listener is not published
+    assert [p["targetPort"] for p in svc.doc["spec"]["ports"]] == ["http"], r.where(svc)
+    np = r.get("NetworkPolicy", "gateway")  # the kubelet reaches it where it reaches http
+    ports = [p["port"] for p in np.doc["spec"]["ingress"][0]["ports"]]
+    assert ports == [9000, 9001], r.where(np)
+
+
+def test_probe_port_must_differ_from_the_port() -> None:
+    with pytest.raises(HelmError, match="probePort"):
+        render(values={"gateway": {"port": 9000, "probePort": 9000}})
 
 
 def test_vllm_startup_probe_allows_minutes_for_model_load() -> None:
