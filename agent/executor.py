@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
+from sandbox.results import ErrorKind, ExecutionResult, JsonText, ToolCallRecord, ToolFn
 
 __all__ = [
     "ErrorKind",
     "ExecutionResult",
     "ExecutionSession",
     "Executor",
+    "JsonText",
     "ToolCallRecord",
     "ToolFn",
 ]

@@ -7,12 +7,13 @@ importing the package loads no heavy dependency.
 from sandbox.config import DEFAULT_ALLOWED_IMPORTS, SandboxConfig, config_from_settings
 from sandbox.errors import SandboxError, SandboxSetupError, WorkerDied
 from sandbox.executor import SandboxExecutor
-from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
+from sandbox.results import ErrorKind, ExecutionResult, JsonText, ToolCallRecord, ToolFn
 
 __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
     "ErrorKind",
     "ExecutionResult",
+    "JsonText",
     "SandboxConfig",
     "SandboxError",
     "SandboxExecutor",

@@ -2,7 +2,8 @@
 
 `ExecutionResult` (stdout, last value, error and its kind, final answer, tool calls) and
 `ToolCallRecord` are what the sandbox returns and what the agent turns into observations;
-`ToolFn` is the shape of a host-side tool. They live here, in the package that produces
+`ToolFn` is the shape of a host-side tool, and `JsonText` the result of one whose caller in
+the jail gets a JSON value rather than the text. They live here, in the package that produces
 them, so that sandbox/ needs nothing from agent/; `agent.executor` re-exports them next to
 the `Executor` / `ExecutionSession` interfaces.
 """
@@ -13,10 +14,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ErrorKind", "ExecutionResult", "ToolCallRecord", "ToolFn"]
+__all__ = ["ErrorKind", "ExecutionResult", "JsonText", "ToolCallRecord", "ToolFn"]
 
 ToolFn = Callable[..., Awaitable[str]]
 """A host-side tool: called with the keyword/positional arguments the code passed."""
+
+
+class JsonText(str):
+    """A tool result that is text for every record (trajectories, observations, the tool
+    cache) while the code in the jail that called the tool gets `value`, a JSON value
+    (dicts, lists, numbers...), instead of the string. The tool bounds both: the host sends
+    `value` into the jail as it is."""
+
+    value: Any
+
+    def __new__(cls, text: str, value: Any = None) -> JsonText:
+        obj = super().__new__(cls, text)
+        obj.value = value
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles keep the value
+        return (JsonText, (str(self), self.value))
+
 
 ErrorKind = Literal[
     "exception",  # the code raised (traceback trimmed to the user's code)

@@ -32,7 +32,7 @@ from sandbox.protocol import (
     json_depth,
     strict_loads,
 )
-from sandbox.results import ErrorKind, ExecutionResult, ToolCallRecord, ToolFn
+from sandbox.results import ErrorKind, ExecutionResult, JsonText, ToolCallRecord, ToolFn
 from sandbox.toolcache import ToolCache
 
 log = logging.getLogger(__name__)
@@ -410,6 +410,8 @@ class SandboxSession:
                 records.append(record)
                 if record.error is None:
                     reply = {"op": "tool_result", "id": call_id, "result": record.result}
+                    if isinstance(record.result, JsonText):  # the caller gets the value
+                        reply["value"] = record.result.value
                 else:
                     reply = {"op": "tool_error", "id": call_id, "error": record.error}
             await fork.channel.send(reply)

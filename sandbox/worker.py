@@ -87,7 +87,7 @@ CURRENT: list[Candidate | None] = [None]
 JAILED = [False]  # started by nsjail in its own pid namespace (argv[2] == "jail")
 
 
-def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     cand = CURRENT[0]
     if cand is None or os.getpid() != cand.pid:
         raise RuntimeError(f"{name}() can only be called from the sandbox's main process")
@@ -119,13 +119,15 @@ def call_tool(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if reply is None:  # the host went away
         os._exit(0)
     if reply.get("op") == "tool_result" and reply.get("id") == cand.seq:
+        if "value" in reply:  # a structured result: the JSON value, not its text
+            return reply["value"]
         result = reply.get("result")
         return result if isinstance(result, str) else str(result)
     raise ToolError(str(reply.get("error") or f"{name}() failed"))
 
 
 def make_tool(name: str) -> Any:
-    def tool(*args: Any, **kwargs: Any) -> str:
+    def tool(*args: Any, **kwargs: Any) -> Any:
         return call_tool(name, args, kwargs)
 
     tool.__name__ = tool.__qualname__ = name
