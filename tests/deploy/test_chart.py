@@ -15,9 +15,9 @@ import pytest
 from distillery.settings import Settings
 from tests.deploy.chart import (
     CHART,
-    HelmError,
     RELEASE,
     REPO,
+    HelmError,
     Rendered,
     container,
     pod_spec,
