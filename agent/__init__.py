@@ -22,9 +22,12 @@ from agent.executor import (
     ExecutionResult,
     ExecutionSession,
     Executor,
+    JsonText,
     ToolCallRecord,
     ToolFn,
 )
+from agent.mcp_config import McpConfigError, McpServerConfig, load_mcp_config
+from agent.mcp_provider import McpProvider, McpToolError
 from agent.model_client import (
     PROTOCOL_STOP,
     CallScope,
@@ -59,6 +62,16 @@ from agent.protocol import (
     resolve_protocol_spec,
 )
 from agent.runtime import Runtime
+from agent.tool_providers import (
+    ProvidedTool,
+    ToolArgumentError,
+    ToolProvider,
+    ToolProviderError,
+    ToolSet,
+    UnknownToolsError,
+)
+from agent.tool_web_search import WebSearchProvider
+from agent.tools import ToolSpec, spec_from_schema
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
 
@@ -76,6 +89,11 @@ __all__ = [
     "ExecutionResult",
     "ExecutionSession",
     "Executor",
+    "JsonText",
+    "McpConfigError",
+    "McpProvider",
+    "McpServerConfig",
+    "McpToolError",
     "Message",
     "ModelClient",
     "ModelError",
@@ -89,14 +107,22 @@ __all__ = [
     "ParseError",
     "Protocol",
     "ProtocolError",
+    "ProvidedTool",
     "Runtime",
     "SamplingParams",
     "Step",
+    "ToolArgumentError",
     "ToolCallRecord",
     "ToolFn",
+    "ToolProvider",
+    "ToolProviderError",
+    "ToolSet",
+    "ToolSpec",
     "Trajectory",
     "TransformersEngine",
+    "UnknownToolsError",
     "Usage",
+    "WebSearchProvider",
     "call_scope",
     "checkpoint_protocol_file",
     "convert_gguf_to_hf",
@@ -105,6 +131,7 @@ __all__ = [
     "ensure_smollm2_model",
     "initial_messages",
     "load_prompt_template",
+    "load_mcp_config",
     "load_protocol",
     "parse_action",
     "prepare_adapter_base",
@@ -113,6 +140,7 @@ __all__ = [
     "resolve_protocol_spec",
     "run_agent",
     "smollm2_gguf",
+    "spec_from_schema",
     "system_prompt",
     "system_prompt_template",
 ]

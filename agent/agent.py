@@ -55,6 +55,7 @@ from agent.parsing import ParseError, check_reserved_names, normalize_reply, par
 from agent.prompts import initial_messages
 from agent.protocol import load_protocol
 from agent.streaming import ChoiceState, collect, supports_streaming
+from agent.tools import announced
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ async def run_agent(
     config.validate()
     protocol = load_protocol(config.protocol)
     messages = initial_messages(
-        question, prompt=config.prompt, tool_names=list(tools), protocol=protocol
+        question, prompt=config.prompt, tool_names=announced(tools), protocol=protocol
     )
     traj = Trajectory(
         id=run_id or f"run-{uuid.uuid4().hex[:16]}",

@@ -27,7 +27,7 @@ from agent.protocol import (
     default_protocol,
     fill,
 )
-from agent.tools import tool_specs
+from agent.tools import ToolSpec, tool_specs
 
 __all__ = [
     "AUTHORIZED_IMPORTS",
@@ -78,9 +78,10 @@ def load_prompt_template(prompt: str) -> str:
     return text
 
 
-def render_tools(tool_names: Iterable[str], protocol: Protocol | None = None) -> str:
-    """The tool list of the system prompt: host tools then final_answer, each rendered with
-    the profile's entry template and its signature/description overrides."""
+def render_tools(tool_names: Iterable[str | ToolSpec], protocol: Protocol | None = None) -> str:
+    """The tool list of the system prompt: host tools (names or their providers' specs) then
+    final_answer, each rendered with the profile's entry template and its
+    signature/description overrides."""
     protocol = protocol or default_protocol()
     entries = []
     for spec in tool_specs(tool_names):
@@ -98,7 +99,7 @@ def render_tools(tool_names: Iterable[str], protocol: Protocol | None = None) ->
 
 def render_system_prompt(
     template: str,
-    tool_names: Iterable[str],
+    tool_names: Iterable[str | ToolSpec],
     authorized_imports: Sequence[str] = DEFAULT_AUTHORIZED_IMPORTS,
     protocol: Protocol | None = None,
 ) -> str:
@@ -130,7 +131,7 @@ def system_prompt_template(prompt: str, protocol: Protocol | None = None) -> str
 
 def system_prompt(
     prompt: str,
-    tool_names: Iterable[str],
+    tool_names: Iterable[str | ToolSpec],
     authorized_imports: Sequence[str] = DEFAULT_AUTHORIZED_IMPORTS,
     protocol: Protocol | None = None,
 ) -> str:
@@ -153,7 +154,7 @@ def initial_messages(
     question: str,
     *,
     prompt: str = "student",
-    tool_names: Iterable[str] = (),
+    tool_names: Iterable[str | ToolSpec] = (),
     authorized_imports: Sequence[str] = DEFAULT_AUTHORIZED_IMPORTS,
     protocol: Protocol | None = None,
 ) -> list[Message]:

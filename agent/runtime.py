@@ -1,18 +1,23 @@
-"""`Runtime`: the pieces one agent run needs (model client, executor, per-run tools).
+"""`Runtime`: the pieces one agent run needs (model client, executor, tool providers).
 
 Built by the composition root (`distillery.components.build_components`) from settings and
 shared by everything that runs the agent: the HTTP gateway, `distillery solve`, teacher
-generation and evaluation. `tools_factory` makes fresh host-side tools for each run (a tool
-may keep per-run state, e.g. web_search's cache).
+generation and evaluation. The runtime owns what it starts: `start()` fills the sandbox
+pool and starts the tool providers (`tools`, an agent.tool_providers.ToolSet: web_search,
+MCP servers, ...), `aclose()` closes them all. `tools_for_run(names)` makes fresh host-side
+tools for one run (a tool may keep per-run state, e.g. web_search's cache), all of them or
+the subset a request names (unknown names raise UnknownToolsError). `tools_factory` adds
+tools that no provider serves (tests, embedding code); providers win on a shared name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from agent.executor import Executor, ToolFn
 from agent.model_client import ModelClient
+from agent.tool_providers import ToolSet
 from retrieval.retriever import Retriever
 
 __all__ = ["Runtime"]
@@ -29,16 +34,29 @@ class Runtime:
     retriever: Retriever | None = None
     """The search backend behind web_search (retrieval.Retriever), None when search is off."""
     tools_factory: Callable[[], dict[str, ToolFn]] = field(default=_no_tools)
+    tools: ToolSet = field(default_factory=ToolSet)
+    """The tool providers this runtime starts and closes."""
 
-    def tools_for_run(self) -> dict[str, ToolFn]:
-        """Fresh host-side tools for one agent run (each holds its own per-run cache)."""
-        return self.tools_factory()
+    def tools_for_run(self, names: Collection[str] | None = None) -> dict[str, ToolFn]:
+        """Fresh host-side tools for one agent run (each holds its own per-run cache): every
+        configured tool, or only those in `names`."""
+        extra = self.tools_factory()
+        if names is not None:
+            self.tools.check([n for n in names if n not in extra])
+        provided = self.tools.tools_for_run(
+            None if names is None else [n for n in names if n not in extra]
+        )
+        merged = {**extra, **provided}
+        return merged if names is None else {k: v for k, v in merged.items() if k in names}
 
     async def start(self) -> None:
-        """Pre-start the executor's workers (the sandbox pool) so first requests do not wait."""
+        """Pre-start the executor's workers (the sandbox pool) so first requests do not wait,
+        and start the tool providers (a provider that cannot start raises, naming it)."""
         await self.executor.start()
+        await self.tools.start()
 
     async def aclose(self) -> None:
+        await self.tools.close()
         await self.model.aclose()
         await self.executor.aclose()
         if self.retriever is not None:

@@ -18,6 +18,7 @@ from retrieval.retriever import Retriever
 
 if TYPE_CHECKING:
     from agent.protocol import Protocol
+    from agent.tool_providers import ToolProvider, ToolSet
     from retrieval.tool import SearchLayout
     from service.config import ServiceConfig
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_judge",
     "build_model",
     "build_retriever",
+    "build_tools",
     "load_settings_protocol",
     "NoExecutor",
     "service_config",
@@ -155,20 +157,47 @@ def load_settings_protocol(settings: Settings) -> Protocol:
         raise ConfigError(f"{e} (--protocol / DISTILLERY_PROTOCOL)") from None
 
 
+def build_tools(
+    settings: Settings, retriever: Retriever | None, layout: SearchLayout | None = None
+) -> ToolSet:
+    """The tool providers of a runtime, in the order the prompt lists them: web_search over
+    `retriever` (none without one), then each server of the MCP servers file (mcp_config).
+    Nothing starts here: `Runtime.start()` (or `ToolSet.start()`) connects them."""
+    from agent.tool_providers import ToolSet
+    from agent.tool_web_search import WebSearchProvider
+
+    if layout is None:
+        layout = load_settings_protocol(settings).web_search
+    providers: list[ToolProvider] = []
+    if retriever is not None:
+        providers.append(
+            WebSearchProvider(
+                retriever, k=settings.search_k, timeout_s=settings.search_timeout_s, layout=layout
+            )
+        )
+    if settings.mcp_config is not None:
+        from agent.mcp_config import McpConfigError, load_mcp_config
+        from agent.mcp_provider import McpProvider
+
+        try:
+            servers = load_mcp_config(settings.mcp_config)
+        except McpConfigError as e:
+            raise ConfigError(f"{e} (--mcp-config / DISTILLERY_MCP_CONFIG)") from None
+        providers.extend(McpProvider(server) for server in servers)
+    return ToolSet(providers)
+
+
 def build_components(
     settings: Settings, *, with_retriever: bool = True, with_executor: bool = True
 ) -> Runtime:
-    """Model, executor (unless disabled: chain-of-thought runs no code) and retriever."""
+    """Model, executor (unless disabled: chain-of-thought runs no code), retriever and the
+    tool providers (started by `Runtime.start()`)."""
     layout = load_settings_protocol(settings).web_search  # a bad profile fails first
     executor: Executor = build_executor(settings) if with_executor else NoExecutor()
     retriever = build_retriever(settings) if with_retriever else None
+    tools = build_tools(settings, retriever, layout)  # a bad MCP servers file fails early
     model = build_model(settings)
-    return Runtime(
-        model=model,
-        executor=executor,
-        retriever=retriever,
-        tools_factory=lambda: web_search_tools(settings, retriever, layout),
-    )
+    return Runtime(model=model, executor=executor, retriever=retriever, tools=tools)
 
 
 class NoExecutor:

@@ -189,6 +189,13 @@ class Settings(BaseSettings):
     search_k: int = Field(3, ge=1, le=50, description="Passages web_search returns")
     search_timeout_s: float = Field(10.0, gt=0, description="Per search request")
 
+    # --- tools -----------------------------------------------------------------
+    mcp_config: Path | None = Field(
+        None,
+        description="MCP servers file (the mcpServers JSON of Claude Desktop / Cursor / "
+        "VS Code): their tools are callable from the jailed code; unset = web_search only",
+    )
+
     # --- data / cache ----------------------------------------------------------
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="Model and index cache root"

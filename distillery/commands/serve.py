@@ -49,6 +49,7 @@ FLUSH_S = 10
 FIELDS = [
     *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
     *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS, *PROBE_FIELDS,
+    "mcp_config",
 ]
 
 
@@ -82,6 +83,7 @@ def add_parser(sub: Any) -> None:
         helps={"api_keys": "accept this Bearer key (repeatable)"},
     )
     add_settings_flags(p.add_argument_group("probes"), PROBE_FIELDS)
+    add_settings_flags(p.add_argument_group("tools"), ["mcp_config"])
     p.set_defaults(func=run)
 
 

@@ -29,7 +29,8 @@ from distillery.settings import Settings
 # configuration error, 3 the model could not be reached or failed.
 EXIT_NO_ANSWER = EXIT_FAILED
 
-FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
+TOOL_FIELDS = ["mcp_config"]
+FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, *TOOL_FIELDS]
 
 
 def add_parser(sub: Any) -> None:
@@ -46,6 +47,7 @@ def add_parser(sub: Any) -> None:
     add_settings_flags(p.add_argument_group("agent"), AGENT_FIELDS, flags=ALIASES)
     add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(p.add_argument_group("retrieval"), RETRIEVAL_FIELDS)
+    add_settings_flags(p.add_argument_group("tools"), TOOL_FIELDS)
     p.add_argument("--no-search", action="store_true", help="do not offer the web_search tool")
     p.add_argument("--json", action="store_true", help="print the trajectory JSON on stdout")
     p.set_defaults(func=run)
@@ -101,6 +103,7 @@ async def _solve(
             _err("distillery: steps used up: asking the model for a final answer...")
 
     try:
+        await components.tools.start()  # MCP servers: spawned / connected, tools listed
         if show_steps:
             _waiting(1, config.samples, components.model.model_name)
         return await run_agent(
