@@ -290,6 +290,15 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
+def _data_description(settings: dict[str, Any], data: dict[str, Any]) -> str:
+    """What the model was trained on, in words: the recorded description, else the data
+    files by name (never a path of the machine that trained it)."""
+    if data.get("description"):
+        return str(data["description"])
+    names = [Path(str(p)).name for p in settings.get("data", [])]
+    return ", ".join(f"`{n}`" for n in names) or "-"
+
+
 def model_card(info: dict[str, Any]) -> str:
     t = info.get("training") or {}
     s = t.get("settings") or {}
@@ -318,7 +327,7 @@ def model_card(info: dict[str, Any]) -> str:
             if info["method"] == "lora"
             else ""
         ),
-        f"- data: {', '.join(f'`{p}`' for p in s.get('data', [])) or '-'}: "
+        f"- data: {_data_description(s, d)}: "
         f"{_fmt(d.get('examples'))} conversations {d.get('kinds', {})}, "
         f"{_fmt(d.get('tokens'))} tokens ({_fmt(d.get('learned_tokens'))} learned), "
         f"{_fmt(d.get('dropped_too_long'))} dropped as longer than {_fmt(s.get('max_length'))}",
