@@ -47,7 +47,8 @@ KEEP_ALIVE_S = 5
 FLUSH_S = 10
 """uvicorn's graceful timeout: after the app's drain, time to finish sending responses."""
 FIELDS = [
-    *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries", *AGENT_FIELDS,
+    *SERVER_FIELDS, *MODEL_FIELDS, "model_timeout_s", "model_retries",
+    "model_retry_after_max_s", *AGENT_FIELDS,
     *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "cache_dir", *PROTECTION_FIELDS, *PROBE_FIELDS,
     "mcp_config",
 ]
@@ -63,7 +64,7 @@ def add_parser(sub: Any) -> None:
     add_settings_flags(p, SERVER_FIELDS)
     add_settings_flags(
         p.add_argument_group("model (default: embedded engine)"),
-        [*MODEL_FIELDS, "model_timeout_s", "model_retries"],
+        [*MODEL_FIELDS, "model_timeout_s", "model_retries", "model_retry_after_max_s"],
         flags=ALIASES,
     )
     add_settings_flags(
