@@ -15,7 +15,8 @@ plus):
   the parser; one byte more and the server answers `431` and stops buffering: a
   connection holds at most that many header bytes (plus one read of a pipelined request),
   whether or not its headers ever end. It is checked before anything else, authentication
-  included.
+  included. After the headers, what is not body (chunk framing, trailer fields) may take
+  `max_header_bytes` plus 64 bytes per chunk, else the same `431`.
 - malformed requests: whatever the parser refuses (bad or duplicate `Content-Length`,
   chunked plus `Content-Length`, obs-fold, NUL or bare LF, an HTTP/2 preface) gets `400`.
 - connection bound: a connection accepted while `max_connections` public connections are
@@ -146,6 +147,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._in_head = True  # the parser is inside a request line or headers
         self._head_bytes = 0
+        self._tail_bytes = 0  # after the headers: bytes that were not body (framing, trailers)
+        self._body_bytes = 0
+        self._chunks = 0
+        self._messages = 0
         self._refused = False  # refused, or answered with an error: input is discarded
         self._counted = False
 
@@ -205,17 +210,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         limit = self.max_header_bytes
         while data and not self._refused:
-            if limit is not None and self._in_head:
+            if limit is None:
+                piece, data = data, b""
+                self._feed(piece)
+            elif self._in_head:
                 piece, data = data[: limit - self._head_bytes], data[limit - self._head_bytes:]
                 self._head_bytes += len(piece)
+                self._feed(piece)
+                if self._in_head and self._head_bytes >= limit and not self._refused:
+                    self._refuse(431, "headers_too_large",
+                                 f"the request line and headers exceed {limit} bytes "
+                                 "(max_header_bytes): send fewer or shorter headers")
             else:
                 piece, data = data, b""
-            self._feed(piece)
-            if limit is not None and self._in_head and self._head_bytes >= limit \
-                    and not self._refused:
-                self._refuse(431, "headers_too_large",
-                             f"the request line and headers exceed {limit} bytes "
-                             "(max_header_bytes): send fewer or shorter headers")
+                self._feed_body(piece, limit)
+
+    def _feed_body(self, piece: bytes, limit: int) -> None:
+        """Feed bytes after the headers, bounding what is not body: chunk framing (small
+        per chunk) and trailer fields, which the parser keeps until each one ends."""
+        body_before, messages_before = self._body_bytes, self._messages
+        self._feed(piece)
+        if self._refused or self._in_head or self._messages != messages_before:
+            return  # the message ended in this piece: what follows is the next one's head
+        self._tail_bytes += len(piece) - (self._body_bytes - body_before)
+        if self._tail_bytes > limit + 64 * self._chunks:
+            self._refuse(431, "headers_too_large",
+                         f"the request's trailer fields exceed {limit} bytes "
+                         "(max_header_bytes): send fewer or shorter trailers")
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -267,7 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = self._tail_bytes = self._body_bytes = self._chunks = 0
         self._cancel_header_timer()
         super().on_headers_complete()
 
@@ -275,6 +296,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True  # what follows is the next request's line and headers
         self._head_bytes = 0
+        self._messages += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

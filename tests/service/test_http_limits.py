@@ -1,6 +1,6 @@
-"""A real `distillery serve` against hostile HTTP: oversized and never-finished headers (431
-before authentication, memory bounded), requests the HTTP parser refuses (the JSON error
-shape with a request id, never uvicorn's text/plain), HEAD on the probes."""
+"""A real `distillery serve` against hostile HTTP: oversized and never-finished headers and
+trailers (431 before authentication, memory bounded), requests the HTTP parser refuses
+(the JSON error shape with a request id, never uvicorn's text/plain), HEAD on the probes."""
 
 from __future__ import annotations
 
@@ -103,6 +103,18 @@ def test_keep_alive_and_pipelined_requests_still_work(server: Serve) -> None:
     assert out.count(b"HTTP/1.1 200 OK") == 4, out
 
 
+def test_chunked_bodies_with_many_chunks_and_small_trailers_pass(server: Serve) -> None:
+    body = json.dumps({"question": "square 3", "pad": "x" * 200_000}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 10]), body[i:i + 10])
+                      for i in range(0, len(body), 10))  # 20,000 chunks: 100 KB of framing
+    head = (b"POST /v1/solve HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + KEY.encode() + b"\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    status, _, _ = parse_raw(raw_exchange(
+        server.port, head + chunks + b"0\r\nX-Checksum: abc\r\n\r\n", timeout_s=60))
+    assert status != 431 and status < 500, status
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -110,8 +122,17 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_never_finished_big_headers_do_not_grow_memory(server: Serve) -> None:
-    """16 connections each stream 4 MB of one header that never ends (64 MB in all)."""
+ENDLESS = {
+    "header": b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nX-Endless: ",
+    "trailer": b"POST /v1/solve HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Endless: ",
+}
+
+
+@pytest.mark.parametrize("where", sorted(ENDLESS))
+def test_never_finished_big_headers_do_not_grow_memory(server: Serve, where: str) -> None:
+    """16 connections each stream 4 MB of one header (or trailer) field that never ends
+    (64 MB in all)."""
     pid = server.proc.pid
     for _ in range(3):  # warm the paths once so first-use allocations are not counted
         httpx.get(server.url + "/healthz", headers={"x-big": "a" * 100_000})
@@ -127,7 +148,7 @@ def test_never_finished_big_headers_do_not_grow_memory(server: Serve) -> None:
     answers: list[bytes] = []
 
     def attacker() -> None:
-        head = b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nX-Endless: "
+        head = ENDLESS[where]
         with socket.create_connection(("127.0.0.1", server.port)) as c:
             c.settimeout(30)
             try:
@@ -155,7 +176,7 @@ def test_never_finished_big_headers_do_not_grow_memory(server: Serve) -> None:
     sampler.join()
     growth_mib = (peak[0] - before) / 1024
     print(f"RSS before {before / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB "
-          f"(+{growth_mib:.1f} MiB) with 16 x 4 MB never-finished headers")
+          f"(+{growth_mib:.1f} MiB) with 16 x 4 MB never-finished {where}s")
     assert growth_mib < 16, growth_mib  # 64 MB sent; without the limit it is all kept
     assert len(answers) == 16
     for a in answers:
