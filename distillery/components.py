@@ -103,7 +103,8 @@ def build_executor(settings: Settings) -> Executor:
 
 def build_retriever(settings: Settings) -> Retriever:
     """ES when es_url is set; else the embedded index at index_dir; with no index_dir, the
-    demo index under cache_dir, built (or rebuilt when stale) on first use."""
+    demo index under cache_dir, built (or rebuilt when stale) on first use. search_mode
+    dense/hybrid loads the embedding model (prepared under cache_dir) on the first search."""
     from retrieval.factory import open_retriever
 
     index_dir = settings.index_dir
@@ -124,6 +125,8 @@ def build_retriever(settings: Settings) -> Retriever:
         index_dir=index_dir,
         es_api_key=key,
         timeout_s=settings.search_timeout_s,
+        mode=settings.search_mode,
+        cache_dir=settings.cache_dir,
     )
 
 

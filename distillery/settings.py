@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     )
     search_k: int = Field(3, ge=1, le=50, description="Passages web_search returns")
     search_timeout_s: float = Field(10.0, gt=0, description="Per search request")
+    search_mode: Literal["bm25", "dense", "hybrid"] = Field(
+        "bm25",
+        description="web_search ranking: bm25, dense (e5 cosine; needs `index build --dense`) "
+        "or hybrid (reciprocal rank fusion of both)",
+    )
 
     # --- tools -----------------------------------------------------------------
     mcp_config: Path | None = Field(

@@ -6,6 +6,11 @@ becomes one SHOULD clause per token and field, summed: Elasticsearch's `multi_ma
 of type `most_fields` over title and text, the same BM25 (k1=1.2, b=0.75).
 
 The build checkpoint and metadata live in `distillery.json` inside the index folder.
+
+Search modes (retrieval.retriever): `bm25` needs only the tantivy index; `dense` and
+`hybrid` also need the dense vectors beside it (retrieval.dense, built by `distillery
+index build --dense`) and an embedder for the queries, made on first use by the
+`embedder` factory. Dense hits are looked up by id in tantivy for their stored text.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.analysis import (
     ANALYZER_NAME,
@@ -27,8 +32,12 @@ from retrieval.analysis import (
     prepare_query,
     tantivy_analyzer,
 )
-from retrieval.ingest import CorpusPassage
-from retrieval.retriever import Passage, RetrievalError
+from retrieval.ingest import CorpusPassage, write_json_atomic
+from retrieval.retriever import Passage, RetrievalError, SearchMode, check_mode
+
+if TYPE_CHECKING:
+    from retrieval.dense import DenseIndex, EmbedderFactory
+    from retrieval.embedding import Embedder
 
 STATE_FILE = "distillery.json"
 _TANTIVY_META = "meta.json"
@@ -52,15 +61,6 @@ def read_state(index_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise RetrievalError(f"cannot read {Path(index_dir) / STATE_FILE}: {e}") from e
     return data if isinstance(data, dict) else None
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class EmbeddedIndexWriter:
@@ -118,7 +118,7 @@ class EmbeddedIndexWriter:
         writer.commit()
 
     def save_state(self, state: dict[str, Any]) -> None:
-        _write_json_atomic(self.index_dir / STATE_FILE, state)
+        write_json_atomic(self.index_dir / STATE_FILE, state)
 
     def count(self) -> int:
         self._open()
@@ -133,11 +133,31 @@ class EmbeddedIndexWriter:
 
 
 class _Opened:
-    def __init__(self, index: Any, analyzer: Any):
+    def __init__(self, index: Any, analyzer: Any, state: dict[str, Any]):
         self.index = index
         self.searcher = index.searcher()
         self.schema = index.schema
         self.analyzer = analyzer
+        self.state = state
+        self.dense: DenseIndex | None = None
+        self.embedder: Embedder | None = None
+
+    def passage(self, addr: Any, score: float) -> Passage:
+        doc = self.searcher.doc(addr)
+        return Passage(
+            id=doc.get_first("id"),
+            title=doc.get_first("title"),
+            text=doc.get_first("text"),
+            score=score,
+        )
+
+    def by_id(self, pid: str, score: float) -> Passage:
+        import tantivy
+
+        hits = self.searcher.search(tantivy.Query.term_query(self.schema, "id", pid), 1).hits
+        if not hits:
+            raise RetrievalError(f"passage {pid!r} of the dense vectors is not in the index")
+        return self.passage(hits[0][1], score)
 
 
 class EmbeddedRetriever:
@@ -147,8 +167,18 @@ class EmbeddedRetriever:
     RetrievalError that says how to build it.
     """
 
-    def __init__(self, index_dir: Path):
+    def __init__(
+        self,
+        index_dir: Path,
+        *,
+        mode: SearchMode = "bm25",
+        embedder: EmbedderFactory | None = None,
+    ):
         self.index_dir = Path(index_dir)
+        self.mode: SearchMode = check_mode(mode)
+        if self.mode != "bm25" and embedder is None:
+            raise ValueError(f"search mode {mode!r} needs an embedder factory")
+        self._embedder_factory = embedder
         self._opened: _Opened | None = None
         self._lock = threading.Lock()
 
@@ -185,12 +215,19 @@ class EmbeddedRetriever:
             raise RetrievalError(f"cannot open the index at {d}: {e}; {build}") from e
         analyzer = tantivy_analyzer()
         index.register_tokenizer(ANALYZER_NAME, analyzer)
-        return _Opened(index, analyzer)
+        opened = _Opened(index, analyzer, state)
+        if self.mode != "bm25":
+            from retrieval.dense import DenseIndex
 
-    def _search_sync(self, query: str, k: int) -> list[Passage]:
+            assert self._embedder_factory is not None
+            opened.embedder = self._embedder_factory()
+            opened.dense = DenseIndex(d, opened.embedder, state.get("corpus"))
+        return opened
+
+    def _bm25(self, o: _Opened, query: str, k: int) -> list[tuple[float, Any]]:
+        """(score, doc address) of the BM25 top k."""
         import tantivy
 
-        o = self._open()
         text = prepare_query(query)
         tokens = o.analyzer.analyze(text) if text else []
         if not tokens:
@@ -201,18 +238,30 @@ class EmbeddedRetriever:
             for field in SEARCH_FIELDS
         ]
         hits = o.searcher.search(tantivy.Query.boolean_query(clauses), k, count=False).hits
-        out = []
-        for score, addr in hits:
-            doc = o.searcher.doc(addr)
-            out.append(
-                Passage(
-                    id=doc.get_first("id"),
-                    title=doc.get_first("title"),
-                    text=doc.get_first("text"),
-                    score=float(score),
-                )
-            )
+        return [(float(score), addr) for score, addr in hits]
+
+    def _search_many(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        o = self._open()
+        if self.mode == "bm25":
+            return [[o.passage(a, s) for s, a in self._bm25(o, q, k)] for q in queries]
+        from retrieval.dense import RRF_WINDOW, rrf
+
+        assert o.dense is not None and o.embedder is not None
+        wanted = [i for i, q in enumerate(queries) if prepare_query(q)]
+        out: list[list[Passage]] = [[] for _ in queries]
+        vectors = o.embedder.embed_queries([queries[i] for i in wanted])
+        for i, vec in zip(wanted, vectors, strict=True):
+            if self.mode == "dense":
+                out[i] = [o.by_id(pid, s) for pid, s in o.dense.search(vec, k)]
+                continue
+            lexical = self._bm25(o, queries[i], max(k, RRF_WINDOW))
+            ids = [o.searcher.doc(a).get_first("id") for _, a in lexical]
+            semantic = [pid for pid, _ in o.dense.search(vec, max(k, RRF_WINDOW))]
+            out[i] = [o.by_id(pid, s) for pid, s in rrf([ids, semantic], k)]
         return out
+
+    def _search_sync(self, query: str, k: int) -> list[Passage]:
+        return self._search_many([query], k)[0]
 
     def search_sync(self, query: str, k: int = 3) -> list[Passage]:
         """Blocking search (benchmarks, CLI); `search` runs this in a worker thread."""
@@ -226,15 +275,19 @@ class EmbeddedRetriever:
     async def search_batch(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
         check_k(k)
         qs = list(queries)
-        return await asyncio.to_thread(lambda: [self._search_sync(q, k) for q in qs])
+        return await asyncio.to_thread(self._search_many, qs, k)
 
     async def ping(self) -> dict[str, object]:
         o = await asyncio.to_thread(self._open)
-        return {
+        info: dict[str, object] = {
             "backend": "embedded",
             "index_dir": str(self.index_dir),
             "documents": int(o.searcher.num_docs),
+            "search_mode": self.mode,
         }
+        if o.embedder is not None:
+            info["embedding_model"] = o.embedder.name
+        return info
 
     async def aclose(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +88,16 @@ def parse_line(raw: bytes) -> CorpusPassage:
     except json.JSONDecodeError as e:
         raise BadLine(f"invalid JSON ({e.msg}, column {e.colno})") from None
     return parse_passage(obj)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` so that a crash leaves the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- sources

@@ -1,10 +1,26 @@
-"""The retriever interface: search one query or a batch, top-k passages."""
+"""The retriever interface: search one query or a batch, top-k passages, in a search mode.
+
+Modes: `bm25` (lexical), `dense` (cosine similarity of e5 embeddings) and `hybrid`
+(reciprocal rank fusion of both). A passage's `score` is the mode's own: the BM25 score,
+the cosine, or the fused RRF score.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+SearchMode = Literal["bm25", "dense", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("bm25", "dense", "hybrid")
+
+
+def check_mode(mode: str) -> SearchMode:
+    """`mode` if it is a search mode, else a ValueError that lists them."""
+    for m in SEARCH_MODES:
+        if mode == m:
+            return m
+    raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,68 @@ def es_index(es_server: NoidaServer, corpus_file: Path) -> str:
         writer.close()
     assert report.count_ok, report.summary()
     return "fixture"
+
+
+# --------------------------------------------------------------------------- dense
+
+
+DENSE_TITLES = (
+    "Mona Lisa",
+    "Eiffel Tower",
+    "Photosynthesis",
+    "Great Wall of China",
+    "Albert Einstein",
+    "Amazon River",
+)
+
+
+def dense_rows() -> list[dict[str, Any]]:
+    """A small corpus for dense tests (every passage is embedded, ~0.15 CPU-s each): the
+    fixture passages of a few well-known articles, 30 others, and the unicode passages."""
+    rows = fixture_rows()
+    named = [r for r in rows if r["title"] in DENSE_TITLES]
+    others = [r for r in rows if r["title"] not in DENSE_TITLES and not r["id"].startswith("u")]
+    return named + others[:30] + UNICODE_PASSAGES
+
+
+@pytest.fixture(scope="session")
+def embed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder the bundled embedding model is prepared into (once per session)."""
+    from retrieval.embedding import prepare_embedder
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_embedder(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def embedder(embed_cache: Path) -> Any:
+    from retrieval.embedding import shared_embedder
+
+    return shared_embedder(embed_cache)
+
+
+@pytest.fixture(scope="session")
+def dense_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("dense-corpus") / "dense.jsonl", dense_rows())
+
+
+def build_dense_index(corpus: Path, index_dir: Path, embedder: Any, batch: int = 16) -> Path:
+    from retrieval.dense import DenseIndexWriter
+    from retrieval.embedded import EmbeddedIndexWriter
+    from retrieval.ingest import FileSource, ingest
+
+    for sink in (EmbeddedIndexWriter(index_dir), DenseIndexWriter(index_dir, embedder)):
+        try:
+            report = ingest(FileSource(corpus), sink, progress=False, batch_size=batch)
+        finally:
+            sink.close()
+        assert report.count_ok, report.summary()
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def dense_index(
+    tmp_path_factory: pytest.TempPathFactory, dense_corpus: Path, embedder: Any
+) -> Path:
+    return build_dense_index(dense_corpus, tmp_path_factory.mktemp("dense") / "index", embedder)
