@@ -575,7 +575,9 @@ class Study:
         cfg = self.cfg
         solved = {i for f in self._agent_files() for i, r in _last_records(f).items()
                   if r.get("correct")}  # fmt: skip
-        questions = [q for q in self._train_questions() if q.task in cfg.hint_tasks]
+        # the questions no unhinted attempt solved: the ones the hinted stage is about
+        questions = [q for q in self._train_questions()
+                     if q.task in cfg.hint_tasks and q.id not in solved]  # fmt: skip
         titles = gold_titles(Path(cfg.data_dir)) if cfg.hint_titles else {}
         attempts: list[dict[str, Any]] = []
         files: list[Path] = []

@@ -100,6 +100,8 @@ def test_failed_factual_questions_are_retried_with_a_hint_and_checked(
         assert all(f'"{t}"' in r["hint"] for t in titles[r["id"]])
         assert r["correct"], "the scripted teacher answers what the hint says"
     assert not (out / "teacher" / "agent" / "hinted-1.jsonl").exists()
+    harvest = json.loads((out / "stages" / "generate-agent-hinted.json").read_text())["summary"]
+    assert harvest["questions"] == len(train) and harvest["solved"] == len(train)
 
     marker = json.loads((out / "stages" / "build-data-agent.json").read_text())["summary"]
     checks = marker["checks"]
