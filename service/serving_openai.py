@@ -49,7 +49,7 @@ from service.protocol_openai import (
 )
 from service.protocol_solve import StepOut, UsageOut
 from service.schema_check import AnswerValidator
-from service.serving_solve import start_runs, upstream_retry_after
+from service.serving_base import ServingBase
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
@@ -150,9 +150,8 @@ def task_of(req: ChatCompletionRequest) -> str:
                code="invalid_value")
 
 
-class ChatService:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+class ChatService(ServingBase):
+    ENDPOINT = ENDPOINT
 
     def models(self) -> ModelList:
         gw = self.gateway
@@ -161,42 +160,23 @@ class ChatService:
 
     def model(self, model_id: str) -> ModelCard:
         gw = self.gateway
-        self._check_model(model_id, param=None)
+        self.check_model(model_id, param=None)
         return ModelCard(id=gw.model_name, created=int(gw.started_at))
-
-    def check_model(self, model_id: str, param: str | None = "model") -> None:
-        """404 (OpenAI's model_not_found) unless `model_id` is the served model."""
-        self._check_model(model_id, param)
-
-    def _check_model(self, model_id: str, param: str | None = "model") -> None:
-        gw = self.gateway
-        gw.require_components()
-        if model_id != gw.model_name:
-            raise APIError(
-                404,
-                f"The model `{model_id}` does not exist; this server serves "
-                f"`{gw.model_name}` (GET /v1/models)",
-                code="model_not_found",
-                type="invalid_request_error",
-                param=param,
-            )
 
     async def create(self, req: ChatCompletionRequest, request: Request) -> Response:
         gw = self.gateway
         arrived = time.monotonic()
         created = int(time.time())
-        self._check_model(req.model)
+        self.check_model(req.model)
         check_supported(req)
         task = task_of(req)
         fmt = request_format(req, gw.answer_validator)
         if fmt is not None:
             task += fmt.instructions
-        deadline = gw.deadline(req.timeout_s)
-        slot = await gw.admit_unless_gone(deadline, request)
-        gw.metrics.queue_wait.observe(time.monotonic() - arrived)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        try:
-            specs = []
+
+        def specs() -> list[RunSpec]:
+            out = []
             for i in range(req.n):
                 seed = req.seed
                 if seed is not None:
@@ -211,12 +191,12 @@ class ChatService:
                     seed=seed,
                 )
                 run_id = completion_id if req.n == 1 else f"{completion_id}-{i}"
-                specs.append(RunSpec(task, config, run_id,
-                                     answer_check=fmt.check if fmt is not None else None))
-            group, scope = start_runs(gw, specs, slot, deadline, ENDPOINT)
-        except BaseException:
-            slot.release()
-            raise
+                out.append(RunSpec(task, config, run_id,
+                                   answer_check=fmt.check if fmt is not None else None))
+            return out
+
+        admitted = await self.admit(request, req.timeout_s, specs, arrived=arrived)
+        group, scope = admitted.group, admitted.scope
         if req.stream:
             return RunStreamingResponse(
                 self._chunks(group, req, completion_id, created, fmt), on_close=group.cancel
@@ -349,4 +329,4 @@ class ChatService:
 def _raise_for_run_error(traj: Trajectory, gw: Gateway, scope: CallScope | None = None) -> None:
     error = run_error(traj, gw.config)
     if error is not None:
-        raise error if scope is None else upstream_retry_after(error, scope)
+        raise ServingBase.upstream(error, scope)

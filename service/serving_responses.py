@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from agent.trajectory import Trajectory
 from service.errors import APIError, error_payload
-from service.gateway import DoneEvent, FailedEvent, Gateway, RunGroup, RunSpec, StepEvent, run_error
+from service.gateway import DoneEvent, FailedEvent, RunGroup, RunSpec, StepEvent, run_error
 from service.protocol_openai import RunInfo
 from service.protocol_responses import (
     IncompleteDetails,
@@ -45,8 +45,8 @@ from service.protocol_responses import (
 )
 from service.protocol_solve import StepOut
 from service.schema_check import AnswerValidator
+from service.serving_base import ServingBase
 from service.serving_openai import answer_text
-from service.serving_solve import start_runs, upstream_retry_after
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_json
 from service.structured import StructuredOutput, structured_output
 from service.textsafe import has_visible_text, model_json
@@ -115,24 +115,21 @@ def request_format(req: ResponsesRequest, validator: AnswerValidator) -> Structu
     )
 
 
-class ResponsesService:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+class ResponsesService(ServingBase):
+    ENDPOINT = ENDPOINT
 
     async def create(self, req: ResponsesRequest, request: Request) -> Response:
         gw = self.gateway
         arrived = time.monotonic()
-        request.app.state.chat_service.check_model(req.model)
+        self.check_model(req.model)
         check_supported(req)
         task = task_of(req)
         fmt = request_format(req, gw.answer_validator)
         if fmt is not None:
             task += fmt.instructions
-        deadline = gw.deadline(req.timeout_s)
-        slot = await gw.admit_unless_gone(deadline, request)
-        gw.metrics.queue_wait.observe(time.monotonic() - arrived)
         rid = f"resp_{uuid.uuid4().hex}"
-        try:
+
+        def specs() -> list[RunSpec]:
             config = gw.agent_config(
                 max_steps=req.max_steps,
                 samples=req.samples,
@@ -141,18 +138,17 @@ class ResponsesService:
                 top_p=req.top_p,
                 max_tokens=req.max_output_tokens,
             )
-            spec = RunSpec(task, config, rid, answer_check=fmt.check if fmt else None)
-            group, scope = start_runs(gw, [spec], slot, deadline, ENDPOINT)
-        except BaseException:
-            slot.release()
-            raise
+            return [RunSpec(task, config, rid, answer_check=fmt.check if fmt else None)]
+
+        admitted = await self.admit(request, req.timeout_s, specs, arrived=arrived)
+        group = admitted.group
         builder = _Builder(req, rid, int(time.time()), gw.model_name, fmt)
         if req.stream:
             return RunStreamingResponse(self._events(group, builder), on_close=group.cancel)
         [traj] = await group.results(request)
         error = run_error(traj, gw.config)
         if error is not None:
-            raise upstream_retry_after(error, scope)
+            raise self.upstream(error, admitted)
         return Response(model_json(builder.final(traj)), media_type="application/json")
 
     async def _events(self, group: RunGroup, b: _Builder) -> AsyncIterator[bytes]:

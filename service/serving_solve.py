@@ -9,84 +9,53 @@ Events with `stream: true` (each `data:` is one JSON object on one line):
                    model_unavailable when the model server is down
 plus `: keep-alive` comments during long steps.
 
-Every route starts its runs with `start_runs`: their model calls see the request's
-deadline (`agent.call_scope`), so the model client never waits to retry past it, and a
-503 for a model outage carries the model server's own Retry-After (`upstream_retry_after`).
+Admission, the deadline and the model server's Retry-After: service.serving_base.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agent import CallScope, call_scope
 from service.errors import APIError, api_error_payload, error_payload
 from service.gateway import (
     DoneEvent,
     FailedEvent,
-    Gateway,
     RunGroup,
     RunSpec,
     StepEvent,
     new_run_id,
     outage_error,
 )
-from service.limits import Slot
 from service.protocol_solve import SolveRequest, SolveResponse, SolveStart, StepOut
+from service.serving_base import ServingBase
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
 from service.textsafe import model_json
 
 ENDPOINT = "solve"
 
 
-def start_runs(
-    gw: Gateway, specs: list[RunSpec], slot: Slot, deadline: float, endpoint: str
-) -> tuple[RunGroup, CallScope]:
-    """`gw.start(...)` with the runs' model calls bound to `deadline` (time.monotonic());
-    the returned scope collects the Retry-After a failed model call was answered with."""
-    with call_scope(deadline) as scope:  # the run tasks copy the context at creation
-        return gw.start(specs, slot, deadline, endpoint), scope
-
-
-def upstream_retry_after(error: APIError, scope: CallScope) -> APIError:
-    """`error`, with the model server's Retry-After (whole seconds, at least 1) when it is
-    a model outage and the model server named a wait."""
-    if error.code == "model_unavailable" and scope.retry_after_s is not None:
-        error.headers["Retry-After"] = str(max(1, math.ceil(scope.retry_after_s)))
-    return error
-
-
-class SolveService:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+class SolveService(ServingBase):
+    ENDPOINT = ENDPOINT
 
     async def solve(self, req: SolveRequest, request: Request) -> Response:
         gw = self.gateway
         arrived = time.monotonic()
         gw.require_components()  # 503 before queueing when not ready
-        deadline = gw.deadline(req.timeout_s)
-        slot = await gw.admit_unless_gone(deadline, request)
-        queue_s = time.monotonic() - arrived
-        gw.metrics.queue_wait.observe(queue_s)
-        try:
-            config = gw.agent_config(
-                max_steps=req.max_steps,
-                samples=req.samples,
-                policy=req.policy,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                max_tokens=req.max_tokens,
-                seed=req.seed,
-            )
-            spec = RunSpec(req.question, config, new_run_id("solve"))
-            group, scope = start_runs(gw, [spec], slot, deadline, ENDPOINT)
-        except BaseException:
-            slot.release()
-            raise
+        spec = RunSpec(req.question, gw.agent_config(
+            max_steps=req.max_steps,
+            samples=req.samples,
+            policy=req.policy,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+        ), new_run_id("solve"))
+        admitted = await self.admit(request, req.timeout_s, lambda: [spec], arrived=arrived)
+        group, queue_s = admitted.group, admitted.queue_s
         if req.stream:
             return RunStreamingResponse(
                 self._events(group, spec.run_id, req, arrived, queue_s), on_close=group.cancel
@@ -94,7 +63,7 @@ class SolveService:
         [traj] = await group.results(request)
         outage = outage_error(traj, gw.config)
         if outage is not None:
-            raise upstream_retry_after(outage, scope)
+            raise self.upstream(outage, admitted)
         body = SolveResponse.of(
             traj,
             queue_s=queue_s,
