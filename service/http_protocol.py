@@ -17,6 +17,8 @@ plus):
   whether or not its headers ever end. It is checked before anything else, authentication
   included. After the headers, what is not body (chunk framing, trailer fields) may take
   `max_header_bytes` plus 64 bytes per chunk, else the same `431`.
+- pipelining: a connection with more than `MAX_PIPELINED` requests parsed and waiting
+  for their turn is closed (each costs a request's state, about 2 KB, for 40 bytes sent).
 - malformed requests: whatever the parser refuses (bad or duplicate `Content-Length`,
   chunked plus `Content-Length`, obs-fold, NUL or bare LF, an HTTP/2 preface) gets `400`.
 - connection bound: a connection accepted while `max_connections` public connections are
@@ -72,6 +74,8 @@ PROBE_MAX_CONNECTIONS = 32
 """Open connections the probe listener accepts (kubelet and a scraper need a handful)."""
 LINGER_S = 5.0
 """After an error answer: how long the server discards what a client still sends."""
+MAX_PIPELINED = 32
+"""Requests a connection may have parsed and waiting behind the one being answered."""
 LISTENER_KEY = "distillery.listener"
 _STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
 _REASONS = {400: "Bad Request", 408: "Request Timeout",
@@ -114,6 +118,10 @@ def _raw_response(status: int, code: str, message: str,
             f"x-request-id: {request_id}", "connection: close"]
     head += [f"{k}: {v}" for k, v in extra_headers or []]
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body, request_id
+
+
+class _PipelineOverflow(Exception):
+    """Raised in a parser callback to stop parsing (see `MAX_PIPELINED`)."""
 
 
 def _parser_message(error: Exception, data: bytes) -> tuple[str, str]:
@@ -242,6 +250,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
+            if isinstance(e.__context__, _PipelineOverflow):
+                self._refused = True
+                log.warning("closing a connection with more than %d pipelined requests",
+                            MAX_PIPELINED, extra={"fields": {
+                                "event": "http_refused", "code": "too_many_pipelined"}})
+                self.transport.close()  # answers go out in order: none can be added now
+                return
             code, message = _parser_message(e, data)
             self._refuse(400, code, message)
         except httptools.HttpParserUpgrade:
@@ -291,6 +306,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = self._tail_bytes = self._body_bytes = self._chunks = 0
         self._cancel_header_timer()
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            raise _PipelineOverflow  # each waiting request holds its scope and cycle
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
