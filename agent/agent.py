@@ -203,6 +203,12 @@ def _fail(traj: Trajectory, e: Exception) -> None:
     traj.error_type = type(e).__name__
 
 
+UNSTREAMED_NOTE = (
+    "the model server answered the streamed request with one JSON body: every candidate "
+    "arrived at once, so they were checked in order (policy 'first', no early exit)"
+)
+
+
 class _Run:
     """The state of one run (kept out of run_agent so timeouts can cut it anywhere)."""
 
@@ -277,10 +283,14 @@ class _Run:
         )
         policy = self.config.policy
         first_valid_s: float | None = None
+        note: str | None = None
         if policy == "early" and self.streaming:
-            candidates, chosen, usage, model_s, exec_s = await self.early_exit(request, prefix)
+            candidates, chosen, usage, model_s, exec_s, unstreamed = await self.early_exit(
+                request, prefix)
             if chosen is not None:
                 first_valid_s = time.perf_counter() - t_step
+            if unstreamed:
+                policy, note = "first", UNSTREAMED_NOTE
         else:
             policy = "first" if policy == "early" else policy
             completion, model_s = await self.call_model(request)
@@ -311,6 +321,7 @@ class _Run:
             stuck=stuck,
             policy=policy,
             first_valid_s=first_valid_s,
+            note=note,
         )
 
     def note_kept(self, kept: Candidate) -> bool:
@@ -350,8 +361,9 @@ class _Run:
 
     async def early_exit(
         self, request: ModelRequest, prefix: str
-    ) -> tuple[list[Candidate], int | None, Usage, float, float]:
+    ) -> tuple[list[Candidate], int | None, Usage, float, float, bool]:
         """Policy 'early': run candidates as they complete; stop at the first valid one.
+        The last value: the server answered with one JSON body instead of a stream.
 
         Candidates run one at a time (`try_candidates([code])`, then `commit(0)` for the
         kept one or `discard()`), each against the state before the step, while the
@@ -397,7 +409,8 @@ class _Run:
         if chosen is None and error is not None:
             raise error
         usage = Usage(stream.usage.prompt_tokens, stream.usage.completion_tokens)
-        return _early_candidates(states, done, prefix), chosen, usage, model_s, exec_s
+        unstreamed = bool(getattr(stream, "unstreamed", False))
+        return _early_candidates(states, done, prefix), chosen, usage, model_s, exec_s, unstreamed
 
     async def try_one(self, cand: Candidate, *, keep_repeat: bool) -> bool:
         """Run one candidate against the committed state; commit it when it is valid (and

@@ -390,6 +390,9 @@ class OpenAIChatClient:
             if resp.status_code >= 300:
                 await resp.aread()
                 self._raise_for_status(resp, url)
+            if _is_json(resp):  # the server ignored stream=true: its one body is the reply
+                await resp.aread()
+                return self._unstreamed(resp, stream, url)
             events = _read_events(resp, stream, url)
             opened = _OpenStream(resp, events)
             while True:
@@ -406,6 +409,30 @@ class OpenAIChatClient:
                 await events.aclose()
             await resp.aclose()
             raise
+
+    def _unstreamed(self, resp: httpx.Response, stream: CompletionStream, url: str) -> _OpenStream:
+        """A JSON completion answered to a streamed request, as one delta per choice."""
+        try:
+            data = resp.json()
+        except ValueError as e:
+            raise ModelError(f"model server {url} answered a streamed request with a JSON "
+                             "body that does not parse") from e
+        completion = self._parse_completion(data, 0.0)
+        log.warning("model server %s answered a streamed request with one JSON body "
+                    "(stream=true ignored); its choices are used as they are", url)
+        stream.unstreamed = True
+        stream.model = completion.model
+        stream.usage.prompt_tokens = completion.usage.prompt_tokens
+        stream.usage.completion_tokens = completion.usage.completion_tokens
+        total_chars = sum(len(c.text) for c in completion.choices) or 1
+        primed = [
+            ChoiceDelta(i, c.text, round(completion.usage.completion_tokens * len(c.text)
+                                         / total_chars), c.finish_reason or "stop")
+            for i, c in enumerate(completion.choices)
+        ]
+        opened = _OpenStream(resp, _no_events())
+        opened.primed, opened.ended = primed, True
+        return opened
 
     async def _stream_events(
         self, body: dict[str, Any], stream: CompletionStream
@@ -483,6 +510,16 @@ class OpenAIChatClient:
             model=str(data.get("model") or self.model_name),
             latency_s=latency,
         )
+
+
+def _is_json(resp: httpx.Response) -> bool:
+    kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+async def _no_events() -> AsyncGenerator[ChoiceDelta, None]:
+    return
+    yield  # pragma: no cover - makes this an (empty) async generator
 
 
 async def _read_events(

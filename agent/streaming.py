@@ -93,6 +93,9 @@ class CompletionStream:
         self._closed = False
         self.ended = False
         """The server finished every choice (the stream was not closed early)."""
+        self.unstreamed = False
+        """The server ignored `stream: true` and answered with one JSON body: every choice
+        arrived whole, at once (the client accepts it as the reply)."""
 
     def __aiter__(self) -> CompletionStream:
         return self

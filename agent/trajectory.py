@@ -72,6 +72,9 @@ class Step:
     """How the candidate was picked ('first', 'early', 'majority')."""
     first_valid_s: float | None = None
     """Seconds from the request to the kept candidate's validation (early exit)."""
+    note: str | None = None
+    """Why the step ran differently from its policy (e.g. a model server that answered the
+    streamed request with one JSON body: the candidates came at once, checked in order)."""
 
     @property
     def kept(self) -> Candidate:
@@ -160,6 +163,7 @@ class Trajectory:
                     stuck=s.get("stuck", False),
                     policy=s.get("policy"),
                     first_valid_s=s.get("first_valid_s"),
+                    note=s.get("note"),
                 )
             )
         return cls(

@@ -143,6 +143,8 @@ def _print_step(step: Step) -> None:
     )
     for c in step.candidates:
         print(f"  candidate #{c.index}: {_outcome(c)}", file=out)
+    if step.note:
+        print(f"  note: {step.note}", file=out)
     kept = step.kept
     if kept.thought:
         print(f"Thought: {kept.thought.strip()}", file=out)

@@ -201,3 +201,24 @@ async def test_a_long_generation_is_not_a_timeout_when_streamed(
     finally:
         await client.aclose()
     assert completion.choices[0].tokens == 40 and completion.choices[0].finish_reason == "stop"
+
+
+async def test_a_json_reply_to_a_streamed_request_is_the_reply(
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor
+) -> None:
+    """A model server that ignores `stream: true` and answers with one JSON body: its
+    choices are used as they are; the step runs as policy 'first' and says why."""
+    srv = scripted_server
+    srv.script(
+        Reply(["no code here", act("x = 6 * 7\nprint(x)")], ignore_stream=True),
+        Reply(act("final_answer(x)"), ignore_stream=True),
+    )
+    traj = await solve(model, executor)
+    assert traj.finish_reason == "answer" and traj.answer == 42
+    s1 = traj.steps[0]
+    assert srv.requests[0]["stream"] is True  # asked for a stream, got a body
+    assert s1.chosen == 1 and s1.policy == "first"
+    assert s1.note is not None and "one JSON body" in s1.note
+    assert s1.candidates[0].parse_error and s1.candidates[1].valid
+    assert s1.usage.completion_tokens > 0
+    assert Trajectory.from_json(traj.to_json()).steps[0].note == s1.note

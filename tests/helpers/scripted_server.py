@@ -60,6 +60,8 @@ class Reply:
     """Cut each text at the first stop string of the request, like vLLM."""
     token_delay_s: float | list[float] = 0.0
     """Streaming only: seconds between the tokens of a choice (a list: per choice)."""
+    ignore_stream: bool = False
+    """Answer a streamed request with one JSON body anyway (servers that ignore stream)."""
 
 
 @dataclass
@@ -319,7 +321,7 @@ class ScriptedServer:
             await _send_json(send, item.status, payload, item.headers)
             return
         assert completion is not None
-        if body.get("stream"):
+        if body.get("stream") and not getattr(item, "ignore_stream", False):
             await self._stream(send, receive, body, item, completion)
             return
         await _send_json(send, 200, completion)
