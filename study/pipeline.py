@@ -574,7 +574,7 @@ class Study:
 
         cfg = self.cfg
         solved = {i for f in self._agent_files() for i, r in _last_records(f).items()
-                  if r.get("correct")}  # fmt: skip
+                  if _correct_now(r)}  # fmt: skip
         # the questions no unhinted attempt solved: the ones the hinted stage is about
         questions = [q for q in self._train_questions()
                      if q.task in cfg.hint_tasks and q.id not in solved]  # fmt: skip
@@ -613,8 +613,9 @@ class Study:
         ]  # fmt: skip
         out = self.out / "data" / f"{mode}.jsonl"
         agent = mode == "agent"
+        # regrade: by the current grader, whatever graded the records when they were made
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
-            self.student_dir()), max_length=self.cfg.sft.max_length,
+            self.student_dir()), max_length=self.cfg.sft.max_length, regrade=True,
             repair=self.cfg.repair and agent, grounded=self.cfg.grounded and agent,
             leak_check=self.cfg.leak_check and agent)  # fmt: skip
         self.say(f"build-data-{mode}: kept {summary['kept']} of {summary['records']} "
@@ -738,6 +739,20 @@ async def _generate(rt: Runtime, qs: list[Any], path: Path, cfg: Any) -> Any:
         await rt.aclose()
 
 
+def _correct_now(rec: dict[str, Any]) -> bool:
+    """A record's verdict by the current grader (a record graded by an older one may say
+    wrong where it is right, e.g. `final_answer(True)` to a yes/no question)."""
+    if rec.get("correct"):
+        return True
+    if rec.get("status") != "ok" or rec.get("gold") is None:
+        return False
+    from training.grading import grade
+
+    pred = rec.get("prediction") if rec.get("mode") != "cot" else (rec.get("cot") or {}).get(
+        "text")
+    return grade(rec.get("task", "math"), pred, rec["gold"]).correct
+
+
 def harvest_stats(questions: list[Any], files: list[Path]) -> dict[str, Any]:
     """Teacher success per task and the attempts spent, from the attempt files."""
     task_of = {q.id: ("hotpotqa" if q.task == "factual" else "math") for q in questions}
@@ -837,7 +852,7 @@ def _partial_filter(study: Study, mode: str) -> dict[str, Any] | None:
 
     cfg, agent = study.cfg, mode == "agent"
     with tempfile.TemporaryDirectory() as tmp:
-        out = build_data(files, Path(tmp) / "data.jsonl", prompt="student",
+        out = build_data(files, Path(tmp) / "data.jsonl", prompt="student", regrade=True,
                          repair=cfg.repair and agent, grounded=cfg.grounded and agent,
                          leak_check=cfg.leak_check and agent)  # fmt: skip
     return {"records": out["records"], "kept": out["kept"], "dropped": out["dropped"],

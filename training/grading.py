@@ -7,8 +7,9 @@ separators and percentages understood), when sequences/intervals/matrices match
 element by element, or when sympy proves them equal. Sympy runs in a helper process
 under a timeout, so a pathological expression can never hang the caller.
 
-Factual QA: SQuAD-style normalized exact match and token F1 (no judge needed), and an
-optional LLM judge through any `ModelClient` (an OpenAI-compatible endpoint).
+Factual QA: SQuAD-style normalized exact match and token F1 (no judge needed; a boolean
+answer reads as yes/no), and an optional LLM judge through any `ModelClient` (an
+OpenAI-compatible endpoint).
 """
 
 from __future__ import annotations
@@ -397,6 +398,10 @@ def _f1(p: str, g: str) -> float:
 
 
 def grade_factual(pred: Any, gold: str | Sequence[str]) -> Grade:
+    """Exact match and F1 against the gold answer(s). A boolean answer
+    (`final_answer(True)` to a yes/no question) counts as "yes"/"no"."""
+    if isinstance(pred, bool):
+        pred = "yes" if pred else "no"
     gold_list = [str(gold)] if isinstance(gold, str | int | float) else [str(g) for g in gold]
     em, f1 = exact_match(pred, gold_list), token_f1(pred, gold_list)
     return Grade(em == 1.0, "em", extract_answer(pred), em=em, f1=f1)

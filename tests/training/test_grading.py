@@ -143,6 +143,10 @@ def test_factual_normalization_em_and_f1() -> None:
     assert g.correct and g.em == 1.0 and g.f1 == 1.0 and g.method == "em"
     g = grade_factual("President Madison", "James Madison")
     assert not g.correct and g.f1 == pytest.approx(0.5)
+    # final_answer(True) to a yes/no question (the 1.5B teacher does this)
+    assert grade_factual(True, "yes").correct and grade_factual(False, "no").correct
+    assert not grade_factual(True, "no").correct
+    assert grade("factual", False, "no").correct
 
 
 async def test_llm_judge_through_an_openai_compatible_endpoint(scripted_server) -> None:  # type: ignore[no-untyped-def]
