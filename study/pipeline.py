@@ -8,10 +8,14 @@ Stages, in order (a stage runs only when every stage before it is complete):
     student-base     the student's base folder (SmolLM2 converted from its gguf once)
     generate-agent   teacher/agent/attempt-K.jsonl: the teacher as an agent; attempt K runs only
                      the questions without a correct record yet (K=0 greedy, then sampled)
+    generate-agent-hinted (only with hint_attempts > 0) teacher/agent/hinted-K.jsonl: the
+                     questions of hint_tasks still unsolved, with a hint only the teacher sees
+                     (study/hints.py); build-data renders them as if unhinted
     generate-cot     teacher/cot/attempt-K.jsonl: the same for chain-of-thought answers
     eval-teacher     eval/teacher: the teacher on the held-out sets (reference row)
     eval-base        eval/base: the base student prompted as an agent
-    build-data-agent data/agent.jsonl (training.build_data: correct, parsed, answered only)
+    build-data-agent data/agent.jsonl (training.build_data: correct, parsed, answered only;
+                     with grounded / leak_check, the checks of training/grounding.py)
     build-data-cot   data/cot.jsonl
     sft-agent        sft/agent (training.sft.train_sft), sft-cot: sft/cot, the same budget
     export-agent     export/agent (training.export.export_model, merged), export-cot
