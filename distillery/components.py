@@ -6,20 +6,22 @@ share it. Imports are lazy so that `distillery --help` does not load torch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.executor import ExecutionSession, Executor, ToolFn
 from agent.model_client import ModelClient
 from agent.runtime import Runtime
-from distillery.settings import Settings
+from distillery.settings import INTERNAL_SANDBOX_FIELDS, Settings
 from retrieval.retriever import Retriever
 
 if TYPE_CHECKING:
     from agent.protocol import Protocol
     from agent.tool_providers import ToolProvider, ToolSet
     from retrieval.tool import SearchLayout
+    from sandbox.config import SandboxConfig
     from service.config import ServiceConfig
 
 __all__ = [
@@ -90,12 +92,30 @@ def build_judge(url: str, model: str, api_key: str | None = None) -> ModelClient
     return OpenAIChatClient(url, model, api_key=api_key)
 
 
+def sandbox_config(settings: Settings, **overrides: Any) -> SandboxConfig:
+    """The sandbox's plain configuration: each `sandbox_<field>` setting to its field of
+    SandboxConfig, `executor` to `unjailed`; the fields operators do not set keep their
+    dataclass defaults; `overrides` win. The sandbox never sees Settings."""
+    from sandbox.config import SandboxConfig
+
+    values: dict[str, Any] = {"unjailed": settings.executor == "local"}
+    for f in dataclasses.fields(SandboxConfig):
+        if f.name in INTERNAL_SANDBOX_FIELDS or f.name == "unjailed":
+            continue
+        value = getattr(settings, f"sandbox_{f.name}")
+        values[f.name] = list(value) if isinstance(value, list | tuple) else value
+    values.update(overrides)
+    config = SandboxConfig(**values)
+    config.validate()
+    return config
+
+
 def build_executor(settings: Settings) -> Executor:
     """nsjail sandbox; `executor=local` is the same sandbox in its unjailed mode."""
     from sandbox.executor import SandboxExecutor
 
     try:
-        config = settings.sandbox_config()
+        config = sandbox_config(settings)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     return SandboxExecutor(config)

@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.agent import AgentConfig
-from sandbox.config import SandboxConfig, config_from_settings
+from sandbox.config import SandboxConfig
 
 __all__ = [
     "INTERNAL_AGENT_FIELDS",
@@ -296,6 +296,3 @@ class Settings(BaseSettings):
 
         return resolve_protocol_spec(self.protocol, self.model_path, self.model)
 
-    def sandbox_config(self, **overrides: Any) -> SandboxConfig:
-        """The sandbox's configuration from the `sandbox_*` fields and `executor`."""
-        return config_from_settings(self, **{"unjailed": self.executor == "local", **overrides})

@@ -4,7 +4,7 @@ The names below are what other packages may import (checked by tests/test_archit
 importing the package loads no heavy dependency.
 """
 
-from sandbox.config import DEFAULT_ALLOWED_IMPORTS, SandboxConfig, config_from_settings
+from sandbox.config import DEFAULT_ALLOWED_IMPORTS, SandboxConfig
 from sandbox.errors import SandboxError, SandboxSetupError, WorkerDied
 from sandbox.executor import SandboxExecutor
 from sandbox.results import ErrorKind, ExecutionResult, JsonText, ToolCallRecord, ToolFn
@@ -21,5 +21,4 @@ __all__ = [
     "ToolCallRecord",
     "ToolFn",
     "WorkerDied",
-    "config_from_settings",
 ]

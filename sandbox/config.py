@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "math",
@@ -149,20 +148,3 @@ class SandboxConfig:
         travels in chunks of at most TEXT_CHUNK_CHARS characters, so no frame - and no
         single decode on the host's event loop - is large."""
         return max(1 << 16, self.tool_args_max_bytes + 4096)
-
-
-def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
-    """SandboxConfig from an object with `sandbox_<field>` attributes (service Settings).
-
-    Every field the object has is taken (sandbox_memory_mb -> memory_mb, ...); the rest keep
-    their defaults; `overrides` win over both.
-    """
-    values: dict[str, Any] = {}
-    for f in fields(SandboxConfig):
-        if hasattr(settings, f"sandbox_{f.name}"):
-            value = getattr(settings, f"sandbox_{f.name}")
-            values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
-    values.update(overrides)
-    config = SandboxConfig(**values)
-    config.validate()
-    return config

@@ -20,6 +20,7 @@ import pytest
 
 from agent.agent import AgentConfig
 from distillery.cli import build_parser
+from distillery.components import sandbox_config
 from distillery.options import AGENT_FIELDS, SANDBOX_FIELDS, flag_name
 from distillery.settings import (
     INTERNAL_AGENT_FIELDS,
@@ -114,8 +115,8 @@ def _config_value(settings: Settings, name: str) -> Any:
     if name in {f.name for f in dataclasses.fields(AgentConfig)}:
         return getattr(settings.agent_config(), name)
     if name == "executor":
-        return "local" if settings.sandbox_config().unjailed else "sandbox"
-    return getattr(settings.sandbox_config(), name.removeprefix("sandbox_"))
+        return "local" if sandbox_config(settings).unjailed else "sandbox"
+    return getattr(sandbox_config(settings), name.removeprefix("sandbox_"))
 
 
 def _commands() -> list[tuple[str, list[str], Callable[[Any], Settings]]]:

@@ -236,11 +236,11 @@ def test_default_executor_is_jailed() -> None:
 
 
 def test_config_from_settings() -> None:
+    from distillery.components import sandbox_config
     from distillery.settings import Settings
-    from sandbox.config import config_from_settings
 
     settings = Settings.model_validate({"sandbox_memory_mb": 300, "sandbox_pool_size": 0})
-    cfg = config_from_settings(settings, nice=5)
+    cfg = sandbox_config(settings, nice=5)
     assert (cfg.memory_mb, cfg.pool_size, cfg.nice, cfg.pids) == (300, 0, 5, 32)
     assert cfg.allowed_imports == SandboxConfig().allowed_imports
 
