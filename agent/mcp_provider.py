@@ -249,7 +249,11 @@ class McpProvider:
         return invoke
 
     def _in_background(self, work: Any) -> None:
-        task = asyncio.create_task(work)
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop (a caller outside async code): the next call connects
+            work.close()
+            return
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

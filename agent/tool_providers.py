@@ -19,6 +19,7 @@ served by two providers is refused at start.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
@@ -109,13 +110,20 @@ def bind_arguments(
     return bound
 
 
-def _check_schema(spec: ToolSpec, arguments: dict[str, Any]) -> None:
+@functools.lru_cache(maxsize=1024)
+def _validator(spec: ToolSpec) -> Any:
+    """The compiled validator of a spec's argument schema (specs hash by identity)."""
     import jsonschema
 
     schema = dict(spec.parameters) or {"type": "object"}
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _check_schema(spec: ToolSpec, arguments: dict[str, Any]) -> None:
+    import jsonschema
+
     try:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        validator = validator_cls(schema)
+        validator = _validator(spec)
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
     except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.RefResolutionError) as e:
         log.warning(

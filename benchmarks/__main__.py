@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-AREAS = ["agent", "sandbox", "retrieval", "service", "engine", "sag", "training", "eval"]
+AREAS = ["agent", "sandbox", "retrieval", "service", "engine", "sag", "training", "eval", "tools"]
 
 
 def main(argv: list[str] | None = None) -> int:
