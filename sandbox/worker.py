@@ -950,8 +950,19 @@ def state_main(conn: socket.socket, init_pid: int) -> None:
         run_candidate(state, sock, msg)
 
 
+def low_descriptor(fd: int) -> int:
+    """The control socket moved to the lowest free descriptor. The host passes the number
+    it had, and a busy gateway holds thousands: select() cannot watch numbers >= 1024."""
+    low = os.dup(fd)
+    if low < fd:
+        os.close(fd)
+        return low
+    os.close(low)
+    return fd
+
+
 def main() -> None:
-    fd = int(sys.argv[1])
+    fd = low_descriptor(int(sys.argv[1]))
     JAILED[0] = sys.argv[2:3] == ["jail"]
     if not JAILED[0]:
         TMP_ROOT[0] = os.getcwd()  # unjailed: the worker's own directory stands for /tmp
