@@ -55,7 +55,7 @@ from agent.parsing import ParseError, check_reserved_names, normalize_reply, par
 from agent.prompts import initial_messages
 from agent.protocol import load_protocol
 from agent.streaming import ChoiceState, collect, supports_streaming
-from agent.tools import announced
+from agent.tools import announced, tool_specs
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 
 log = logging.getLogger(__name__)
@@ -160,15 +160,18 @@ async def run_agent(
         raise ValueError("the question is empty")
     config.validate()
     protocol = load_protocol(config.protocol)
-    messages = initial_messages(
-        question, prompt=config.prompt, tool_names=announced(tools), protocol=protocol
-    )
+    shown = announced(tools)
+    messages = initial_messages(question, prompt=config.prompt, tool_names=shown, protocol=protocol)
     traj = Trajectory(
         id=run_id or f"run-{uuid.uuid4().hex[:16]}",
         question=question,
         model=model.model_name,
         messages=messages,
-        config={**asdict(config), "protocol_fingerprint": protocol.fingerprint()},
+        config={
+            **asdict(config),
+            "protocol_fingerprint": protocol.fingerprint(),
+            "tools": [spec.to_json() for spec in tool_specs(shown)],  # what the model was shown
+        },
         started_at=time.time(),
     )
     t0 = time.perf_counter()

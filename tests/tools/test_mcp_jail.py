@@ -88,6 +88,10 @@ async def test_a_hostile_tool_is_an_observation_and_the_run_goes_on(
                 config=AgentConfig(samples=1, max_steps=3),
             )
             assert traj.finish_reason == "answer" and traj.answer == 42, traj.error
+            shown = {t["name"]: t for t in traj.config["tools"]}  # recorded with the run
+            assert {"add", hostile, "final_answer"} <= set(shown)
+            assert shown["add"]["parameters"]["required"] == ["a", "b"]
+            assert shown["add"]["provider"] == "mcp:proj"
             first = traj.steps[0].kept.execution
             assert first is not None
             if hostile == "big":  # cut on the host, or too slow to read: never passed whole
