@@ -36,8 +36,11 @@ from service.limits import AdmissionController, Slot
 from service.metrics import Metrics
 from service.model_metrics import InstrumentedModel, instrument
 from service.public_errors import (
+    MODEL_ERRORS,
+    SANDBOX_OUTAGES,
     model_error_message,
     model_outage_message,
+    public_run_error,
     sandbox_outage_message,
 )
 from service.schema_check import AnswerValidator
@@ -372,8 +375,6 @@ def retry_after_for_model_outage(config: ServiceConfig) -> str:
 
 
 # Error types (Trajectory.error_type) that mean a component is down, not that this run failed.
-SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied"}
-MODEL_ERRORS = {"ModelError", "ModelRequestError"}
 
 
 def outage_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
@@ -406,5 +407,5 @@ def run_error(traj: Trajectory, config: ServiceConfig) -> APIError | None:
         return outage
     if traj.error_type in MODEL_ERRORS:
         return APIError(502, model_error_message(traj), code="model_error")
-    return APIError(500, f"the agent run failed: {traj.error or traj.error_type}",
+    return APIError(500, f"the agent run failed: {public_run_error(traj) or traj.error_type}",
                     code="agent_error", type="server_error")

@@ -11,6 +11,7 @@ from agent.executor import ExecutionResult
 from agent.model_client import Usage
 from agent.trajectory import Candidate, Step, Trajectory
 from service.protocol_common import JSON_SAFE_INT, RequestModel, VisibleText
+from service.public_errors import public_run_error
 
 MAX_QUESTION_CHARS = 20_000
 
@@ -206,7 +207,7 @@ class SolveResponse(BaseModel):
             model=traj.model,
             answer=traj.answer,
             finish_reason=traj.finish_reason,
-            error=traj.error,
+            error=public_run_error(traj),
             error_type=traj.error_type,
             steps=[StepOut.of(s, include_candidates=include_candidates) for s in traj.steps],
             usage=UsageOut.of(traj.usage),

@@ -19,7 +19,13 @@ import re
 
 from agent.trajectory import Trajectory
 
-__all__ = ["model_error_message", "model_outage_message", "sandbox_outage_message"]
+__all__ = ["MODEL_ERRORS", "SANDBOX_OUTAGES", "model_error_message", "model_outage_message",
+           "public_run_error", "sandbox_outage_message", "without_urls"]
+
+SANDBOX_OUTAGES = {"SandboxError", "SandboxSetupError", "WorkerDied"}
+"""Error types of a run that ended because the sandbox is unusable."""
+MODEL_ERRORS = {"ModelError", "ModelRequestError"}
+"""Error types of a run whose model server refused it or answered unusably (not an outage)."""
 
 log = logging.getLogger("distillery.upstream")
 
@@ -71,3 +77,18 @@ def sandbox_outage_message(traj: Trajectory) -> str:
     _log("sandbox_unavailable", traj)
     return ("the sandbox that runs the agent's code is unusable right now (a server-side "
             f"fault: {traj.error_type}); retry shortly, and see GET /readyz")
+
+
+def public_run_error(traj: Trajectory) -> str | None:
+    """A failed run's `error` as a response body shows it (/v1/solve): for the model server
+    and the sandbox, what a client can act on (the full text goes to the log); anything
+    else without URLs."""
+    if traj.error is None:
+        return None
+    if traj.error_type == "ModelUnavailable":
+        return model_outage_message(traj)
+    if traj.error_type in MODEL_ERRORS:
+        return model_error_message(traj)
+    if traj.error_type in SANDBOX_OUTAGES:
+        return sandbox_outage_message(traj)
+    return without_urls(traj.error)

@@ -48,6 +48,7 @@ from service.protocol_openai import (
     RunInfo,
 )
 from service.protocol_solve import StepOut, UsageOut
+from service.public_errors import public_run_error
 from service.schema_check import AnswerValidator
 from service.serving_base import ServingBase
 from service.sse import KEEPALIVE, RunStreamingResponse, sse_event, sse_json
@@ -235,7 +236,7 @@ class ChatService(ServingBase):
                 RunInfo(
                     id=traj.id,
                     finish_reason=traj.finish_reason,
-                    error=traj.error,
+                    error=public_run_error(traj),
                     steps_count=len(traj.steps),
                     steps=steps,
                 )

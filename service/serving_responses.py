@@ -44,6 +44,7 @@ from service.protocol_responses import (
     ResponseUsage,
 )
 from service.protocol_solve import StepOut
+from service.public_errors import public_run_error
 from service.schema_check import AnswerValidator
 from service.serving_base import ServingBase
 from service.serving_openai import answer_text
@@ -267,7 +268,7 @@ class _Builder:
         if self.req.steps_detail != "none":
             all_cands = self.req.steps_detail == "all"
             steps = [StepOut.of(s, include_candidates=all_cands) for s in traj.steps]
-        run = RunInfo(id=traj.id, finish_reason=traj.finish_reason, error=traj.error,
+        run = RunInfo(id=traj.id, finish_reason=traj.finish_reason, error=public_run_error(traj),
                       steps_count=len(traj.steps), steps=steps)
         return self._base(
             "completed" if answered else "incomplete",

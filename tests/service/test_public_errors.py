@@ -75,3 +75,21 @@ def test_a_malformed_stream_is_not_worded_as_a_rejection(
     r = _call(gateway, route, stream=True)  # the stream's error event: the same words
     assert r.status_code == 200 and "could not be used" in r.text, r.text
     _assert_public(r.text, scripted_server)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_solve_shows_a_failed_run_without_internal_text(
+    gateway: GatewayServer, scripted_server: ScriptedServer, stream: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/v1/solve answers a run the model server failed with 200 and finish_reason 'error':
+    its `error` says what happened in public words (the full text is logged)."""
+    scripted_server.handler = lambda body: RawStream([{"choices": []}, "[DONE]"])
+    with caplog.at_level(logging.WARNING, logger="distillery.upstream"):
+        r = httpx.post(gateway.url + "/v1/solve", timeout=60,
+                       json={"question": "What is 6 * 7?", "stream": stream})
+    assert r.status_code == 200, r.text
+    _assert_public(r.text, scripted_server)
+    assert "could not be used" in r.text
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "distillery.upstream"]
+    assert any(scripted_server.url in m for m in logged), logged

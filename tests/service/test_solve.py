@@ -183,7 +183,7 @@ def test_readyz_reports_every_component(gateway: GatewayServer) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"model", "sandbox", "retriever"}
+    assert set(body["checks"]) == {"model", "sandbox", "retriever", "capacity", "model_calls"}
     assert body["checks"]["model"]["detail"]["model"] == "scripted-model"
     assert all(c["ok"] for c in body["checks"].values())
 
@@ -193,13 +193,13 @@ def test_deadline_ends_the_run_with_timeout(
 ) -> None:
     from tests.helpers.scripted_server import Reply
 
-    scripted_server.script(Reply(NOT_CODE, delay_s=3.0))
+    scripted_server.script(Reply(NOT_CODE, delay_s=60.0))
     r = httpx.post(gateway.url + "/v1/solve", json={"question": "q", "timeout_s": 0.5},
-                   timeout=30)
+                   timeout=90)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["finish_reason"] == "timeout"
-    assert body["timings"]["total_s"] < 2.5
+    assert body["timings"]["total_s"] < 50  # cut by the deadline, not the 60 s reply
 
 
 def test_every_policy_of_the_agent_is_accepted(
