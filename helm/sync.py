@@ -36,6 +36,7 @@ CHART_MANAGED = {
     "es_index": "retrieval.index",
     "index_dir": "retrieval.embedded.indexDir",
     "cache_dir": "an emptyDir at /var/cache/distillery",
+    "mcp_config": "gateway.mcpServers (a ConfigMap mounted at /etc/distillery/mcp/mcp.json)",
     "host": "0.0.0.0",
     "port": "gateway.port",
     "probe_port": "gateway.probePort",

@@ -34,6 +34,8 @@ EVERYTHING = {
                     "tls": [{"hosts": ["distillery.example.com"], "secretName": "tls"}]},
         "autoscaling": {"enabled": True, "customMetric": {"enabled": True}},
         "config": {"samples": 4, "temperature": 0.6, "sandbox_allowed_imports": ["math"]},
+        "mcpServers": {"time": {"command": "mcp-server-time"},
+                       "docs": {"url": "http://docs.internal:8000/mcp"}},
     },
     "metrics": {"serviceMonitor": {"enabled": True}},
     "jobs": {"index": {"enabled": True, "corpus": {"url": "https://data.example.com/c.jsonl.gz"}},

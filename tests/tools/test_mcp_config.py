@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.mcp_config import McpConfigError, load_mcp_config, parse_mcp_config
 from distillery.components import ConfigError, build_tools
 from distillery.settings import Settings
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings(**values)  # (a dict: mypy without the pydantic plugin wants every field)
 
 
 def test_claude_desktop_and_vscode_layouts(tmp_path: Path) -> None:
@@ -71,7 +76,7 @@ def test_bad_files(tmp_path: Path) -> None:
         load_mcp_config(bad)
     # the composition root says which setting to fix
     with pytest.raises(ConfigError, match="DISTILLERY_MCP_CONFIG"):
-        build_tools(Settings(mcp_config=bad), None)
+        build_tools(_settings(mcp_config=bad), None)
 
 
 def test_build_tools_orders_web_search_then_servers(tmp_path: Path) -> None:
@@ -79,5 +84,5 @@ def test_build_tools_orders_web_search_then_servers(tmp_path: Path) -> None:
     path.write_text(
         json.dumps({"mcpServers": {"a": {"command": "x"}, "b": {"url": "http://h/mcp"}}})
     )
-    tools = build_tools(Settings(mcp_config=path), None)
+    tools = build_tools(_settings(mcp_config=path), None)
     assert [p.name for p in tools.providers] == ["mcp:a", "mcp:b"]

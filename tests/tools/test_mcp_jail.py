@@ -73,7 +73,7 @@ async def test_a_hostile_tool_is_an_observation_and_the_run_goes_on(
     scripted_server: ScriptedServer,
 ) -> None:
     model = OpenAIChatClient(scripted_server.url, scripted_server.model, retries=0)
-    fds = None
+    fds: int | None = None
     try:
         for _ in range(2):  # twice: descriptors after the second run are those after the first
             scripted_server.script(
@@ -100,7 +100,7 @@ async def test_a_hostile_tool_is_an_observation_and_the_run_goes_on(
             else:
                 assert not first.ok and f"{hostile}() failed" in (first.error or "")
             fds = fds if fds is not None else open_fds()
-        assert open_fds() <= fds
+        assert fds is not None and open_fds() <= fds
     finally:
         await model.aclose()
 
