@@ -8,7 +8,7 @@ Rows:
   timed is the agent's own work per step: building the request, parsing N candidates,
   choosing, rendering the observation, growing the transcript and the trajectory.
   One sample = the time between two consecutive `on_step` callbacks.
-  Targets (issue 2): p50 < 2 ms at N=1, < 5 ms at N=8.
+  Targets: p50 < 2 ms at N=1, < 5 ms at N=8.
 - baseline: the bare unavoidable work of a step measured in the same process
   (N x parse_action + one render_observation), to show what the loop adds on top.
 - unjailed exec (informative, not part of the overhead): one step's try_candidates +

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_eval [--quick]
 
-Rows (targets from issue 11):
+Rows (and their targets):
 - harness: `evaluation.runner.run_eval` over Q questions with an INSTANT IN-PROCESS FAKE
   model (one canned `final_answer` reply, no HTTP) and an INSTANT FAKE executor (canned
   result, runs nothing), concurrency 1, reports off; baseline: `run_agent` over the same

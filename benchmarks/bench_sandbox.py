@@ -19,7 +19,7 @@ Rows (all on the real nsjail jail, default SandboxConfig limits, numpy preloaded
 - pool under load: concurrent runs (open, 3 steps, close) against a pool of 2, without and
   with 0.2 s of "model time" before each step (a real run spends seconds in the model).
 - memory: cgroup memory of one worker after some steps, and its resident processes.
-- hostile tenant (issue 12): the worst event-loop stall and the latency of another
+- hostile tenant: the worst event-loop stall and the latency of another
   tenant's `1 + 1` while one tenant sends the largest legal output, forged maximum-size
   frames, or huge tool-call arguments from 4 candidates at a time; and the CPU a jail
   uses between steps after a step that armed a spinning timer and left a spinner behind.
@@ -332,7 +332,7 @@ async def main(quick: bool, nice: int) -> None:
     )
 
 
-# --- hostile tenant (issue 12) ------------------------------------------------------------
+# --- hostile tenant ------------------------------------------------------------------------
 
 HOSTILE = {
     "largest legal output": "print('\\x01' * {cap_minus})",

@@ -1,4 +1,4 @@
-"""The distillation study (issue 16): the whole pipeline on real models at CPU scale, resumable.
+"""The distillation study: the whole pipeline on real models at CPU scale, resumable.
 
 `run_study(cfg, out, backend)` runs questions -> teacher generation (agent and CoT, several
 sampled attempts) -> build-data -> SFT -> export -> serve -> eval -> compare, skipping the

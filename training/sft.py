@@ -634,7 +634,7 @@ def _write_summary(
 ) -> dict[str, Any]:
     """The run's summary (train_summary.json); SFTError when the loss diverged."""
     epochs_done = float(trainer.state.epoch or settings.epochs)
-    # this session's non-padding tokens over the training loop's time (setup excluded)
+    # this run's non-padding tokens over the training loop's time (setup excluded)
     trained_tokens = int(loop.tok1 - loop.tok0)
     loop_s = float(loop.t1 - loop.t0)
     summary: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""`distillery study run`: the distillation study (issue 16), resumable stage by stage.
+"""`distillery study run`: the distillation study, resumable stage by stage.
 
     distillery study run --preset cpu-small --out runs/study --budget-h 3
     distillery study run --config study.json --out runs/study        # JSON overrides of a preset
