@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.executor import JsonText, ToolFn
 from agent.mcp_config import McpServerConfig
+from agent.mcp_stdio import MESSAGE_MAX_BYTES, bounded_stdio
 from agent.tool_providers import ProvidedTool, ToolProviderError
 from agent.tools import ToolSpec, python_name, spec_from_schema
 
@@ -68,6 +69,8 @@ class _Connection:
         self.session: ClientSession | None = None
         self.tools: list[Tool] = []
         self.alive = False
+        self.overflow: int | None = None
+        """Bytes of a stdio message that broke the bound (the connection was closed)."""
         self._on_list_changed = on_list_changed
         self._stop = asyncio.Event()
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -92,7 +95,8 @@ class _Connection:
 
         try:
             async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(_transport(self.server))
+                transport = _transport(self.server, self._overflowed)
+                read, write = await stack.enter_async_context(transport)
                 session = await stack.enter_async_context(
                     ClientSession(read, write, message_handler=self._message)
                 )
@@ -116,6 +120,11 @@ class _Connection:
                 self._ready.set_exception(
                     ToolProviderError(f"MCP server {self.server.name!r} closed before it was ready")
                 )
+
+    def _overflowed(self, size: int) -> None:
+        self.overflow = size
+        log.warning("MCP server %s sent a message over %s bytes: closing the connection",
+                    self.server.name, f"{size:,}")  # fmt: skip
 
     async def _message(self, message: Any) -> None:
         method = getattr(message, "method", None)
@@ -144,17 +153,9 @@ class _Connection:
             self._ready.exception()  # retrieved: no "never retrieved" warning
 
 
-def _transport(server: McpServerConfig) -> Any:
+def _transport(server: McpServerConfig, on_overflow: Any) -> Any:
     if server.command is not None:
-        from mcp import StdioServerParameters, stdio_client
-
-        params = StdioServerParameters(
-            command=server.command,
-            args=list(server.args),
-            env=dict(server.env) or None,
-            cwd=server.cwd,
-        )
-        return stdio_client(params)
+        return bounded_stdio(server, on_overflow=on_overflow)
     from mcp.shared._httpx_utils import create_mcp_http_client
 
     assert server.url is not None
@@ -353,6 +354,11 @@ class McpProvider:
             conn.stop()
         if timed_out:
             return McpToolError(f"the tool server did not answer within {timeout:g} s")
+        if conn.overflow is not None:
+            return McpToolError(
+                f"the tool server sent a message over the limit of {MESSAGE_MAX_BYTES:,} bytes; "
+                "the connection was closed"
+            )
         if code == CONNECTION_CLOSED:
             return McpToolError("the tool server closed the connection (it may have crashed)")
         return McpToolError(_describe(e))

@@ -94,11 +94,7 @@ async def test_a_hostile_tool_is_an_observation_and_the_run_goes_on(
             assert shown["add"]["provider"] == "mcp:proj"
             first = traj.steps[0].kept.execution
             assert first is not None
-            if hostile == "big":  # cut on the host, or too slow to read: never passed whole
-                assert first.ok or "did not answer" in (first.error or "")
-                assert len(first.stdout) < 200
-            else:
-                assert not first.ok and f"{hostile}() failed" in (first.error or "")
+            assert not first.ok and f"{hostile}() failed" in (first.error or "")
             fds = fds if fds is not None else open_fds()
         assert fds is not None and open_fds() <= fds
     finally:
@@ -111,7 +107,7 @@ async def test_host_memory_stays_flat_over_big_results(
     async def round_() -> None:
         session = await jail.open_session(provider.tools_for_run())
         try:
-            await session.run("try:\n    big(megabytes=20)\nexcept Exception:\n    pass")
+            await session.run("try:\n    big(megabytes=50)\nexcept Exception:\n    pass")
         finally:
             await session.close()
 
@@ -119,4 +115,4 @@ async def test_host_memory_stays_flat_over_big_results(
     base = rss_mb()
     for _ in range(3):
         await round_()
-    assert rss_mb() - base < 100, (base, rss_mb())
+    assert rss_mb() - base < 64, (base, rss_mb())
