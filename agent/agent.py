@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -53,7 +53,7 @@ from agent.model_client import (
 from agent.observation import render_error, render_observation
 from agent.parsing import ParseError, check_reserved_names, normalize_reply, parse_action
 from agent.prompts import initial_messages
-from agent.protocol import load_protocol
+from agent.protocol import Protocol, load_protocol
 from agent.streaming import ChoiceState, collect, supports_streaming
 from agent.tools import announced, tool_specs
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
@@ -100,7 +100,9 @@ class AgentConfig:
     """Stream model replies when the client can (per-candidate tokens, silence timeouts);
     policy 'early' needs it and falls back to 'first' without it."""
 
-    def validate(self) -> None:
+    def validate(self, *, check_protocol: bool = True) -> None:
+        """ValueError naming every problem; `check_protocol=False` when the caller already
+        holds the resolved profile (loading it is what checks it)."""
         problems = []
         if self.max_steps < 1:
             problems.append("max_steps must be >= 1")
@@ -118,20 +120,27 @@ class AgentConfig:
             problems.append("observation_max_chars must be >= 200")
         if self.timeout_s is not None and self.timeout_s <= 0:
             problems.append("timeout_s must be > 0 (or None)")
-        try:
-            load_protocol(self.protocol)
-        except ValueError as e:
-            problems.append(str(e))
+        if check_protocol:
+            try:
+                load_protocol(self.protocol)
+            except ValueError as e:
+                problems.append(str(e))
         if problems:
             raise ValueError("invalid agent config: " + "; ".join(problems))
 
-    def sampling(self, n: int | None = None) -> SamplingParams:
+    def sampling(
+        self, n: int | None = None, stop: Sequence[str] | None = None
+    ) -> SamplingParams:
+        """The model request's sampling; `stop`: the run's protocol stop strings (by default
+        those of this config's profile, loaded here)."""
+        if stop is None:
+            stop = load_protocol(self.protocol).stop
         return SamplingParams(
             n=self.samples if n is None else n,
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_tokens,
-            stop=list(load_protocol(self.protocol).stop),
+            stop=list(stop),
             seed=self.seed,
         )
 
@@ -147,6 +156,7 @@ async def run_agent(
     on_step: StepCallback | None = None,
     run_id: str | None = None,
     answer_check: AnswerCheck | None = None,
+    protocol: Protocol | None = None,
 ) -> Trajectory:
     """Solve `question`; see the module docstring.
 
@@ -155,11 +165,14 @@ async def run_agent(
     'timeout', keeping the steps so far. Raises ValueError for bad input (empty question,
     invalid config, unknown prompt). Cancellation closes the execution session and
     propagates. `answer_check` (agent.answer_check) validates final answers on the host:
-    a rejected one is an error observation and the run goes on."""
+    a rejected one is an error observation and the run goes on. `protocol`: the resolved
+    profile of `config.protocol` when the caller holds it (a runtime resolves it once);
+    None loads it here."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
-    config.validate()
-    protocol = load_protocol(config.protocol)
+    config.validate(check_protocol=protocol is None)
+    if protocol is None:  # resolved once per run; a runtime passes the one it resolved
+        protocol = load_protocol(config.protocol)
     shown = announced(tools)
     messages = initial_messages(question, prompt=config.prompt, tool_names=shown, protocol=protocol)
     traj = Trajectory(
@@ -175,7 +188,7 @@ async def run_agent(
         started_at=time.time(),
     )
     t0 = time.perf_counter()
-    run = _Run(traj, model, config, thought_prefix, on_step)
+    run = _Run(traj, model, config, protocol, thought_prefix, on_step)
     run.answer_check = answer_check
     scope = asyncio.timeout(config.timeout_s)  # None: no limit
     try:
@@ -220,13 +233,14 @@ class _Run:
         traj: Trajectory,
         model: ModelClient,
         config: AgentConfig,
+        protocol: Protocol,
         thought_prefix: str | None,
         on_step: StepCallback | None,
     ) -> None:
         self.traj = traj
         self.model = model
         self.config = config
-        self.protocol = load_protocol(config.protocol)
+        self.protocol = protocol
         self.thought_prefix = thought_prefix
         self.on_step = on_step
         self.session: ExecutionSession | None = None
@@ -281,7 +295,7 @@ class _Run:
             messages.append({"role": "assistant", "content": prefix})
         request = ModelRequest(
             messages=messages,
-            params=self.config.sampling(),
+            params=self.config.sampling(stop=self.protocol.stop),
             continue_final_message=bool(prefix),
         )
         policy = self.config.policy
@@ -482,7 +496,8 @@ class _Run:
         t_step = time.perf_counter()
         ask: Message = {"role": "user", "content": self.protocol.final_answer_request}
         request = ModelRequest(
-            messages=[*self.traj.messages, ask], params=self.config.sampling(n=1)
+            messages=[*self.traj.messages, ask],
+            params=self.config.sampling(n=1, stop=self.protocol.stop),
         )
         completion, model_s = await self.call_model(request)
         choice = completion.choices[0]

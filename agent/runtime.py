@@ -8,6 +8,7 @@ MCP servers, ...), `aclose()` closes them all. `tools_for_run(names)` makes fres
 tools for one run (a tool may keep per-run state, e.g. web_search's cache), all of them or
 the subset a request names (unknown names raise UnknownToolsError). `tools_factory` adds
 tools that no provider serves (tests, embedding code); providers win on a shared name.
+`protocol` is the profile the settings select, resolved once; runs receive it as a value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.executor import Executor, ToolFn
 from agent.model_client import ModelClient
+from agent.protocol import Protocol
 from agent.tool_providers import ToolSet
 from retrieval.retriever import Retriever
 
@@ -36,6 +38,9 @@ class Runtime:
     tools_factory: Callable[[], dict[str, ToolFn]] = field(default=_no_tools)
     tools: ToolSet = field(default_factory=ToolSet)
     """The tool providers this runtime starts and closes."""
+    protocol: Protocol | None = None
+    """The protocol profile, resolved once from the settings: runs are handed this value
+    (None: each run loads the profile its AgentConfig names)."""
 
     def tools_for_run(self, names: Collection[str] | None = None) -> dict[str, ToolFn]:
         """Fresh host-side tools for one agent run (each holds its own per-run cache): every

@@ -215,12 +215,13 @@ def build_components(
 ) -> Runtime:
     """Model, executor (unless disabled: chain-of-thought runs no code), retriever and the
     tool providers (started by `Runtime.start()`)."""
-    layout = load_settings_protocol(settings).web_search  # a bad profile fails first
+    profile = load_settings_protocol(settings)  # resolved once; a bad profile fails first
     executor: Executor = build_executor(settings) if with_executor else NoExecutor()
     retriever = build_retriever(settings) if with_retriever else None
-    tools = build_tools(settings, retriever, layout)  # a bad MCP servers file fails early
+    tools = build_tools(settings, retriever, profile.web_search)  # bad MCP file: fails early
     model = build_model(settings)
-    return Runtime(model=model, executor=executor, retriever=retriever, tools=tools)
+    return Runtime(model=model, executor=executor, retriever=retriever, tools=tools,
+                   protocol=profile)
 
 
 class NoExecutor:

@@ -253,6 +253,7 @@ class RunGroup:
                     on_step=on_step,
                     run_id=spec.run_id,
                     answer_check=spec.answer_check,
+                    protocol=self.components.protocol,
                 ),
                 timeout=max(0.001, remaining) + HARD_DEADLINE_GRACE_S,
             )

@@ -113,6 +113,7 @@ async def _solve(
             tools=components.tools_for_run(),
             config=config,
             on_step=on_step if show_steps else None,
+            protocol=components.protocol,
         )
     finally:
         await components.aclose()

@@ -337,3 +337,30 @@ async def test_candidates_that_redefine_a_tool_are_rejected(
     assert c[0].parse_error and "`final_answer`" in c[0].parse_error and c[0].execution is None
     assert c[1].parse_error and "`web_search`" in c[1].parse_error
     assert traj.steps[0].chosen == 2
+
+
+async def test_a_resolved_profile_is_used_as_given_and_never_reloaded(
+    scripted_server: ScriptedServer, model: OpenAIChatClient, executor: SandboxExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runtime resolves the protocol profile once; runs receive the value: nothing loads
+    a profile per run or per step, and the value's texts are what the model sees."""
+    from dataclasses import replace
+
+    import agent.agent as agent_module
+    from agent.protocol import default_protocol
+
+    profile = replace(default_protocol(), final_answer_request="Answer now, please.")
+
+    def no_loading(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the profile was loaded during the run")
+
+    monkeypatch.setattr(agent_module, "load_protocol", no_loading)
+    scripted_server.script(Reply(act("x = 1")), Reply(act("final_answer(x)")))
+    config = AgentConfig(samples=1, max_steps=1, policy="first")
+    traj = await run_agent("What is x?", model=model, executor=executor, tools={},
+                           config=config, protocol=profile)
+    assert traj.finish_reason == "max_steps" and traj.answer == 1
+    asked = scripted_server.chat_requests[-1]
+    assert asked["messages"][-1]["content"] == "Answer now, please."
+    assert asked["stop"] == list(profile.stop)
