@@ -209,10 +209,12 @@ class McpProvider:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._started = False
 
     async def start(self) -> None:
         self._closed = False
         await self._connection()
+        self._started = True
 
     async def close(self) -> None:
         self._closed = True
@@ -238,6 +240,11 @@ class McpProvider:
         return list(self._specs)
 
     def tools_for_run(self) -> dict[str, ToolFn]:
+        if not self._started:  # a run would silently miss the server's tools
+            raise ToolProviderError(
+                f"{self.name} was never started: the command must start its runtime's tools "
+                "(Runtime.start()) before runs; serve and solve do"
+            )
         conn = self._conn
         if not self._closed and (conn is None or not conn.alive):
             self._in_background(self._quiet_connection())  # a dead server: back for this run

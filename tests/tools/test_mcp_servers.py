@@ -79,6 +79,13 @@ async def test_mcp_server_sqlite_cannot_start_and_nothing_is_left(tmp_path: obje
     assert await no_server_left()
 
 
+async def test_tools_of_a_provider_never_started_are_an_error(
+    project_server: McpServerConfig,
+) -> None:
+    with pytest.raises(ToolProviderError, match="mcp:proj was never started"):
+        McpProvider(project_server).tools_for_run()
+
+
 async def test_missing_command_is_a_start_error() -> None:
     provider = McpProvider(McpServerConfig("nope", command="/nonexistent/mcp-server"))
     with pytest.raises(ToolProviderError, match="'nope' did not start"):
