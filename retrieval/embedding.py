@@ -159,7 +159,10 @@ def passage_text(title: str, text: str) -> str:
 
 
 class Embedder:
-    """In-process e5 embedder (thread-safe: calls are serialised by a lock)."""
+    """In-process e5 embedder (thread-safe: calls are serialised by a lock).
+
+    `threads` caps the engine's OpenMP threads; unset: 1 for queries, every core for
+    passages."""
 
     name = MODEL_NAME
     digest = MODEL_DIGEST
@@ -170,9 +173,8 @@ class Embedder:
         if not (folder / MARKER).is_file():
             raise EmbeddingError(f"{folder} is not a prepared embedding model: prepare_embedder")
         # Loading the runtime first lets the engine's RPATH lookup find it already mapped.
-        gomp = ctypes.CDLL(str(folder / _FILES[2].target), mode=ctypes.RTLD_GLOBAL)
-        if threads:
-            gomp.omp_set_num_threads(ctypes.c_int(int(threads)))
+        self._gomp: Any = ctypes.CDLL(str(folder / _FILES[2].target), mode=ctypes.RTLD_GLOBAL)
+        self._threads = threads
         lib = ctypes.CDLL(str(folder / _FILES[1].target))
         lib.e5_load.restype = ctypes.c_void_p
         lib.e5_load.argtypes = [ctypes.c_char_p]
@@ -207,6 +209,11 @@ class Embedder:
         with self._lock:
             if self._handle is None:
                 raise EmbeddingError("the embedder is closed")
+            # OpenMP's thread count is per calling thread: set it on each call. One thread for
+            # a query (its parallel matmuls stall on a busy CPU: seconds instead of ~30 ms);
+            # a batch of passages runs one text per core.
+            threads = self._threads or (1 if is_query else os.cpu_count() or 1)
+            self._gomp.omp_set_num_threads(ctypes.c_int(threads))
             if n == 1:
                 rc = self._lib.e5_embed(self._handle, encoded[0], int(is_query), ptr)
             else:
