@@ -138,10 +138,14 @@ class _Connection:
         self._stop.set()
 
     async def close(self) -> None:
+        """End the owner task: at once when the server never got ready (it may be stuck in
+        `initialize`), else by its stop event, within 10 s. The transport stops the server."""
         self.alive = False
         self._stop.set()
         if self._task is not None and not self._task.done():
             try:
+                if not self._ready.done():
+                    raise TimeoutError
                 await asyncio.wait_for(asyncio.shield(self._task), 10.0)
             except TimeoutError:
                 self._task.cancel()

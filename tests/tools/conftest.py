@@ -54,7 +54,7 @@ def server_processes() -> list[int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"mcp-server-" in a for a in argv) or b"stdio" in argv:
+        if any(b"mcp-server-" in a or b"stdio" in a for a in argv):
             out.append(pid)
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import sys
 
 import pytest
 
@@ -84,6 +85,19 @@ async def test_tools_of_a_provider_never_started_are_an_error(
 ) -> None:
     with pytest.raises(ToolProviderError, match="mcp:proj was never started"):
         McpProvider(project_server).tools_for_run()
+
+
+async def test_a_server_that_never_initializes_is_a_start_error_and_is_killed() -> None:
+    mute = McpServerConfig("mute", command=sys.executable,
+                           args=("-c", "import time; time.sleep(3600)  # stdio mute"),
+                           start_timeout_s=1.0)  # fmt: skip
+    provider = McpProvider(mute)
+    with pytest.raises(
+        ToolProviderError, match="'mute' did not start and list its tools within 1 s"
+    ):
+        await provider.start()
+    await provider.close()
+    assert await no_server_left()
 
 
 async def test_missing_command_is_a_start_error() -> None:
