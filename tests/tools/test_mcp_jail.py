@@ -51,6 +51,20 @@ async def test_structured_results_are_values_in_the_jail(
         await session.close()
 
 
+async def test_sag_candidates_call_one_server_concurrently(
+    provider: McpProvider, jail: SandboxExecutor
+) -> None:
+    session = await jail.open_session(provider.tools_for_run())
+    try:
+        codes = [f"print(add(a=100, b={i}), add(a=1, b=1))" for i in range(4)]
+        results = await session.try_candidates(codes)
+        assert [r.stdout for r in results] == [f"{100 + i} 2\n" for i in range(4)]
+        assert sum(not c.cached for r in results for c in r.tool_calls) == 5  # add(1, 1) once
+        await session.commit(2)
+    finally:
+        await session.close()
+
+
 async def test_the_jail_cannot_reach_the_server_itself(
     http_server: str, jail: SandboxExecutor
 ) -> None:
