@@ -225,3 +225,20 @@ def test_json_text_is_text_that_carries_a_value() -> None:
     record = asdict(ToolCallRecord(name="q", args=[], kwargs={}, result=text))
     assert json.loads(json.dumps(record))["result"] == str(text)
     assert copy.deepcopy(text).value == value and pickle.loads(pickle.dumps(text)).value == value
+
+
+def test_a_profile_overrides_a_provider_tool_byte_for_byte(tmp_path: Any) -> None:
+    profile = tmp_path / "mine.toml"
+    profile.write_text(
+        'name = "mine"\n\n[tool_docs.query_db]\nsignature = "query_db(sql: str) -> list"\n'
+        'description = "Runs one SELECT on the shop database."\n'
+    )
+    spec = spec_from_schema("query_db", "Server text.", SCHEMA, provider="mcp:db")
+
+    async def call(**kw: Any) -> str:
+        return ""
+
+    tools = {"query_db": ProvidedTool(spec, call)}
+    text = render_tools(announced(tools), load_protocol(str(profile)))
+    assert text.startswith("- query_db(sql: str) -> list\n    Runs one SELECT on the shop")
+    assert "Server text." not in text
