@@ -60,6 +60,18 @@ async def test_project_server_over_streamable_http(http_server: str) -> None:
         await provider.close()
 
 
+async def test_a_huge_http_answer_is_refused_and_the_session_renewed(http_server: str) -> None:
+    provider = McpProvider(McpServerConfig("web", url=http_server, call_timeout_s=30.0))
+    await provider.start()
+    try:
+        with pytest.raises(McpToolError):  # the SDK bounds one SSE event at 1 MiB
+            await provider.tools_for_run()["big"](megabytes=50)
+        assert await provider.tools_for_run()["add"](a=2, b=2) == "4"
+        assert provider.restarts == 1
+    finally:
+        await provider.close()
+
+
 async def test_unreachable_http_server_is_a_start_error() -> None:
     from tests.helpers.ports import free_port
 
