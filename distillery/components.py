@@ -7,6 +7,7 @@ share it. Imports are lazy so that `distillery --help` does not load torch.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -206,6 +207,11 @@ def build_tools(
             servers = load_mcp_config(settings.mcp_config)
         except McpConfigError as e:
             raise ConfigError(f"{e} (--mcp-config / DISTILLERY_MCP_CONFIG)") from None
+        if servers and importlib.util.find_spec("mcp") is None:
+            raise ConfigError(
+                "MCP servers need the mcp SDK: pip install 'distillery[tools]' "
+                "(or drop --mcp-config / DISTILLERY_MCP_CONFIG)"
+            )
         providers.extend(McpProvider(server) for server in servers)
     return ToolSet(providers)
 
