@@ -25,6 +25,7 @@ the index's model and refuses another one, saying how to rebuild.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -248,27 +249,27 @@ class ElasticRetriever:
             )
         return self._es
 
-    async def _query_vectors(self, texts: Sequence[str]) -> list[list[float] | None]:
-        """The query vectors of `texts` (None each in bm25 mode); checks the index's model once."""
-        if self.mode == "bm25":
-            return [None for _ in texts]
+    async def _checked_embedder(self) -> Embedder:
+        """The query embedder, loaded on first use after checking the index's model."""
         if self._embedder is None:
-            import asyncio
-
             assert self._embedder_factory is not None
             embedder = await asyncio.to_thread(self._embedder_factory)
             try:
                 mapping = await self._client().indices.get_mapping(index=self.index)
             except Exception as e:
                 raise translate_error(e, self.url, self.index) from e
-            meta = (mapping.get(self.index, {}).get("mappings", {}).get("_meta") or {}).get(
-                META_KEY
-            )
+            mappings = mapping.get(self.index, {}).get("mappings", {})
+            meta = (mappings.get("_meta") or {}).get(META_KEY)
             check_index_model(meta, embedder, redact_url(self.url), self.index)
             self._embedder = embedder
-        import asyncio
+        return self._embedder
 
-        vectors = await asyncio.to_thread(self._embedder.embed_queries, list(texts))
+    async def _query_vectors(self, texts: Sequence[str]) -> list[list[float] | None]:
+        """The query vectors of `texts` (None each in bm25 mode)."""
+        if self.mode == "bm25":
+            return [None for _ in texts]
+        embedder = await self._checked_embedder()
+        vectors = await asyncio.to_thread(embedder.embed_queries, list(texts))
         return [v.tolist() for v in vectors]
 
     async def search(self, query: str, k: int = 3) -> list[Passage]:
@@ -337,6 +338,11 @@ class ElasticRetriever:
             "server_version": version,
             "documents": int(count["count"]),
             "search_mode": self.mode,
+            **(
+                {"embedding_model": (await self._checked_embedder()).name}
+                if self.mode != "bm25"
+                else {}
+            ),
         }
 
     async def aclose(self) -> None:

@@ -139,7 +139,14 @@ async def test_bm25_only_index_in_dense_mode_is_refused(
     r = ElasticRetriever(es_server.url, es_index, mode="hybrid", embedder=_factory(embedder))
     with pytest.raises(RetrievalError, match="holds no dense vectors.*--dense --rebuild"):
         await r.search("Mona Lisa", 3)
+    with pytest.raises(RetrievalError, match="holds no dense vectors"):
+        await r.ping()  # readiness fails too, before any search
     await r.aclose()
+
+
+async def test_ping_reports_mode_and_model(es_retrievers: dict[str, ElasticRetriever]):
+    info = await es_retrievers["hybrid"].ping()
+    assert info["search_mode"] == "hybrid" and info["embedding_model"] == MODEL_NAME
 
 
 def test_dense_build_into_a_bm25_index_is_refused(
