@@ -621,7 +621,7 @@ class Study:
         summary = build_data(files, out, prompt="student", tokenizer=load_tokenizer(
             self.student_dir()), max_length=self.cfg.sft.max_length, regrade=True,
             repair=self.cfg.repair and agent, grounded=self.cfg.grounded and agent,
-            leak_check=self.cfg.leak_check and agent)  # fmt: skip
+            leak_check=self.cfg.leak_check and agent, unique_ids=True)  # fmt: skip
         self.say(f"build-data-{mode}: kept {summary['kept']} of {summary['records']} "
                  f"(dropped {summary['dropped']})")  # fmt: skip
         if summary["kept"] == 0:
@@ -858,7 +858,7 @@ def _partial_filter(study: Study, mode: str) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = build_data(files, Path(tmp) / "data.jsonl", prompt="student", regrade=True,
                          repair=cfg.repair and agent, grounded=cfg.grounded and agent,
-                         leak_check=cfg.leak_check and agent)  # fmt: skip
+                         leak_check=cfg.leak_check and agent, unique_ids=True)  # fmt: skip
     return {"records": out["records"], "kept": out["kept"], "dropped": out["dropped"],
             "hinted": out["hinted"], "checks": out["checks"], "partial": True}  # fmt: skip
 

@@ -296,6 +296,21 @@ def _agent_messages(
     return messages
 
 
+def _first_per_id(examples: list[dict[str, Any]], stats: BuildStats) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    kept = []
+    for ex in examples:
+        if ex["id"] in seen:
+            stats.dropped["duplicate_id"] += 1
+            stats.kept -= 1
+            stats.kinds[ex["kind"]] -= 1
+            stats.hinted -= bool(ex.get("hinted"))
+            continue
+        seen.add(ex["id"])
+        kept.append(ex)
+    return kept
+
+
 def load_tokenizer(path: Path) -> Any:
     """A fast tokenizer from an HF folder or a .gguf file (chat template included)."""
     from transformers import AutoTokenizer
@@ -322,10 +337,13 @@ def build_data(
     repair: bool = False,
     grounded: bool = False,
     leak_check: bool = False,
+    unique_ids: bool = False,
 ) -> dict[str, Any]:
     """Write the kept conversations to `out` (JSONL, atomically) and the profile they were
     rendered with to `OUT.protocol.json`; returns the summary. `protocol`: a Protocol, a
-    name/file/folder for `load_protocol`, or None (the default profile)."""
+    name/file/folder for `load_protocol`, or None (the default profile). `unique_ids`: one
+    example per question id, from the first input that kept one (unhinted attempts before
+    hinted retries); the others count as dropped `duplicate_id`."""
     recorded = training_protocol(protocol, prompt)
     stats = BuildStats()
     examples: list[dict[str, Any]] = []
@@ -342,6 +360,8 @@ def build_data(
             grounded=grounded,
             leak_check=leak_check,
         )
+    if unique_ids:
+        examples = _first_per_id(examples, stats)
     if tokenizer is not None:
         kept = []
         for ex in examples:

@@ -178,3 +178,12 @@ def test_build_data_cli_takes_the_checks(
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["kept"] == 5 and summary["hinted"] == 2
     assert summary["checks"]["grounded"] == {"no_search": 2, "ungrounded": 1}
+
+
+def test_unique_ids_keep_the_first_input_s_example(records: list[Path], tmp_path: Path) -> None:
+    # a question kept from two inputs (solved unhinted, and again by a hinted retry that an
+    # older grader had made necessary) is trained on once, from the earlier input
+    both = build_data([records[1], records[1]], tmp_path / "twice.jsonl", unique_ids=True)
+    assert both["kept"] == 4 and both["hinted"] == 4
+    assert both["dropped"] == {"duplicate_id": 4}
+    assert len({ex["id"] for ex in read_jsonl(tmp_path / "twice.jsonl")}) == 4
