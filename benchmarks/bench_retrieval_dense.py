@@ -8,20 +8,24 @@ Every ratio is to BM25 measured in the same process on the same passages.
 1. Recall@1/3/10 of each mode (bm25, dense, hybrid) through the product's retriever, on
    the HotpotQA part of the mini-Wikipedia (`../shared/data/wiki`, passages 1-4937: the
    gold passages of the 400 covered HotpotQA questions and their questions' distractor
-   paragraphs) or on every passage embedded so far when more are. Two query sets: the
-   question itself, and short entity queries (the gold passage's title, as agents write
-   `web_search("Scott Derrickson")`; derived from the gold titles because the teacher
-   trajectories on disk hold too few questions). Recall = share of gold passages in the top
-   k. BM25 over the whole 14,266-passage corpus is printed too, to show what the smaller
-   corpus changes. `--index-dir` takes a mini-Wikipedia index built with `distillery
-   index build --dense` (finished or not: its first embedded rows are used); without it,
-   the passages are embedded here (~0.15 CPU-s each).
+   paragraphs) or on every passage embedded so far when more are. Three query sets: the
+   question itself; short entity queries (the gold passage's title, as agents write
+   `web_search("Scott Derrickson")`; derived from the gold titles, since the teacher
+   trajectories cover few questions); and the queries the study's teacher really wrote
+   (`--trajectories`: chosen steps' `web_search("...")` calls, read from run files or the
+   study archives under benchmarks/study/runs). Recall = share of gold passages in the top
+   k; for the teacher's queries, which target one hop each, the share of queries with a
+   gold passage of their question in the top k. BM25 over the whole 14,266-passage corpus
+   is printed too, to show what the smaller corpus changes. `--index-dir` takes a
+   mini-Wikipedia index built with `distillery index build --dense` (finished or not: its
+   first embedded rows are used); without it, the passages are embedded here (~0.2 CPU-s
+   each).
 2. Latency p50/p99 of one top-10 search (blocking call): BM25 (tantivy) and the query
    embedding on the real index; exact dense search (numpy) at each size in `--sizes`, the
    real vectors padded with synthetic ones (mixtures of two real vectors plus noise, unit
    length: exact search costs the same for any vectors); an HNSW index (faiss) at
    `--ann-size` against exact search on the same vectors: build time, latency, recall@10.
-3. Build: embedding rate (passages per wall second and per CPU second) measured on 256
+3. Build: embedding rate (passages per wall second and per CPU second) measured on 128
    real passages; disk size per passage of the vectors.
 4. Memory: peak and final RSS (VmHWM, VmRSS) of a fresh process that builds the
    gateway's retriever from Settings (distillery.components.build_retriever) over the real
@@ -35,12 +39,15 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +88,46 @@ def gold_questions(data_dir: Path) -> list[dict[str, Any]]:
     text = {q["id"]: q["question"] for q in qs["examples"]}
     return [
         {
+            "id": g["question_id"],
             "question": text[g["question_id"]],
             "gold": [str(p) for p in g["passage_ids"]],
             "titles": list(g["gold_titles"]),
         }
         for g in gold
     ]
+
+
+def _trajectory_lines(paths: list[Path]) -> Iterator[str]:
+    for path in paths:
+        if path.is_dir():
+            for f in sorted(path.rglob("attempt-*.jsonl")):
+                yield from f.read_text().splitlines()
+        elif path.name.endswith(".tar.gz"):
+            with tarfile.open(path) as tar:
+                for m in tar.getmembers():
+                    if m.isfile() and "/agent/" in m.name and m.name.endswith(".jsonl"):
+                        member = tar.extractfile(m)
+                        yield from (member.read().decode().splitlines() if member else [])
+        elif path.is_file():
+            yield from path.read_text().splitlines()
+
+
+def teacher_queries(paths: list[Path], qids: set[str]) -> dict[str, set[str]]:
+    """The web_search queries of chosen teacher steps, per HotpotQA question id."""
+    pattern = re.compile(r"""web_search\(\s*(?:query\s*=\s*)?["']([^"'\n]+)["']""")
+    out: dict[str, set[str]] = {}
+    for line in _trajectory_lines(paths):
+        if not line.strip():
+            continue
+        run = json.loads(line)
+        if run.get("id") not in qids:
+            continue
+        for step in (run.get("trajectory") or {}).get("steps", []):
+            cands, chosen = step.get("candidates") or [], step.get("chosen")
+            if isinstance(chosen, int) and chosen < len(cands):
+                found = pattern.findall(cands[chosen].get("code") or "")
+                out.setdefault(run["id"], set()).update(found)
+    return {k: v for k, v in out.items() if v}
 
 
 # --------------------------------------------------------------------------- index
@@ -143,24 +184,47 @@ def recall_at(
     }
 
 
-def bench_recall(idx: Path, questions: list[dict[str, Any]], embedder: Any) -> list[list[Any]]:
+def hit_at(
+    retriever: Any, queries: list[str], gold: list[set[str]], ks: tuple[int, ...] = (1, 3, 10)
+) -> dict[int, float]:
+    """Share of queries with at least one gold passage in the top k."""
+    results = asyncio.run(retriever.search_batch(queries, k=max(ks)))
+    return {
+        k: sum(bool(g & {p.id for p in hits[:k]}) for g, hits in zip(gold, results, strict=True))
+        / len(queries)
+        for k in ks
+    }
+
+
+def bench_recall(
+    idx: Path, questions: list[dict[str, Any]], embedder: Any, teacher: dict[str, set[str]]
+) -> list[list[Any]]:
     from retrieval.embedded import EmbeddedRetriever
 
     title_of = {}
     for q in questions:
         for pid, title in zip(q["gold"], q["titles"], strict=False):
             title_of[pid] = title
+    gold_of = {q["id"]: set(q["gold"]) for q in questions}
+    pairs = [(query, gold_of[qid]) for qid, qs in teacher.items() for query in sorted(qs)]
     sets = {
         "question": ([q["question"] for q in questions], [set(q["gold"]) for q in questions]),
         "entity (gold title)": (list(title_of.values()), [{p} for p in title_of]),
+        f"teacher's queries ({len(teacher)} questions), any gold": (
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+        ),
     }
     rows = []
     for name, (queries, gold) in sets.items():
+        if not queries:
+            continue
         base: dict[int, float] = {}
         for mode in MODES:
             r = EmbeddedRetriever(idx, mode=mode, embedder=lambda: embedder)  # type: ignore[arg-type]
             t = time.perf_counter()
-            rec = recall_at(r, queries, gold)
+            measure = hit_at if name.startswith("teacher") else recall_at
+            rec = measure(r, queries, gold)
             seconds = time.perf_counter() - t
             base = base or rec
             rows.append(
@@ -261,7 +325,7 @@ def bench_ann(real: np.ndarray, qv: np.ndarray, n: int) -> list[list[Any]]:
 def bench_build(rows: list[dict[str, str]], embedder: Any) -> dict[str, float]:
     from retrieval.embedding import passage_text
 
-    texts = [passage_text(r["title"], r["text"]) for r in rows[:256]]
+    texts = [passage_text(r["title"], r["text"]) for r in rows[:128]]
     wall, cpu = time.perf_counter(), time.process_time()
     embedder.embed_passages(texts)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -310,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="exact-search sizes (default 14266,1000000)")
     ap.add_argument("--ann-size", type=int, default=None, help="HNSW size (default 100000)")
     ap.add_argument(
+        "--trajectories",
+        type=Path,
+        nargs="*",
+        default=sorted((REPO / "benchmarks" / "study" / "runs").glob("*.tar.gz")),
+        help="teacher runs (attempt-*.jsonl, folders, study .tar.gz) to take agents' queries from",
+    )
+    ap.add_argument(
         "--passages", type=int, default=HOTPOT_PART, help="smallest corpus prefix (a smoke run)"
     )
     args = ap.parse_args(argv)
@@ -354,11 +425,12 @@ def report(
         else ([14_266, 100_000] if args.quick else [14_266, 1_000_000])
     )
     ann = args.ann_size or (20_000 if args.quick else 100_000)
+    teacher = teacher_queries(args.trajectories, {q["id"] for q in questions})
     table(
         f"Recall of gold passages, {len(rows):,} passages (mini-Wikipedia passages "
         f"1-{len(rows)}), ratio = recall@3 / bm25's",
         ["queries", "n", "mode", "R@1", "R@3", "R@10", "R@3 ratio", "s"],
-        bench_recall(idx, questions, embedder),
+        bench_recall(idx, questions, embedder, teacher),
     )
     full = args.index_dir
     if full is not None and (full / "meta.json").exists():
@@ -372,7 +444,7 @@ def report(
             [["question"] + [f"{rec[k]:.3f}" for k in (1, 3, 10)]],
         )
     queries = [q["question"] for q in questions] + [t for q in questions for t in q["titles"]]
-    lat, ann_rows = bench_latency(idx, queries[: 200 if args.quick else 800], embedder, sizes, ann)
+    lat, ann_rows = bench_latency(idx, queries[: 200 if args.quick else 400], embedder, sizes, ann)
     table(
         "Top-10 latency, one query (ms), ratio to bm25 p50",
         ["path", "passages", "p50", "p99", "ratio"],
