@@ -284,6 +284,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             "event": "http_refused", "status": status, "code": code, "client": client,
             "request_id": request_id, "probe_listener": self.info.probe}})
         cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self._in_head:
+            # this request was answered already (e.g. 401 before its body): a second
+            # answer would be read as the next request's; end the connection instead
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
+            return
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started:
                 transport.close()  # an answer is being written: do not interleave a second
