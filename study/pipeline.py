@@ -38,6 +38,7 @@ gives a URL (teacher) or serve='embedded' (students in-process).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -52,12 +53,15 @@ from agent import PREPARED_MODELS, AgentConfig, Runtime, ensure_embedded_model
 from study.config import ConfigError, StudyConfig, fingerprint, preset
 from study.harvest import harvest_source
 from study.serving import VLLMServer
+from training import load_records, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
     "Backend", "BudgetSpent", "Study", "StudyError", "report_study", "run_study", "split_of",
 ]  # fmt: skip
 
 T = TypeVar("T")
+
+_write_json = functools.partial(write_json_atomic, default=str)  # configs hold paths
 
 
 class StudyError(RuntimeError):
@@ -111,43 +115,6 @@ def _digest(paths: list[Path]) -> str:
             h.update(str(f.relative_to(p.parent)).encode())
             h.update(_sha256(f).encode() if f.exists() else b"missing")
     return h.hexdigest()[:16]
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _last_records(path: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return out
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "id" in rec:
-                out[str(rec["id"])] = rec
-    return out
 
 
 @dataclass
@@ -444,7 +411,7 @@ class Study:
             "gsm_hard": gsm,
         }
         for name, rows in files.items():
-            _write_jsonl(self.qfile(name), rows)
+            write_jsonl_atomic(self.qfile(name), rows)
         counts = {k: len(v) for k, v in files.items()}
         counts["hotpot_covered"] = len(hotpot)
         counts["hotpot_covered_train_half"] = len(halves["train"])
@@ -551,7 +518,7 @@ class Study:
             rt = self.backend.runtime(url=url, name=name, path=None, executor=mode == "agent",
                                       search=search and mode == "agent")  # fmt: skip
             self.run_async(_generate(rt, qs, path, gen_cfg), where)
-        recs = _last_records(path)
+        recs = load_records(path)
         errors = [r for r in recs.values() if r.get("status") != "ok"]
         if errors and len(errors) == len(recs):
             raise StudyError(
@@ -577,7 +544,7 @@ class Study:
         from study.hints import gold_titles, hint_text
 
         cfg = self.cfg
-        solved = {i for f in self._agent_files() for i, r in _last_records(f).items()
+        solved = {i for f in self._agent_files() for i, r in load_records(f).items()
                   if _correct_now(r)}  # fmt: skip
         # the questions no unhinted attempt solved: the ones the hinted stage is about
         questions = [q for q in self._train_questions()
@@ -767,7 +734,7 @@ def harvest_stats(questions: list[Any], files: list[Path]) -> dict[str, Any]:
                       "completion_tokens": 0}  # fmt: skip
     solved: set[str] = set()
     for k, path in enumerate(files, 1):
-        for qid, rec in _last_records(path).items():
+        for qid, rec in load_records(path).items():
             t: dict[str, Any] | None = by_task.get(task_of.get(qid, ""))
             if t is None:
                 continue
@@ -834,7 +801,7 @@ def _partial_harvest(study: Study, mode: str) -> dict[str, Any] | None:
     files = _attempt_files(study, mode)
     if not files or not study.qfile("math_train").is_file():
         return None
-    ran = {i for f in files for i in _last_records(f)}
+    ran = {i for f in files for i in load_records(f)}
     questions = [q for q in study._train_questions() if q.id in ran]
     stats = harvest_stats(questions, files)
     stats["partial"] = True

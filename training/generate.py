@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from agent.model_client import ModelClient, ModelError, SamplingParams
 from training.cot import cot_messages, first_paragraph
 from training.grading import extract_answer, grade_with_judge
 from training.questions import Question
+from training.run_folder import RecordAppender, iter_records
 
 if TYPE_CHECKING:
     from agent.agent import AgentConfig
@@ -115,44 +115,12 @@ def default_agent_config() -> AgentConfig:
 
 def done_ids(path: Path, *, retry_errors: bool) -> tuple[set[str], dict[str, Any] | None]:
     """Ids already finished in `path` (last record per id), and the first record (for checks)."""
-    if not path.is_file():
-        return set(), None
     last: dict[str, str] = {}
     first: dict[str, Any] | None = None
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of an interrupted writer
-            if not isinstance(rec, dict) or "id" not in rec:
-                continue
-            first = first or rec
-            last[str(rec["id"])] = str(rec.get("status"))
+    for rec in iter_records(path):  # a half-written last line is skipped
+        first = first or rec
+        last[str(rec["id"])] = str(rec.get("status"))
     return {i for i, s in last.items() if s == "ok" or not retry_errors}, first
-
-
-class _Appender:
-    """Append-only JSONL writer: one line per record, flushed and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.stat().st_size:
-            with path.open("rb") as f:
-                f.seek(-1, os.SEEK_END)
-                cut = f.read(1) != b"\n"
-            if cut:  # an interrupted write left half a line: end it so ours start clean
-                with path.open("a", encoding="utf-8") as f:
-                    f.write("\n")
-        self._f = path.open("a", encoding="utf-8")
-
-    def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
 
 
 async def _cot_pass(
@@ -340,7 +308,7 @@ async def generate(
     if not todo:
         return summary
 
-    appender = _Appender(out)
+    appender = RecordAppender(out)
     bar = tqdm(
         total=len(todo),
         desc="generate",

@@ -9,14 +9,15 @@ one JSON object per line with an `id`, appended as each run finishes. Contract:
   object with an `id` (a half-written line, garbage) are skipped. A missing file is empty.
 - `load_records(path)`: id -> the LAST record for that id (a rerun replaces a record).
 - `write_json_atomic(path, doc)` / `write_jsonl_atomic(path, rows)`: write to a temporary
-  file beside `path`, fsync, then rename: readers see the old file or the new one, whole.
+  file beside `path` (its folder made if needed), fsync, then rename: readers see the old
+  file or the new one, whole.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ class RecordAppender:
 
 
 def _replace_with(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(text)
@@ -89,9 +91,10 @@ def _replace_with(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """`doc` as indented JSON (see the module docstring)."""
-    _replace_with(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+def write_json_atomic(path: Path, doc: Any, *, default: Callable[[Any], Any] | None = None) -> None:
+    """`doc` as indented JSON (see the module docstring); `default` as for json.dumps (e.g.
+    `str` for paths in a configuration)."""
+    _replace_with(path, json.dumps(doc, ensure_ascii=False, indent=2, default=default) + "\n")
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
