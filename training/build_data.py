@@ -49,6 +49,7 @@ from training.grading import grade
 from training.grounding import grounding_drop, leak_drop
 from training.masking import MaskError, encode_conversation, verify_encoding
 from training.repair import repaired_turns
+from training.run_folder import load_records
 
 
 class BuildDataError(ValueError):
@@ -89,21 +90,11 @@ class BuildStats:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The last record per question id (generate appends; a retried id has several)."""
+    """The last record per question id (generate appends; a retried id has several); a
+    `.jsonl.gz` file is read as well."""
     if not path.is_file():
         raise BuildDataError(f"generation output {path} does not exist")
-    latest: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupted writer
-            if isinstance(rec, dict) and "id" in rec:
-                latest[str(rec["id"])] = rec
-    return list(latest.values())
+    return list(load_records(path).values())  # a line cut by an interrupted writer: skipped
 
 
 PROTOCOL_SUFFIX = ".protocol.json"

@@ -6,7 +6,8 @@ one JSON object per line with an `id`, appended as each run finishes. Contract:
   returns, so a crash loses at most the line being written; a half-written last line left
   by an earlier crash is ended first, so new lines start clean.
 - `iter_records(path)`: every well-formed record in file order; lines that are not a JSON
-  object with an `id` (a half-written line, garbage) are skipped. A missing file is empty.
+  object with an `id` (a half-written line, garbage) are skipped. A missing file is empty;
+  a `.gz` file (committed teacher records) is read through gzip.
 - `load_records(path)`: id -> the LAST record for that id (a rerun replaces a record).
 - `write_json_atomic(path, doc)` / `write_jsonl_atomic(path, rows)`: write to a temporary
   file beside `path` (its folder made if needed), fsync, then rename: readers see the old
@@ -15,6 +16,7 @@ one JSON object per line with an `id`, appended as each run finishes. Contract:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +39,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """See the module docstring."""
     if not path.is_file():
         return
-    with path.open("rb") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
         for line in f:
             try:
                 rec = _loads(line)
