@@ -8,7 +8,7 @@ Every ratio is to BM25 measured in the same process on the same passages.
 1. Recall@1/3/10 of each mode (bm25, dense, hybrid) through the product's retriever, on
    the HotpotQA part of the mini-Wikipedia (`../shared/data/wiki`, passages 1-4937: the
    gold passages of the 400 covered HotpotQA questions and their questions' distractor
-   paragraphs) or on every passage embedded so far when more are. Three query sets: the
+   paragraphs; `--passages 0`: every passage embedded in `--index-dir`). Three query sets: the
    question itself; short entity queries (the gold passage's title, as agents write
    `web_search("Scott Derrickson")`; derived from the gold titles, since the teacher
    trajectories cover few questions); and the queries the study's teacher really wrote
@@ -381,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         help="teacher runs (attempt-*.jsonl, folders, study .tar.gz) to take agents' queries from",
     )
     ap.add_argument(
-        "--passages", type=int, default=HOTPOT_PART, help="smallest corpus prefix (a smoke run)"
+        "--passages",
+        type=int,
+        default=HOTPOT_PART,
+        help="corpus prefix measured (default: the HotpotQA part; 0: every embedded passage)",
     )
     args = ap.parse_args(argv)
     from retrieval.embedding import shared_embedder
@@ -396,11 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         embedder = shared_embedder(cache)
         have = embedded_rows(args.index_dir) if args.index_dir else 0
         want = args.passages
-        if args.index_dir and have < want:
+        if args.index_dir and have < (want or 1):
             print(f"{args.index_dir} holds {have} vectors (< {want}): embedding here")
-        n = have if have >= want else want
+        n = want or have
         rows = read_passages(wiki, n)
-        src = args.index_dir if have >= want else None
+        src = args.index_dir if have >= n else None
         idx, embed_s = prefix_index(rows, src, tmp, embedder)
         questions = gold_questions(args.data_dir)
         questions = [q for q in questions if all(int(p) <= n for p in q["gold"])]
