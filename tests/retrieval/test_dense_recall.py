@@ -59,7 +59,7 @@ def _slice(data_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def wiki_slice(
     tmp_path_factory: pytest.TempPathFactory, embedder: Any
 ) -> tuple[Path, list[dict[str, Any]]]:
-    rows, questions = _slice(Settings().data_dir)
+    rows, questions = _slice(Settings().data_dir)  # type: ignore[call-arg]
     assert len(rows) == LAST - FIRST + 1 and len(questions) >= 15
     tmp = tmp_path_factory.mktemp("wiki-slice")
     index = build_dense_index(write_corpus(tmp / "slice.jsonl", rows), tmp / "index", embedder, 64)
