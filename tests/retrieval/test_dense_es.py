@@ -164,3 +164,27 @@ def test_dense_build_into_a_bm25_index_is_refused(
             ingest(FileSource(corpus_file), bm25_writer, progress=False)
     finally:
         bm25_writer.close()
+
+
+def test_cli_builds_and_searches_a_dense_es_index(
+    es_server: NoidaServer, embed_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from distillery.cli import main
+    from tests.retrieval.conftest import write_corpus
+
+    rows = [
+        {"id": "1", "title": "Mona Lisa", "text": "A portrait by Leonardo da Vinci in the Louvre."},
+        {"id": "2", "title": "Photosynthesis", "text": "Plants turn light into chemical energy."},
+    ]
+    corpus = write_corpus(tmp_path / "c.jsonl", rows)
+    es = ["--backend", "es", "--es-url", es_server.url, "--index", "cli-dense"]
+    common = [*es, "--cache-dir", str(embed_cache)]
+    build = ["index", "build", "--corpus", str(corpus), "--no-progress", *common]
+    assert main([*build, "--dense"]) == 0
+    assert "2 passages indexed" in capsys.readouterr().out
+    query = "how do plants make energy from sunlight"
+    assert main(["index", "search", query, "-k", "1", "--search-mode", "dense", *common]) == 0
+    out, err = capsys.readouterr()
+    assert "search mode: dense (es index cli-dense)" in err and '"Photosynthesis"' in out
+    assert main(["index", "build", "--corpus", str(corpus), "--no-progress", *common]) == 1
+    assert "holds dense vectors: pass --dense" in capsys.readouterr().err
