@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agent.runtime import Runtime
-from service import ops, router_openai, router_responses, router_solve
+from service import ops, router_openai, router_responses, router_solve, router_tools
 from service.auth import APIKeyMiddleware, route_protection
 from service.config import ServiceConfig
 from service.errors import install_error_handlers
@@ -110,6 +110,7 @@ def create_app(
     app.include_router(router_solve.router, **protected)
     app.include_router(router_openai.router, **protected)
     app.include_router(router_responses.router, **protected)
+    app.include_router(router_tools.router, **protected)
     app.include_router(ops.router)
 
     # Outermost first at request time: request id/log/metrics, the shutdown drain, the API

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from agent.answer_check import AnswerCheck
+from agent.tool_providers import UnknownToolsError
 from agent.trajectory import Step, Trajectory
 from service.config import ServiceConfig
 from service.errors import APIError
@@ -64,6 +65,8 @@ class RunSpec:
     run_id: str
     answer_check: AnswerCheck | None = None
     """Host-side check of the final answer (structured outputs), see agent.answer_check."""
+    tools: tuple[str, ...] | None = None
+    """The configured tools this run may use (a request's subset); None: all of them."""
 
 
 @dataclass
@@ -155,6 +158,17 @@ class Gateway:
                 headers={"Retry-After": "5"},
             )
         return self.components
+
+    def tool_subset(self, names: list[str] | None, param: str) -> tuple[str, ...] | None:
+        """A request's choice of the configured tools; unknown names are a 400 naming them."""
+        if names is None:
+            return None
+        try:
+            self.require_components().tools.check(names)
+        except UnknownToolsError as e:
+            raise APIError(400, f"{e}; GET /v1/tools lists them", code="unknown_tools",
+                           param=param) from None  # fmt: skip
+        return tuple(dict.fromkeys(names))
 
     @property
     def model_name(self) -> str:
@@ -248,7 +262,7 @@ class RunGroup:
                     spec.question,
                     model=self.model,
                     executor=self.components.executor,
-                    tools=self.components.tools_for_run(),
+                    tools=self.components.tools_for_run(spec.tools),
                     config=config,
                     on_step=on_step,
                     run_id=spec.run_id,

@@ -81,9 +81,10 @@ async def readyz(request: Request) -> JSONResponse:
         why = gw.startup_error or "components are still loading"
         checks = {"components": CheckResult(ok=False, latency_ms=0.0, error=why)}
     else:
-        names = ["model", "sandbox", "retriever"]
+        names = ["model", "sandbox", "retriever", "tools"]
         results = await asyncio.gather(
-            _timed(_check_model(gw)), _timed(_check_sandbox(gw)), _timed(_check_retriever(gw))
+            _timed(_check_model(gw)), _timed(_check_sandbox(gw)), _timed(_check_retriever(gw)),
+            _timed(_check_tools(gw)),
         )
         checks = dict(zip(names, results, strict=True))
         checks["model_calls"] = _check_model_calls(gw)
@@ -174,6 +175,16 @@ async def _check_retriever(gw: Gateway) -> dict[str, Any]:
     if retriever is None:
         return {"kind": "disabled"}
     return dict(await retriever.ping())
+
+
+async def _check_tools(gw: Gateway) -> dict[str, Any]:
+    """Each tool provider's health (web_search, MCP servers); any failing one fails it."""
+    assert gw.components is not None
+    report = await gw.components.tools.health()
+    failed = [f"{name}: {r.get('error')}" for name, r in report.items() if not r["ok"]]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return report
 
 
 def _check_model_calls(gw: Gateway) -> CheckResult:

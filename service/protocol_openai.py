@@ -124,7 +124,14 @@ class ChatCompletionRequest(AgentExtensions):
         "against the schema); the message content is that JSON",
     )
     tools: list[dict[str, Any]] | None = Field(
-        None, description="Not supported (the agent brings its own tools); only empty"
+        None, description="Not supported (the agent runs its own tools; see server_tools); "
+        "only empty"
+    )
+    server_tools: list[str] | None = Field(
+        None,
+        max_length=256,
+        description="Which of the configured tools the run may use, by name (GET /v1/tools "
+        "lists them; unknown names are a 400); default: all. The agent runs them server-side",
     )
     tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'none' or 'auto'")
     functions: list[dict[str, Any]] | None = Field(None, description="Not supported")

@@ -93,7 +93,15 @@ class ResponsesRequest(AgentExtensions):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Per model call")
     max_output_tokens: int | None = Field(None, ge=1, le=32768, description="Per model call")
     text: TextConfig | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="Only empty")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Only empty (the agent runs its own tools; see server_tools)"
+    )
+    server_tools: list[str] | None = Field(
+        None,
+        max_length=256,
+        description="Which of the configured tools the run may use, by name (GET /v1/tools "
+        "lists them; unknown names are a 400); default: all. The agent runs them server-side",
+    )
     tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'none' or 'auto'")
     previous_response_id: str | None = Field(None, description="Not supported (no storage)")
     conversation: str | dict[str, Any] | None = Field(None, description="Not supported")

@@ -58,6 +58,12 @@ class SolveRequest(RequestModel):
     stream: bool = Field(
         False, description="Server-sent events: one `step` event per step, then `result`"
     )
+    tools: list[str] | None = Field(
+        None,
+        max_length=256,
+        description="Which of the configured tools the run may use, by name (GET /v1/tools "
+        "lists them; unknown names are a 400); default: all. The agent runs them server-side",
+    )
     include_candidates: bool = Field(
         True, description="Return every candidate of every step (false: the kept one only)"
     )

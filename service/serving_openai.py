@@ -101,7 +101,9 @@ def _bad(message: str, param: str, code: str = "unsupported_parameter") -> APIEr
 def check_supported(req: ChatCompletionRequest) -> None:
     """400 for OpenAI features the agent cannot honour (rather than silently ignoring them)."""
     if req.tools:
-        raise _bad("tools are not supported: the agent brings its own tools", "tools")
+        raise _bad("tools are client-side function calling, which this agent does not do: it runs "
+                   "its own tools on the server; choose among them with `server_tools` (GET "
+                   "/v1/tools lists them)", "tools")
     if req.functions:
         raise _bad("functions are not supported: the agent brings its own tools", "functions")
     if req.function_call not in (None, "none", "auto"):
@@ -178,6 +180,7 @@ class ChatService(ServingBase):
 
         def specs() -> list[RunSpec]:
             out = []
+            tools = gw.tool_subset(req.server_tools, "server_tools")
             for i in range(req.n):
                 seed = req.seed
                 if seed is not None:
@@ -193,7 +196,8 @@ class ChatService(ServingBase):
                 )
                 run_id = completion_id if req.n == 1 else f"{completion_id}-{i}"
                 out.append(RunSpec(task, config, run_id,
-                                   answer_check=fmt.check if fmt is not None else None))
+                                   answer_check=fmt.check if fmt is not None else None,
+                                   tools=tools))
             return out
 
         admitted = await self.admit(request, req.timeout_s, specs, arrived=arrived)

@@ -63,7 +63,9 @@ def _bad(message: str, param: str, code: str = "unsupported_parameter") -> APIEr
 
 def check_supported(req: ResponsesRequest) -> None:
     if req.tools:
-        raise _bad("tools are not supported: the agent brings its own tools", "tools")
+        raise _bad("tools are client-side function calling, which this agent does not do: it runs "
+                   "its own tools on the server; choose among them with `server_tools` (GET "
+                   "/v1/tools lists them)", "tools")
     if req.tool_choice not in (None, "none", "auto"):
         raise _bad("tool_choice must be 'none' or 'auto' (no tools are offered)", "tool_choice")
     if req.previous_response_id is not None:
@@ -139,7 +141,9 @@ class ResponsesService(ServingBase):
                 top_p=req.top_p,
                 max_tokens=req.max_output_tokens,
             )
-            return [RunSpec(task, config, rid, answer_check=fmt.check if fmt else None)]
+            tools = gw.tool_subset(req.server_tools, "server_tools")
+            return [RunSpec(task, config, rid, answer_check=fmt.check if fmt else None,
+                            tools=tools)]
 
         admitted = await self.admit(request, req.timeout_s, specs, arrived=arrived)
         group = admitted.group

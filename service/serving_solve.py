@@ -53,7 +53,7 @@ class SolveService(ServingBase):
             top_p=req.top_p,
             max_tokens=req.max_tokens,
             seed=req.seed,
-        ), new_run_id("solve"))
+        ), new_run_id("solve"), tools=gw.tool_subset(req.tools, "tools"))
         admitted = await self.admit(request, req.timeout_s, lambda: [spec], arrived=arrived)
         group, queue_s = admitted.group, admitted.queue_s
         if req.stream:

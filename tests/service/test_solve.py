@@ -183,7 +183,9 @@ def test_readyz_reports_every_component(gateway: GatewayServer) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"model", "sandbox", "retriever", "capacity", "model_calls"}
+    assert set(body["checks"]) == {
+        "model", "sandbox", "retriever", "tools", "capacity", "model_calls"
+    }
     assert body["checks"]["model"]["detail"]["model"] == "scripted-model"
     assert all(c["ok"] for c in body["checks"].values())
 
