@@ -42,8 +42,12 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
         )
 
 
-def dump_dom(url: str, *, timeout_s: float = 120.0) -> str:
-    proc = _run(["--dump-dom", url], timeout_s)
+def dump_dom(url: str, *, timeout_s: float = 120.0, virtual_time_ms: int | None = None) -> str:
+    """`virtual_time_ms`: let the page's timers and animation frames run for this much
+    virtual time before the dump (a loaded machine may otherwise dump before the first
+    frame; the page's own timings are then virtual, so benchmarks leave it unset)."""
+    budget = [f"--virtual-time-budget={virtual_time_ms}"] if virtual_time_ms else []
+    proc = _run([*budget, "--dump-dom", url], timeout_s)
     if proc.returncode != 0 or "<html" not in proc.stdout:
         raise RuntimeError(f"chromium --dump-dom failed ({proc.returncode}): {proc.stderr[-800:]}")
     return proc.stdout

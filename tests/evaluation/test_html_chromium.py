@@ -27,7 +27,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_charts_render_and_a_question_opens_from_the_url(report: Path) -> None:
-    dom = dump_dom(f"file://{report}#q=0:m%2F3")
+    dom = dump_dom(f"file://{report}#q=0:m%2F3", virtual_time_ms=5000)
     # the scripts ran: the first-chart marks were set, the list was rendered from the index
     assert re.search(r'data-first-chart-ms="\d+(\.\d+)?"', dom)
     assert re.search(r'data-first-chart-painted-ms="\d+(\.\d+)?"', dom)

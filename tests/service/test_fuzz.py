@@ -30,6 +30,7 @@ OPERATIONS = [
     "POST /v1/responses",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
+    "GET /v1/tools",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
