@@ -549,6 +549,9 @@ class Study:
         # the questions no unhinted attempt solved: the ones the hinted stage is about
         questions = [q for q in self._train_questions()
                      if q.task in cfg.hint_tasks and q.id not in solved]  # fmt: skip
+        if cfg.hint_limit is not None:
+            started = load_records(self.records_dir("agent") / "hinted-0.jsonl")
+            questions = sorted(questions, key=lambda q: q.id not in started)[: cfg.hint_limit]
         titles = gold_titles(Path(cfg.data_dir)) if cfg.hint_titles else {}
         attempts: list[dict[str, Any]] = []
         files: list[Path] = []

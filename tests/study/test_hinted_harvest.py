@@ -117,3 +117,40 @@ def test_failed_factual_questions_are_retried_with_a_hint_and_checked(
     assert sum(ex["hinted"] for ex in examples) == marker["hinted"]
     assert {ex["source"] for ex in examples if not ex["hinted"]} == {
         "reasoning_gym/basic_arithmetic"}
+
+
+def test_hint_limit_bounds_the_retries_and_resumes_the_started_ones_first(
+    teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    cfg = load_config(
+        preset_name="quick", student={"path": str(tiny_model_dir)},
+        teacher={"url": teacher.url, "name": "teacher", "path": None},
+        data_dir=str(shared_data_dir), index_dir=str(wiki_index), search=True,
+        hint_attempts=1, hint_titles=True, hint_limit=1,
+    )  # fmt: skip
+    study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+    stages = {s[0]: s for s in study._stages}
+    study._stages = [stages["questions"], stages["student-base"], stages["generate-agent"]]
+    study.run()
+    train = read_jsonl(study.out / "questions" / "hotpot_train.jsonl")
+    assert len(train) >= 2
+    # a hinted run of the second failed question is on disk already (an earlier window):
+    # the limit keeps it and retries nothing else
+    path = study.out / "teacher" / "agent" / "hinted-0.jsonl"
+    started = {"id": train[1]["id"], "question": train[1]["question"], "status": "ok",
+               "correct": False, "gold": train[1]["answer"], "task": "factual",
+               "mode": "agent", "ftp": False}  # fmt: skip
+    path.write_text(json.dumps(started) + "\n")
+    study._stages.append(stages["generate-agent-hinted"])
+    study.run()
+    assert [r["id"] for r in read_jsonl(path)] == [train[1]["id"]]
+    harvest = json.loads((study.out / "stages" / "generate-agent-hinted.json").read_text())
+    assert harvest["summary"]["questions"] == 1
+
+
+def test_a_negative_hint_limit_is_refused() -> None:
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hint_limit must be >= 0"):
+        load_config(preset_name="quick", hint_limit=-1)
