@@ -23,6 +23,11 @@ list of rows into a set's metrics. Definitions:
   entered the transcript), `retrieval_recall_all` the share that saw all of them. A gold
   passage is found by its exact `"Title"\\ntext` (as web_search prints it) or, without the
   corpus, by its title line.
+- searches_mean: `web_search` calls per run (kept candidates); search_rate: the share of
+  runs that searched at all. answer_seen_rate, over factual questions with a gold answer:
+  the share whose gold answer (or an accepted alias), SQuAD-normalized, occurs on word
+  boundaries in one of the run's `web_search` results (training.grounding.occurs): the
+  evidence was in front of the model, whatever it answered.
 - average_accuracy: the paper's "Avg.", the unweighted mean of the sets' accuracies.
 """
 
@@ -35,7 +40,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from evaluation.datasets import GoldPassages
-from training.grading import extract_answer, grade_factual
+from training.grading import extract_answer, grade_factual, normalize_text
+from training.grounding import occurs
 
 __all__ = [
     "QuestionRow",
@@ -80,6 +86,10 @@ class QuestionRow:
     gold_seen: int | None = None
     """Gold passages seen in web_search results (None: the question has no gold passages)."""
     gold_total: int = 0
+    searches: int = 0
+    """web_search calls of the kept candidates."""
+    answer_seen: bool | None = None
+    """Factual: a gold answer form occurs in a web_search result (None: not factual)."""
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,16 +138,25 @@ def _kept(step: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return cands[chosen] if 0 <= chosen < len(cands) else cands[0]
 
 
-def search_results(trajectory: Mapping[str, Any] | None) -> list[str]:
-    """web_search results of the kept candidates of every step."""
-    out: list[str] = []
+def _search_calls(trajectory: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The web_search calls of the kept candidates of every step."""
+    out: list[Mapping[str, Any]] = []
     for step in (trajectory or {}).get("steps") or []:
         kept = _kept(step)
         ex = (kept or {}).get("execution") or {}
-        for call in ex.get("tool_calls") or []:
-            if call.get("name") == "web_search" and isinstance(call.get("result"), str):
-                out.append(call["result"])
+        out += [c for c in ex.get("tool_calls") or [] if c.get("name") == "web_search"]
     return out
+
+
+def search_results(trajectory: Mapping[str, Any] | None) -> list[str]:
+    """web_search results of the kept candidates of every step."""
+    return [c["result"] for c in _search_calls(trajectory) if isinstance(c.get("result"), str)]
+
+
+def answer_seen(trajectory: Mapping[str, Any] | None, golds: Sequence[str]) -> bool:
+    """Whether a gold answer form occurs in one of the run's web_search results."""
+    forms = [f for f in (normalize_text(g) for g in golds) if f]
+    return any(occurs(f, r) for r in search_results(trajectory) for f in forms)
 
 
 def retrieved_gold(trajectory: Mapping[str, Any] | None, gold: GoldPassages) -> int:
@@ -197,6 +216,7 @@ def question_row(
             golds = gold_answer if isinstance(gold_answer, list) else [str(gold_answer)]
             g = grade_factual(prediction if status == "ok" else None, [str(x) for x in golds])
             row.em, row.f1 = float(g.em or 0.0), float(g.f1 or 0.0)
+            row.answer_seen = answer_seen(traj, [str(x) for x in golds])
         if judgment is not None:
             v = judgment.get("verdict")
             row.judge = bool(v) if v is not None else None
@@ -208,6 +228,7 @@ def question_row(
     else:
         row.correct = status == "ok" and rec.get("correct") is True
     if traj is not None:
+        row.searches = len(_search_calls(traj))
         for step in traj.get("steps") or []:
             if step.get("kind", "action") != "action":
                 continue
@@ -251,6 +272,7 @@ def aggregate(rows: Sequence[QuestionRow], *, use_judge: bool = False) -> dict[s
     factual = [r for r in rows if r.domain == "factual"]
     judged = [r for r in factual if r.judge is not None]
     covered = [r for r in rows if r.covered]
+    seen = [r for r in factual if r.answer_seen is not None]
     lat = [r.latency_s for r in rows]
     p50, p95 = percentile(lat, 50), percentile(lat, 95)
     return {
@@ -280,6 +302,9 @@ def aggregate(rows: Sequence[QuestionRow], *, use_judge: bool = False) -> dict[s
         "tokens_mean": _mean([float(r.prompt_tokens + r.completion_tokens) for r in rows]),
         "latency_p50_s": round(p50, 4) if p50 is not None else None,
         "latency_p95_s": round(p95, 4) if p95 is not None else None,
+        "searches_mean": _mean([float(r.searches) for r in rows]),
+        "search_rate": _rate(sum(r.searches > 0 for r in rows), n),
+        "answer_seen_rate": _rate(sum(bool(r.answer_seen) for r in seen), len(seen)),
         "covered": len(covered),
         "retrieval_recall": _rate(sum((r.gold_seen or 0) > 0 for r in covered), len(covered)),
         "retrieval_recall_all": _rate(

@@ -29,9 +29,10 @@ __all__ = ["Run", "build_report", "load_run", "markdown_report", "paper_table", 
 def details_table(rep: dict[str, Any]) -> str:
     head = (
         "| Set | n | Acc. | EM | F1 | Judge | Parse err/step | Exec err/step | Max steps | "
-        "Steps | Prompt tok | Compl. tok | p50 s | p95 s | Covered | Recall |"
+        "Steps | Prompt tok | Compl. tok | p50 s | p95 s | Covered | Recall | Searches | "
+        "Answer seen |"
     )
-    lines = [head, "|---|" + "---:|" * 15]
+    lines = [head, "|---|" + "---:|" * 17]
     for name, m in [*rep["sets"].items(), ("overall", rep["overall"])]:
         label = m.get("label", name) if name != "overall" else "**all**"
         lines.append(
@@ -42,7 +43,8 @@ def details_table(rep: dict[str, Any]) -> str:
             f"{fmt_num(m['steps_mean'], 2)} | {fmt_num(m['prompt_tokens_mean'], 0)} | "
             f"{fmt_num(m['completion_tokens_mean'], 0)} | {fmt_num(m['latency_p50_s'], 2)} | "
             f"{fmt_num(m['latency_p95_s'], 2)} | {m['covered']} | "
-            f"{fmt_pct(m['retrieval_recall'])} |"
+            f"{fmt_pct(m['retrieval_recall'])} | {fmt_num(m['searches_mean'], 2)} | "
+            f"{fmt_pct(m['answer_seen_rate'])} |"
         )
     return "\n".join(lines)
 
@@ -67,7 +69,9 @@ def markdown_report(rep: dict[str, Any]) -> str:
         "",
         "Rates are percentages. Parse/exec err per step: action steps where no candidate was "
         "kept, by the shown candidate's failure. Recall: covered questions whose kept "
-        "web_search results contained a gold passage.",
+        "web_search results contained a gold passage. Searches: web_search calls per "
+        "question. Answer seen: factual questions whose gold answer occurred in one of the "
+        "run's web_search results.",
     ]
     if rep.get("missing"):
         lines += [

@@ -53,6 +53,12 @@ def test_report_numbers_match_a_hand_count(tmp_path: Path) -> None:
     # recall over the covered f/a, f/b: only f/a's web_search result held its gold passage
     assert (f["covered"], f["retrieval_recall"], f["retrieval_recall_all"]) == (2, 0.5, 0.5)
     assert f["parse_error_rate"] == 0.0 and f["steps"] == 4
+    # web_search: f/a and f/b searched once each, f/c never; only f/a's result names its
+    # gold answer ("Eiffel Tower" in the passage; "Paris" is not in the Louvre's)
+    assert (f["searches_mean"], f["search_rate"]) == (
+        pytest.approx(2 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4))
+    assert f["answer_seen_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert (m["searches_mean"], m["search_rate"], m["answer_seen_rate"]) == (0.0, 0.0, None)
     # the paper's Avg.: unweighted mean over the two sets; overall pools the 7 questions
     assert rep["average_accuracy"] == pytest.approx((1 / 2 + 1 / 3) / 2, abs=1e-4)
     assert rep["overall"]["n"] == 7 and rep["overall"]["correct"] == 3
