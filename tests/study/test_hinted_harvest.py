@@ -79,10 +79,10 @@ def test_failed_factual_questions_are_retried_with_a_hint_and_checked(
         hint_attempts=1, hint_titles=True, grounded=True, leak_check=True,
     )  # fmt: skip
     study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
-    names = [s[0] for s in study._stages]
+    names = [s.name for s in study.stages]
     assert names[:4] == ["questions", "student-base", "generate-agent", "generate-agent-hinted"]
     wanted = {*names[:4], "build-data-agent"}
-    study._stages = [s for s in study._stages if s[0] in wanted]
+    study.stages = [s for s in study.stages if s.name in wanted]
     study.run()
     out = study.out
 
@@ -130,8 +130,8 @@ def test_hint_limit_bounds_the_retries_and_resumes_the_started_ones_first(
         hint_attempts=1, hint_titles=True, hint_limit=1,
     )  # fmt: skip
     study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
-    stages = {s[0]: s for s in study._stages}
-    study._stages = [stages["questions"], stages["student-base"], stages["generate-agent"]]
+    stages = {s.name: s for s in study.stages}
+    study.stages = [stages["questions"], stages["student-base"], stages["generate-agent"]]
     study.run()
     train = read_jsonl(study.out / "questions" / "hotpot_train.jsonl")
     assert len(train) >= 2
@@ -142,7 +142,7 @@ def test_hint_limit_bounds_the_retries_and_resumes_the_started_ones_first(
                "correct": False, "gold": train[1]["answer"], "task": "factual",
                "mode": "agent", "ftp": False}  # fmt: skip
     path.write_text(json.dumps(started) + "\n")
-    study._stages.append(stages["generate-agent-hinted"])
+    study.stages.append(stages["generate-agent-hinted"])
     study.run()
     assert [r["id"] for r in read_jsonl(path)] == [train[1]["id"]]
     harvest = json.loads((study.out / "stages" / "generate-agent-hinted.json").read_text())
