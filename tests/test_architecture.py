@@ -258,8 +258,6 @@ LONG_CLASSES_ALLOWED = {
     "seams to split along next",
     "sandbox/session.py:SandboxSession": "one run's steps against one worker: candidates, "
     "tool calls and promotion share the step's state",
-    "agent/openai_client.py:OpenAIChatClient": "one retry loop serving plain and streamed "
-    "requests, with the stream's priming and the server's quirks",
 }
 
 
