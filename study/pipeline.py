@@ -155,6 +155,7 @@ class _NoBackend:
     """Reports read files only."""
 
     cache_dir = Path("/nonexistent")
+    vllm_python: Path | None = None
 
     def runtime(self, **_kw: Any) -> Runtime:
         raise StudyError("a report runs no model")

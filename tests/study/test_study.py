@@ -507,3 +507,24 @@ def test_vllm_dtype_follows_the_cpu() -> None:
     assert cpu_dtype(avx2.replace("fma", "fma avx512f avx512_bf16")) == "bfloat16"
     assert cpu_dtype(avx2.replace("fma", "amx_bf16 amx_tile")) == "bfloat16"
     assert cpu_dtype("") == "float32"
+
+
+def test_the_vllm_venv_is_a_setting_passed_to_the_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISTILLERY_VLLM_PYTHON is read by Settings only; the launcher takes the value."""
+    from distillery.commands.study import _Backend
+    from distillery.settings import Settings
+    from study.serving import ServeError, VLLMServer, vllm_python
+
+    python = tmp_path / "python"
+    python.write_text("")
+    monkeypatch.setenv("DISTILLERY_VLLM_PYTHON", str(python))
+    assert Settings(**{}).vllm_python == python
+    assert vllm_python(python) == python
+    assert _Backend("local", None, tmp_path, vllm_python=python).vllm_python == python
+    missing = tmp_path / "absent" / "python"
+    assert vllm_python(missing) is None
+    monkeypatch.setattr("study.serving.REPO", tmp_path)  # no .venv-vllm beside it either
+    with pytest.raises(ServeError, match="no vLLM venv"):
+        VLLMServer.start(tmp_path, "m", log_path=tmp_path / "log", python=missing)
