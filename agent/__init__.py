@@ -71,12 +71,24 @@ from agent.tool_providers import (
     UnknownToolsError,
 )
 from agent.tool_web_search import WebSearchProvider
-from agent.tools import ToolSpec, spec_from_schema
+from agent.tools import (
+    FINAL_ANSWER,
+    KNOWN_TOOLS,
+    TRAINED_TOOLS_FILE,
+    ToolSpec,
+    host_tool_specs,
+    read_trained_tools,
+    spec_from_schema,
+    tool_specs,
+)
 from agent.trajectory import Candidate, ModelRequest, Step, Trajectory
 from agent.transformers_engine import TransformersEngine
 
 __all__ = [
+    "FINAL_ANSWER",
+    "KNOWN_TOOLS",
     "PREPARED_MODELS",
+    "TRAINED_TOOLS_FILE",
     "AnswerCheck",
     "AgentConfig",
     "CTranslate2Engine",
@@ -129,12 +141,14 @@ __all__ = [
     "default_protocol",
     "ensure_embedded_model",
     "ensure_smollm2_model",
+    "host_tool_specs",
     "initial_messages",
     "load_prompt_template",
     "load_mcp_config",
     "load_protocol",
     "parse_action",
     "prepare_adapter_base",
+    "read_trained_tools",
     "render_error",
     "render_observation",
     "resolve_protocol_spec",
@@ -143,4 +157,5 @@ __all__ = [
     "spec_from_schema",
     "system_prompt",
     "system_prompt_template",
+    "tool_specs",
 ]

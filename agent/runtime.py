@@ -9,10 +9,14 @@ tools for one run (a tool may keep per-run state, e.g. web_search's cache), all 
 the subset a request names (unknown names raise UnknownToolsError). `tools_factory` adds
 tools that no provider serves (tests, embedding code); providers win on a shared name.
 `protocol` is the profile the settings select, resolved once; runs receive it as a value.
+`trained_tools` are the tools the model's checkpoint was trained with (when it records
+them): `start()` logs a warning naming any configured tool outside them, and /readyz
+reports it (`untrained_warning()`), without failing readiness.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -23,6 +27,8 @@ from agent.tool_providers import ToolSet
 from retrieval.retriever import Retriever
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
 
 
 def _no_tools() -> dict[str, ToolFn]:
@@ -41,6 +47,28 @@ class Runtime:
     protocol: Protocol | None = None
     """The protocol profile, resolved once from the settings: runs are handed this value
     (None: each run loads the profile its AgentConfig names)."""
+    trained_tools: frozenset[str] | None = None
+    """The host tools the model's checkpoint was trained with (its distillery_tools.json);
+    None: unknown (a base model, an older export), nothing is checked."""
+
+    def untrained_tools(self) -> list[str]:
+        """Configured tools the model was not trained with (none when that is unknown)."""
+        if self.trained_tools is None:
+            return []
+        configured = [*self.tools.names(), *self.tools_factory()]
+        return sorted({n for n in configured if n not in self.trained_tools})
+
+    def untrained_warning(self) -> str | None:
+        """What to tell an operator about untrained tools, None when there are none."""
+        untrained = self.untrained_tools()
+        if not untrained:
+            return None
+        trained = ", ".join(sorted(self.trained_tools or ())) or "none"
+        return (
+            f"the model was not trained with the tools {', '.join(untrained)} (trained with: "
+            f"{trained}): it has never seen them and may misuse or ignore them; distil a "
+            "student on these tools or configure only those it knows"
+        )
 
     def tools_for_run(self, names: Collection[str] | None = None) -> dict[str, ToolFn]:
         """Fresh host-side tools for one agent run (each holds its own per-run cache): every
@@ -59,6 +87,9 @@ class Runtime:
         and start the tool providers (a provider that cannot start raises, naming it)."""
         await self.executor.start()
         await self.tools.start()
+        warning = self.untrained_warning()
+        if warning is not None:
+            log.warning("%s", warning)
 
     async def aclose(self) -> None:
         await self.tools.close()

@@ -168,6 +168,10 @@ class ToolSet:
         self._started = False
 
     async def start(self) -> None:
+        """Start every provider; a started set is left as it is (a job may hand its runtime
+        to code that starts it again)."""
+        if self._started:
+            return
         results = await asyncio.gather(*(p.start() for p in self.providers), return_exceptions=True)
         failed = [
             (p, r)

@@ -18,14 +18,20 @@ line and caps its length, so it cannot lay out fake turns or headers inside the 
 
 from __future__ import annotations
 
+import json
 import keyword
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FINAL_ANSWER = "final_answer"
 WEB_SEARCH = "web_search"
+TRAINED_TOOLS_FILE = "distillery_tools.json"
+"""The tools a checkpoint was trained with (`distillery export` writes it beside the protocol
+profile): `{"tools": [ToolSpec.to_json(), ...]}`."""
 DESCRIPTION_MAX_CHARS = 1024
 """A listed description longer than this is cut (with '...') before it reaches the prompt."""
 
@@ -56,6 +62,22 @@ class ToolSpec:
             "returns": dict(self.returns) if self.returns is not None else None,
             "provider": self.provider,
         }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ToolSpec:
+        """The spec `to_json` wrote (a record's, a checkpoint's); ValueError when it is not one."""
+        name, signature = doc.get("name"), doc.get("signature")
+        if not isinstance(name, str) or not isinstance(signature, str):
+            raise ValueError(f"not a tool spec (needs 'name' and 'signature' strings): {doc!r}")
+        returns = doc.get("returns")
+        return cls(
+            name=name,
+            signature=signature,
+            description=str(doc.get("description") or ""),
+            parameters=dict(doc.get("parameters") or {}),
+            returns=dict(returns) if isinstance(returns, Mapping) else None,
+            provider=str(doc.get("provider") or ""),
+        )
 
 
 _JSON_TYPES = {
@@ -222,3 +244,42 @@ def tool_specs(tools: Iterable[str | ToolSpec]) -> list[ToolSpec]:
 
 def render_tool_list(tools: Iterable[str | ToolSpec]) -> str:
     return "\n".join(spec.render() for spec in tool_specs(tools))
+
+
+def host_tool_specs(tools: Mapping[str, Any]) -> list[ToolSpec]:
+    """The specs the prompt lists for a run's tools mapping, final_answer left out."""
+    return [s for s in tool_specs(announced(tools)) if s.name != FINAL_ANSWER]
+
+
+def trained_tools_file(location: str | os.PathLike[str] | None) -> Path | None:
+    """`distillery_tools.json` of a checkpoint: `location` is its folder or the protocol
+    profile file inside it (what `Settings.protocol_spec()` resolves to); None when absent."""
+    if location is None:
+        return None
+    from agent.protocol import PROTOCOL_FILE
+
+    try:
+        path = Path(location).expanduser()
+        if path.is_dir():
+            folder = path
+        elif path.name == PROTOCOL_FILE and path.is_file():
+            folder = path.parent
+        else:  # a built-in profile name or a profile file of its own: no checkpoint
+            return None
+        candidate = folder / TRAINED_TOOLS_FILE
+        return candidate if candidate.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_trained_tools(location: str | os.PathLike[str] | None) -> list[ToolSpec] | None:
+    """The tools the checkpoint at `location` was trained with; None when it records none
+    (a base model, an export from before tools were recorded). ValueError on a bad file."""
+    path = trained_tools_file(location)
+    if path is None:
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return [ToolSpec.from_json(t) for t in doc["tools"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a trained-tools file: {e}") from None

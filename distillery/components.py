@@ -36,6 +36,7 @@ __all__ = [
     "load_settings_protocol",
     "NoExecutor",
     "service_config",
+    "trained_tools",
     "web_search_tools",
 ]
 
@@ -227,7 +228,20 @@ def build_components(
     tools = build_tools(settings, retriever, profile.web_search)  # bad MCP file: fails early
     model = build_model(settings)
     return Runtime(model=model, executor=executor, retriever=retriever, tools=tools,
-                   protocol=profile)
+                   protocol=profile, trained_tools=trained_tools(settings))
+
+
+def trained_tools(settings: Settings) -> frozenset[str] | None:
+    """The tools the checkpoint in use was trained with: the distillery_tools.json beside
+    the protocol profile the settings resolve to (an exported checkpoint folder); None when
+    there is none. A bad file is a ConfigError."""
+    from agent.tools import read_trained_tools
+
+    try:
+        specs = read_trained_tools(settings.protocol_spec())
+    except ValueError as e:
+        raise ConfigError(f"{e} (the checkpoint's tools; export it again)") from None
+    return None if specs is None else frozenset(spec.name for spec in specs)
 
 
 class NoExecutor:

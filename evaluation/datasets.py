@@ -24,11 +24,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from training.questions import Question, QuestionSetError, load_questions, task_for_dataset
 
-Task = Literal["math", "factual"]
+Task = str
+"""A task's name (training.tasks): math, factual, or any other registered or inline task."""
 
 __all__ = [
     "PAPER_SETS",
@@ -215,6 +216,7 @@ def _load_set(
             task=domain if is_paper else q.task,
             source=name,
             meta={**q.meta, "qid": q.id},
+            task_spec=None if is_paper else q.task_spec,
         )
         for q in qs
     ]

@@ -107,6 +107,7 @@ class GatewayClient:
             "question": q.question,
             "gold": q.answer,
             "task": q.task,
+            "grader": q.spec.grader,
             "source": q.source,
             "mode": "agent",
             "ftp": False,
@@ -159,7 +160,7 @@ class GatewayClient:
         except ValueError as e:  # not JSON
             rec.update(status="error", error=f"invalid response: {e}", error_type="InvalidResponse")
         if rec["status"] == "ok" and q.answer is not None:
-            g = await asyncio.to_thread(grade, q.task, rec["prediction"], q.answer)
+            g = await asyncio.to_thread(grade, q.spec.grader, rec["prediction"], q.answer)
             rec["grade"] = g.to_dict()
             rec["correct"] = g.correct
         rec["elapsed_s"] = round(time.monotonic() - started, 3)

@@ -31,7 +31,7 @@ from evaluation.datasets import EvalSet
 from evaluation.gateway_client import GatewayClient
 from evaluation.judge import Judge
 from evaluation.report import write_reports
-from training.generate import GenerateConfig, GenerateError, generate
+from training.generate import GenerateConfig, GenerateError, generate, tools_by_task
 from training.questions import Question
 from training.run_folder import load_records, write_json_atomic, write_jsonl_atomic
 
@@ -283,32 +283,29 @@ async def run_eval(
     )
     model: ModelClient
     executor: Executor
-    # Math questions get the Python tool only; factual ones also web_search (when the
-    # runtime has a retriever). Two passes over one records file, in set order.
-    passes: list[tuple[list[Question], Callable[[], Mapping[str, ToolFn]]]]
+    # Each question gets the tools its task names (training.tasks): math the Python tool
+    # only, factual every tool of the runtime (web_search when it has a retriever), a task
+    # over MCP tools those it lists.
+    tools_for: Callable[[Question], Mapping[str, ToolFn]] | None = None
     if runtime is not None:
+        if cfg.mode == "agent":
+            await runtime.tools.start()  # MCP servers (a no-op when the caller started them)
         model, executor = runtime.model, runtime.executor
-        math_qs = [q for s in sets if s.domain == "math" for q in s.questions]
-        fact_qs = [q for s in sets if s.domain != "math" for q in s.questions]
-        passes = [(math_qs, dict), (fact_qs, runtime.tools_for_run)]
+        tools_for = tools_by_task(runtime.tools_for_run)
     else:
         model, executor = _Unused(), _Unused()
-        passes = [(questions, dict)]
     totals: dict[str, Any] = {}
     try:
-        for qs, tools in passes:
-            if not qs:
-                continue
-            summary = await generate(
-                qs,
-                out / "records.jsonl",
-                model=model,
-                executor=executor,
-                tools_factory=tools,
-                config=gen_cfg,
-                run=gateway.record if gateway is not None else None,
-            )
-            _add_summary(totals, summary.to_dict())
+        summary = await generate(
+            questions,
+            out / "records.jsonl",
+            model=model,
+            executor=executor,
+            tools_for=tools_for if cfg.mode == "agent" else None,
+            config=gen_cfg,
+            run=gateway.record if gateway is not None else None,
+        )
+        _add_summary(totals, summary.to_dict())
     except GenerateError as e:
         raise EvalError(str(e)) from e
     result: dict[str, Any] = {**totals, "out": str(out), "questions": len(questions)}

@@ -11,6 +11,9 @@ restart the pod. /readyz checks, concurrently and each within a few seconds:
               `service.http_protocol`; under another server it is always ok)
   sandbox     executor.ping() when it has one, else a session runs `1 + 1` and closes
   retriever   retriever.ping() (backend, index, document count); "disabled" without one
+  tools       every tool provider's health; a configured tool the checkpoint was not trained
+              with (its distillery_tools.json) is a `warning` on the check and in
+              `warnings`, and the gateway stays ready
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class CheckResult(BaseModel):
     latency_ms: float
     detail: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    warning: str | None = None
+    """Something an operator should know that does not stop serving (e.g. untrained tools)."""
 
 
 class Readiness(BaseModel):
@@ -51,6 +56,8 @@ class Readiness(BaseModel):
     checks: dict[str, CheckResult]
     in_flight: int
     queued: int
+    warnings: list[str] = Field(default_factory=list)
+    """Every check's warning, prefixed with the check's name (ready all the same)."""
 
 
 def _gateway(request: Request) -> Gateway:
@@ -87,6 +94,7 @@ async def readyz(request: Request) -> JSONResponse:
             _timed(_check_tools(gw)),
         )
         checks = dict(zip(names, results, strict=True))
+        checks["tools"].warning = gw.components.untrained_warning()
         checks["model_calls"] = _check_model_calls(gw)
         checks["capacity"] = _check_capacity(request)
     ready = all(c.ok for c in checks.values())
@@ -95,6 +103,7 @@ async def readyz(request: Request) -> JSONResponse:
         checks=checks,
         in_flight=gw.admission.active,
         queued=gw.admission.queued,
+        warnings=[f"{name}: {c.warning}" for name, c in checks.items() if c.warning],
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
@@ -178,12 +187,16 @@ async def _check_retriever(gw: Gateway) -> dict[str, Any]:
 
 
 async def _check_tools(gw: Gateway) -> dict[str, Any]:
-    """Each tool provider's health (web_search, MCP servers); any failing one fails it."""
+    """Each tool provider's health (web_search, MCP servers); any failing one fails it.
+    With a checkpoint that records its trained tools, `untrained` lists the configured ones
+    outside them (a warning on the check, not a failure)."""
     assert gw.components is not None
-    report = await gw.components.tools.health()
+    report: dict[str, Any] = await gw.components.tools.health()
     failed = [f"{name}: {r.get('error')}" for name, r in report.items() if not r["ok"]]
     if failed:
         raise RuntimeError("; ".join(failed))
+    if gw.components.trained_tools is not None:
+        report["untrained"] = gw.components.untrained_tools()
     return report
 
 

@@ -6,7 +6,13 @@ importing the package loads no heavy dependency.
 
 from training.build_data import BuildDataError, build_data, load_tokenizer
 from training.export import ExportError, export_model, read_eval_report, update_model_card
-from training.generate import GenerateConfig, GenerateError, GenerateSummary, generate
+from training.generate import (
+    GenerateConfig,
+    GenerateError,
+    GenerateSummary,
+    generate,
+    tools_by_task,
+)
 from training.grading import (
     Grade,
     exact_match,
@@ -28,6 +34,7 @@ from training.run_folder import (
     write_jsonl_atomic,
 )
 from training.sft import Interrupted, SFTError, SFTSettings, train_sft
+from training.tasks import TASKS, TaskError, TaskSpec, get_task
 
 __all__ = [
     "BuildDataError",
@@ -42,11 +49,15 @@ __all__ = [
     "RecordAppender",
     "SFTError",
     "SFTSettings",
+    "TASKS",
+    "TaskError",
+    "TaskSpec",
     "build_data",
     "exact_match",
     "export_model",
     "extract_answer",
     "generate",
+    "get_task",
     "grade",
     "grade_factual",
     "grade_math",
@@ -60,6 +71,7 @@ __all__ = [
     "read_eval_report",
     "task_for_dataset",
     "token_f1",
+    "tools_by_task",
     "train_sft",
     "update_model_card",
     "write_json_atomic",

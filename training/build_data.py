@@ -44,12 +44,15 @@ from typing import Any
 from agent.model_client import Message
 from agent.prompts import initial_messages, system_prompt_template
 from agent.protocol import Protocol, ProtocolError, default_protocol, load_protocol
+from agent.tools import FINAL_ANSWER as FINAL
+from agent.tools import KNOWN_TOOLS, ToolSpec, tool_specs
 from agent.trajectory import Trajectory
 from training.grading import grade
 from training.grounding import grounding_drop, leak_drop
 from training.masking import MaskError, encode_conversation, verify_encoding
 from training.repair import repaired_turns
 from training.run_folder import load_records
+from training.tasks import TASKS
 
 
 class BuildDataError(ValueError):
@@ -110,7 +113,7 @@ def student_messages(
     traj: Trajectory,
     *,
     prompt: str,
-    tool_names: Sequence[str],
+    tool_names: Sequence[str | ToolSpec],
     protocol: Protocol | None = None,
     turns: Sequence[Message] | None = None,
 ) -> list[Message]:
@@ -180,7 +183,15 @@ def _correct(rec: dict[str, Any], prediction: Any, regrade: bool) -> bool | None
         return bool(rec["correct"])
     if rec.get("gold") is None:
         return None
-    return grade(rec.get("task", "math"), prediction, rec["gold"]).correct
+    return grade(record_grader(rec), prediction, rec["gold"]).correct
+
+
+def record_grader(rec: Mapping[str, Any]) -> str:
+    """The grader of a record: its own `grader` (generate writes it), else its registered
+    task's (records from before: `math` or `factual`, which are graders too)."""
+    task = str(rec.get("task") or "math")
+    registered = TASKS.get(task)
+    return str(rec.get("grader") or (registered.grader if registered else task))
 
 
 def build_examples(
@@ -212,7 +223,7 @@ def build_examples(
         if mode == "cot":
             made = _cot_messages(rec, regrade=regrade, keep_ungraded=keep_ungraded)
         else:
-            tools = list(tool_names) if tool_names is not None else list(rec.get("tools", []))
+            tools = example_tools(rec, tool_names)
             made = _agent_messages(
                 rec, prompt=prompt, tools=tools, protocol=protocol, regrade=regrade,
                 keep_ungraded=keep_ungraded, repair=repair, stats=stats,
@@ -222,6 +233,7 @@ def build_examples(
             stats.dropped[made] += 1
             continue
         messages = made
+        listed = [] if mode == "cot" else tools
         hinted = bool(rec.get("hint")) and mode != "cot"
         out.append(
             {
@@ -236,6 +248,7 @@ def build_examples(
                 "ftp": bool(rec.get("ftp")),
                 "hinted": hinted,
                 "protocol": {"name": protocol.name, "sha256": protocol.sha256},
+                "tools": [spec.to_json() for spec in listed],
             }
         )  # fmt: skip
         stats.kept += 1
@@ -261,8 +274,43 @@ def _cot_messages(
     return [*cot["messages"], {"role": "assistant", "content": cot["text"]}]
 
 
+def record_tool_specs(rec: Mapping[str, Any]) -> list[ToolSpec]:
+    """The host tools the teacher was shown in a record: its `tool_specs` (generate writes
+    them), else its trajectory's `config.tools`, else its tool names (records from before
+    specs were recorded: names the project knows get their built-in text)."""
+    recorded = rec.get("tool_specs")
+    if recorded is None and isinstance(rec.get("trajectory"), Mapping):
+        shown = (rec["trajectory"].get("config") or {}).get("tools")
+        if isinstance(shown, list):
+            recorded = [t for t in shown if isinstance(t, Mapping) and t.get("name") != FINAL]
+    if isinstance(recorded, list):
+        try:
+            return [ToolSpec.from_json(t) for t in recorded]
+        except ValueError as e:
+            raise BuildDataError(f"record {rec.get('id')}: {e}") from None
+    names = [str(n) for n in rec.get("tools") or []]
+    return [spec for spec in tool_specs(names) if spec.name != FINAL]
+
+
+def example_tools(rec: Mapping[str, Any], tool_names: Sequence[str] | None) -> list[ToolSpec]:
+    """The tools an example's prompt lists: the record's (`tool_names` None), or those named,
+    each with the spec the record has for it (else the project's own text)."""
+    recorded = record_tool_specs(rec)
+    if tool_names is None:
+        return recorded
+    by_name = {spec.name: spec for spec in recorded}
+    known = {spec.name: spec for spec in tool_specs(tool_names) if spec.name != FINAL}
+    return [by_name.get(name, spec) for name, spec in known.items()]
+
+
+def _prompt_tools(tools: Sequence[ToolSpec]) -> list[str | ToolSpec]:
+    """What `initial_messages` gets: a tool the project knows by its name (its text, byte for
+    byte as the served prompt renders it), any other by its recorded spec."""
+    return [spec.name if spec.name in KNOWN_TOOLS else spec for spec in tools]
+
+
 def _agent_messages(
-    rec: dict[str, Any], *, prompt: str, tools: list[str], protocol: Protocol, regrade: bool,
+    rec: dict[str, Any], *, prompt: str, tools: list[ToolSpec], protocol: Protocol, regrade: bool,
     keep_ungraded: bool, repair: bool, stats: BuildStats, grounded: bool, leak_check: bool,
 ) -> list[Message] | str:
     """An agent record's conversation as the student sees it, or why it is dropped. A hinted
@@ -280,8 +328,8 @@ def _agent_messages(
     check_turns_protocol(rec, traj, protocol)
     if rec.get("hint"):
         traj = replace(traj, question=str(rec["question"]))
-    messages = student_messages(traj, prompt=prompt, tool_names=tools, protocol=protocol,
-                                turns=turns)  # fmt: skip
+    messages = student_messages(traj, prompt=prompt, tool_names=_prompt_tools(tools),
+                                protocol=protocol, turns=turns)  # fmt: skip
     if turns is not None:
         stats.repaired[traj.finish_reason] += 1
     return messages
@@ -380,6 +428,7 @@ def build_data(
     return {
         "out": str(out),
         **stats.to_dict(),
+        "tools": sorted({t["name"] for ex in examples for t in ex["tools"]}),
         "protocol": {**recorded.fingerprint(), "file": str(sidecar)},
     }
 
@@ -461,6 +510,24 @@ def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def data_tools(paths: Sequence[Path]) -> list[dict[str, Any]] | None:
+    """The tools the examples of `paths` list in their prompts (each once, as first seen);
+    None when no example records them (data built before tools were recorded)."""
+    found: dict[str, dict[str, Any]] = {}
+    recorded = False
+    for path in paths:
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                tools = json.loads(line).get("tools")
+                if isinstance(tools, list):
+                    recorded = True
+                    for t in tools:
+                        found.setdefault(str(t.get("name")), t)
+    return list(found.values()) if recorded else None
 
 
 def export_protocol(training: Mapping[str, Any], explicit: str | None) -> tuple[Protocol, str]:

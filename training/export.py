@@ -11,7 +11,9 @@ config, a model card (README.md: data, settings, final metrics, evaluation resul
 given, how to serve) and `distillery.json` (the same, machine-readable), and
 `distillery_protocol.json`: the
 protocol profile the training data was rendered with (recorded by build-data), which
-distillery picks up when it loads this folder. Written to a temp folder and renamed,
+distillery picks up when it loads this folder; and, when the training examples record them,
+`distillery_tools.json`: the specs of the tools their prompts listed (served with tools
+outside it, distillery warns). Written to a temp folder and renamed,
 so a failed export never leaves a half folder behind.
 
 Evaluation results: `eval_reports` (the output folders of `distillery eval run`, or their
@@ -101,6 +103,7 @@ def export_model(
     (adapter exports): how the adapter names its base instead of the base folder's absolute
     path: the name of a model distillery prepares from PyPI (`agent.PREPARED_MODELS`) makes
     the export load on any machine."""
+    from agent import TRAINED_TOOLS_FILE
     from agent.protocol import PROTOCOL_FILE
     from training.build_data import BuildDataError, export_protocol
 
@@ -120,6 +123,7 @@ def export_model(
     except BuildDataError as e:
         raise ExportError(str(e)) from None
     protocol_info = {**profile.fingerprint(), "file": PROTOCOL_FILE, "source": profile_source}
+    tools = _trained_tools(source.training)
     evaluation = [read_eval_report(Path(p)) for p in eval_reports]
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)
     name = name or out_dir.name
@@ -133,8 +137,11 @@ def export_model(
             _write_merged(source, dtype, tmp)
         tokenizer.save_pretrained(str(tmp))
         (tmp / PROTOCOL_FILE).write_text(profile.to_json(), encoding="utf-8")
+        if tools is not None:
+            (tmp / TRAINED_TOOLS_FILE).write_text(json.dumps({"tools": tools}, indent=2))
+        names = None if tools is None else [str(t["name"]) for t in tools]
         info = _write_metadata(source, name, as_adapter, dtype, tmp, protocol_info, evaluation,
-                               base_ref)  # fmt: skip
+                               base_ref, names)  # fmt: skip
         _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -147,7 +154,19 @@ def export_model(
         "size_mb": round(sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20, 1),
         "elapsed_s": round(time.monotonic() - started, 2),
         "protocol": protocol_info,
+        "tools": info["tools"],
     }
+
+
+def _trained_tools(training: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tool specs the run's training examples listed (None: the data records none, or
+    it is not here)."""
+    from training.build_data import data_tools
+
+    paths = [Path(p) for p in (training.get("settings") or {}).get("data") or []]
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    return data_tools(paths)
 
 
 def _resolve_source(run_dir: Path | None, adapter: Path | None, base: Path | None) -> _Source:
@@ -232,6 +251,7 @@ def _write_metadata(
     protocol: dict[str, Any] | None = None,
     evaluation: list[dict[str, Any]] | None = None,
     base_ref: str | None = None,
+    tools: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generation config, distillery.json and the model card; returns distillery.json."""
     base = source.base
@@ -247,6 +267,7 @@ def _write_metadata(
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "training": source.training,
         "protocol": protocol,
+        "tools": tools,
         "evaluation": evaluation or [],
     }
     (tmp / "distillery.json").write_text(json.dumps(info, indent=2))
@@ -361,6 +382,14 @@ def _serving_lines(info: dict[str, Any], s: dict[str, Any]) -> list[str]:
             f"in `{proto.get('file')}`: every text the student was trained to read. distillery "
             "picks it up when it loads this folder (`--model-path`, or a `--model` name that "
             "is this folder); elsewhere pass `--protocol <this folder>`.",
+            "",
+        ]
+    tools = info.get("tools")
+    if tools is not None:
+        listed = ", ".join(f"`{t}`" for t in tools) or "none (Python only)"
+        lines += [
+            f"Trained with the tools {listed} (`distillery_tools.json`, their specs): served "
+            "with others, distillery logs a warning and `/readyz` names them.",
             "",
         ]
     if info["format"] == "adapter" and info.get("base_prepared"):

@@ -14,8 +14,10 @@ Modes:
 - cot: the chain-of-thought answer alone (the CoT-distillation baseline's data).
 
 A record: {"id", "question", "gold", "task", "source", "mode", "ftp", "status": "ok"|"error",
-"prediction", "correct", "grade", "trajectory" (agent), "cot" (cot/ftp), "tools",
-"teacher", "error", "error_type", "elapsed_s", "created_at"}, and "hint" for a hinted run.
+"prediction", "correct", "grade", "trajectory" (agent), "cot" (cot/ftp), "tools" (names),
+"tool_specs" (what the prompt listed for each host tool: name, signature, description, argument
+schema; empty in cot mode; build-data renders the student's prompt from them), "teacher",
+"error", "error_type", "elapsed_s", "created_at"}, and "hint" for a hinted run.
 
 Hinted runs (rationalization): a question whose `meta["hint"]` is set is asked with the hint
 appended to its task text (`hinted_task`): only the teacher sees it. The record's "question"
@@ -29,13 +31,14 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.executor import Executor, ToolFn
 from agent.model_client import ModelClient, ModelError, SamplingParams
+from agent.tools import host_tool_specs
 from training.cot import cot_messages, first_paragraph
 from training.grading import extract_answer, grade_with_judge
 from training.questions import Question
@@ -199,6 +202,7 @@ def _new_record(
         "question": q.question,
         "gold": q.answer,
         "task": q.task,
+        "grader": q.spec.grader,
         "source": q.source,
         "mode": cfg.mode,
         "ftp": cfg.ftp and cfg.mode == "agent",
@@ -209,6 +213,7 @@ def _new_record(
         "trajectory": None,
         "cot": None,
         "tools": sorted(tools),
+        "tool_specs": [] if cfg.mode == "cot" else [s.to_json() for s in host_tool_specs(tools)],
         "teacher": teacher,
         "error": None,
         "error_type": None,
@@ -264,7 +269,7 @@ async def _grade(
     rec: dict[str, Any], q: Question, prediction: Any, judge: ModelClient | None
 ) -> None:
     try:
-        g = await grade_with_judge(q.task, q.question, prediction, q.answer, judge)
+        g = await grade_with_judge(q.spec.grader, q.question, prediction, q.answer, judge)
         # (the sympy check runs in a helper process; a slow one only delays this run)
         rec["grade"] = g.to_dict()
         rec["correct"] = g.correct
@@ -290,11 +295,14 @@ async def generate(
     config: GenerateConfig | None = None,
     judge: ModelClient | None = None,
     run: Callable[[Question], Awaitable[dict[str, Any]]] | None = None,
+    tools_for: Callable[[Question], Mapping[str, ToolFn]] | None = None,
 ) -> GenerateSummary:
     """Run every question not done yet in `out`; returns the summary of this invocation.
 
-    `run`, when given, makes each question's record instead of `run_question` (evaluation
-    through a deployed gateway); it must return the same record shape and never raise.
+    Each run's tools come from `tools_for(question)` when given (`tools_by_task`: the
+    tools its task names), else from `tools_factory()`. `run`, when given, makes each
+    question's record instead of `run_question` (evaluation through a deployed gateway); it
+    must return the same record shape and never raise.
     """
     from tqdm import tqdm
 
@@ -302,6 +310,10 @@ async def generate(
     agent_config = _check_config(cfg)
     out = Path(out)
     todo = _pending(questions, out, cfg)
+    if tools_for is None:
+        tools_for = lambda _q: tools_factory()  # noqa: E731
+    elif run is None:
+        _check_task_tools(todo, tools_for)
     summary = GenerateSummary(out=str(out), questions=len(questions))
     summary.skipped_done = len(questions) - len(todo)
     started = time.monotonic()
@@ -331,7 +343,7 @@ async def generate(
                 q,
                 model=model,
                 executor=executor,
-                tools=tools_factory(),
+                tools=tools_for(q),
                 cfg=cfg,
                 agent_config=agent_config,
                 judge=judge,
@@ -348,6 +360,42 @@ async def generate(
         bar.close()
         appender.close()
     return summary
+
+
+def tools_by_task(
+    tools_for_run: Callable[[Collection[str] | None], Mapping[str, ToolFn]],
+) -> Callable[[Question], Mapping[str, ToolFn]]:
+    """`generate`'s `tools_for` over a runtime's `tools_for_run(names)`: each question gets
+    what its task names (None: all the runtime's tools; (): none; names: those)."""
+
+    def tools(q: Question) -> Mapping[str, ToolFn]:
+        wanted = q.spec.tools
+        if wanted is None:
+            return tools_for_run(None)
+        return tools_for_run(list(wanted)) if wanted else {}
+
+    return tools
+
+
+def _check_task_tools(
+    todo: Sequence[Question], tools_for: Callable[[Question], Mapping[str, ToolFn]]
+) -> None:
+    """GenerateError, before any run, when a task names tools the job does not serve."""
+    seen: set[str] = set()
+    for q in todo:
+        spec = q.spec
+        key = f"{spec.name}:{spec.tools}"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            tools_for(q)
+        except ValueError as e:  # UnknownToolsError names them
+            raise GenerateError(
+                f"task {spec.name!r} (question {q.id}) runs with the tools "
+                f"{', '.join(spec.tools or ())}, which this job does not serve ({e}): give the "
+                "MCP servers that have them with --mcp-config (DISTILLERY_MCP_CONFIG)"
+            ) from None
 
 
 def _check_config(cfg: GenerateConfig) -> AgentConfig:

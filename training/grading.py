@@ -25,15 +25,18 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent.model_client import ModelClient, SamplingParams
 
-Task = Literal["math", "factual"]
+Task = str
+"""A task's name (training.tasks): `math`, `factual`, or any registered or inline task."""
 REL_TOL = 1e-4
+F1_CORRECT = 0.5
+"""The `f1` grader counts a prediction correct from this token F1 up."""
 SYMPY_TIMEOUT_S = 3.0
 
 
@@ -433,24 +436,96 @@ async def judge_answer(
     return re.match(r"\W*yes\b", reply) is not None
 
 
+# --------------------------------------------------------------------------- plain graders
+
+
+def _golds(gold: Any) -> list[str]:
+    """The acceptable answers: a list's items, else the one value, as text."""
+    if isinstance(gold, list | tuple):
+        return [g if isinstance(g, str) else extract_answer(g) for g in gold]
+    return [gold if isinstance(gold, str) else extract_answer(gold)]
+
+
+def grade_exact(pred: Any, gold: Any) -> Grade:
+    """Correct when the prediction equals a gold answer after SQuAD normalization (case,
+    punctuation, articles, spacing)."""
+    p = normalize_text(extract_answer(pred))
+    em = float(bool(p) and any(p == normalize_text(g) for g in _golds(gold)))
+    return Grade(em == 1.0, "exact", extract_answer(pred), em=em)
+
+
+_NUMBER_IN_TEXT = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
+
+
+def _only_number(text: str) -> str | None:
+    """The one number a text states (`about 42 units` -> `42`); None for none or several."""
+    found = _NUMBER_IN_TEXT.findall(text)
+    return found[0].replace("$", "").replace(",", "") if len(found) == 1 else None
+
+
+def grade_numeric(pred: Any, gold: Any) -> Grade:
+    """Correct when the prediction is the gold number within a relative 1e-4 (thousands
+    separators, currency, percentages and fractions understood); a prediction that states
+    exactly one number among words is read as that number."""
+    extracted = extract_answer(pred)
+    p = normalize_math(extracted)
+    if parse_number(p.rstrip("%").strip()) is None:
+        p = _only_number(extracted) or p
+    for g in _golds(gold):
+        if _numeric_equal(p, normalize_math(g)):
+            return Grade(True, "numeric", extracted)
+    return Grade(False, "numeric", extracted)
+
+
+def grade_f1(pred: Any, gold: Any) -> Grade:
+    """Token F1 against the best gold answer; correct from F1_CORRECT up."""
+    golds = _golds(gold)
+    f1 = token_f1(pred, golds)
+    return Grade(f1 >= F1_CORRECT, "f1", extract_answer(pred), em=exact_match(pred, golds), f1=f1)
+
+
+def grade_contains(pred: Any, gold: Any) -> Grade:
+    """Correct when a normalized gold answer occurs in the normalized prediction as whole
+    words (`Paris` in `It is Paris, France`)."""
+    p = f" {normalize_text(extract_answer(pred))} "
+    hit = any(f" {g} " in p for g in map(normalize_text, _golds(gold)) if g)
+    return Grade(hit, "contains", extract_answer(pred))
+
+
+Grader = Callable[[Any, Any], Grade]
+GRADERS: dict[str, Grader] = {
+    "math": grade_math,
+    "factual": grade_factual,
+    "exact": grade_exact,
+    "numeric": grade_numeric,
+    "f1": grade_f1,
+    "contains": grade_contains,
+}
+"""Every grader by name: `math` and `factual` (the paper's), `exact`, `numeric`, `f1`,
+`contains`. A task (training.tasks) names one of them."""
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
-def grade(task: Task, pred: Any, gold: Any, *, timeout_s: float = SYMPY_TIMEOUT_S) -> Grade:
-    """Deterministic grade for a task kind ('math' or 'factual')."""
+def grade(grader: str, pred: Any, gold: Any, *, timeout_s: float = SYMPY_TIMEOUT_S) -> Grade:
+    """Deterministic grade with the named grader (GRADERS; `math` and `factual` are also the
+    built-in tasks' names, so a record's task name grades as before)."""
     if gold is None:
         return Grade(False, "none", extract_answer(pred))
-    if task == "math":
+    if grader == "math":
         return grade_math(pred, gold, timeout_s=timeout_s)
-    if task == "factual":
-        return grade_factual(pred, gold)
-    raise ValueError(f"unknown task kind {task!r}: expected 'math' or 'factual'")
+    fn = GRADERS.get(grader)
+    if fn is None:
+        raise ValueError(f"unknown grader {grader!r}: expected one of {', '.join(GRADERS)}")
+    return fn(pred, gold)
 
 
 async def grade_with_judge(
-    task: Task, question: str, pred: Any, gold: Any, judge: ModelClient | None
+    task: str, question: str, pred: Any, gold: Any, judge: ModelClient | None
 ) -> Grade:
-    """`grade`, and for factual questions that exact match misses, the LLM judge's verdict."""
+    """`grade` with grader `task`, and for the factual grader, where exact match misses, the
+    LLM judge's verdict."""
     g = grade(task, pred, gold)
     if task != "factual" or judge is None or g.correct or gold is None or pred is None:
         return g

@@ -6,6 +6,12 @@ Three sources, one record type (`Question`):
 - JSONL, one `{"question": ..., "answer"?: ..., "id"?: ..., "task"?: ...}` per line,
 - a reasoning-gym generator, written `gym:<dataset>[?size=N&seed=S]`
   (e.g. `gym:gsm_symbolic?size=200&seed=1`): procedural GSM8K-style math.
+
+Each question has a task (training.tasks: its grader and the tools its runs get). A
+question's `"task"` names a registered one (`"math"`, `"factual"`, `"shop"`) or defines its
+own (`{"name", "grader", "tools"?}`); in the paper's JSON, `metadata.task` sets it for the
+whole file. Without one, the dataset's name decides between math and factual
+(`task_for_dataset`); the `task` argument (`--task`) overrides them all.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from training.grading import Task
+from training.tasks import TASKS, TaskError, TaskSpec, task_from_json
 
 MATH_DATASETS = ("math", "aime", "gsm", "olymath", "amc", "gsm_symbolic")
 
@@ -32,8 +39,30 @@ class Question:
     answer: Any = None
     """Gold answer (None when unknown: generation still runs, grading is skipped)."""
     task: Task = "math"
+    """The task's name: a registered task (training.tasks.TASKS) unless `task_spec` is set."""
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    task_spec: TaskSpec | None = None
+    """A task the question file defined itself (None: the registered task `task`)."""
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The question's task: its grader and the tools its runs get."""
+        if self.task_spec is not None:
+            return self.task_spec
+        try:
+            return TASKS[self.task]
+        except KeyError:
+            raise TaskError(f"question {self.id}: unknown task {self.task!r}") from None
+
+
+def _task_fields(value: Any, where: str) -> dict[str, Any]:
+    """`task` and `task_spec` of a Question from a file's `"task"` value."""
+    try:
+        spec = task_from_json(value, TASKS)
+    except TaskError as e:
+        raise QuestionSetError(f"{where}: {e}") from None
+    return {"task": spec.name, "task_spec": None if TASKS.get(spec.name) == spec else spec}
 
 
 def task_for_dataset(name: str) -> Task:
@@ -47,6 +76,8 @@ def load_questions(
 ) -> list[Question]:
     """Read a question set; `task` overrides the inferred kind; `limit` keeps the first N."""
     src = str(source)
+    if task is not None and task not in TASKS:
+        raise QuestionSetError(f"unknown task {task!r}: registered tasks are {', '.join(TASKS)}")
     if src.startswith("gym:"):
         qs = _load_gym(src[4:], task)
     else:
@@ -78,22 +109,30 @@ def _load_paper_json(path: Path, task: Task | None) -> list[Question]:
         raise QuestionSetError(
             f"{path}: expected {{'examples': [...]}} (the paper's format) or a JSON list"
         )
-    info = data.get("metadata", {}).get("dataset_info", {}) if isinstance(data, dict) else {}
+    metadata = data.get("metadata", {}) if isinstance(data, dict) else {}
+    info = metadata.get("dataset_info", {}) if isinstance(metadata, dict) else {}
     default_name = str(info.get("name") or path.stem)
+    file_task = metadata.get("task") if isinstance(metadata, dict) else None
     out = []
     for i, ex in enumerate(examples):
         if not isinstance(ex, dict) or not isinstance(ex.get("question"), str):
             raise QuestionSetError(f"{path}: example {i} has no 'question' string")
         name = str(ex.get("dataset_name") or default_name)
         meta = {k: v for k, v in ex.items() if k not in ("id", "question", "answer")}
+        named = ex.get("task", file_task)
+        fields = (
+            {"task": task} if task else
+            _task_fields(named, f"{path}: example {i}") if named is not None
+            else {"task": task_for_dataset(name)}
+        )  # fmt: skip
         out.append(
             Question(
                 id=str(ex.get("id", i)),
                 question=ex["question"],
                 answer=ex.get("answer"),
-                task=task or task_for_dataset(name),
                 source=name,
                 meta=meta,
+                **fields,
             )
         )
     return out
@@ -113,16 +152,19 @@ def _load_jsonl(path: Path, task: Task | None) -> list[Question]:
                 raise QuestionSetError(f"{path}:{n}: expected an object with a 'question' string")
             name = str(ex.get("dataset_name") or ex.get("source") or path.stem)
             ex_task = ex.get("task")
-            if ex_task is not None and ex_task not in ("math", "factual"):
-                raise QuestionSetError(f"{path}:{n}: task must be 'math' or 'factual'")
+            fields = (
+                {"task": task} if task else
+                _task_fields(ex_task, f"{path}:{n}") if ex_task is not None
+                else {"task": task_for_dataset(name)}
+            )  # fmt: skip
             out.append(
                 Question(
                     id=str(ex.get("id", n - 1)),
                     question=ex["question"],
                     answer=ex.get("answer"),
-                    task=task or ex_task or task_for_dataset(name),
                     source=name,
                     meta={k: v for k, v in ex.items() if k not in ("id", "question", "answer")},
+                    **fields,
                 )
             )
     return out

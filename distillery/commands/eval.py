@@ -45,7 +45,10 @@ if TYPE_CHECKING:
     from evaluation.datasets import EvalSet
     from evaluation.runner import EvalConfig
 
-EVAL_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, "data_dir"]
+TOOL_FIELDS = ["mcp_config"]
+EVAL_FIELDS = [
+    *MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, *TOOL_FIELDS, "data_dir"
+]
 
 
 def _fail(msg: str, code: int, **extra: Any) -> int:
@@ -87,7 +90,8 @@ def _add_run(esub: Any) -> None:
     )
     r.add_argument("--out", required=True, type=Path, help="run folder (created; resumed)")
     r.add_argument("--name", help="the run's label in reports (default: the folder name)")
-    r.add_argument("--task", choices=["math", "factual"], help="domain of question files")
+    r.add_argument("--task", help="a registered task (math, factual, shop) for every question "
+                   "of the files (default: each question's own, else from the set's name)")
     r.add_argument("--limit", type=int, help="only the first N questions of each set")
     r.add_argument(
         "--only-covered",
@@ -113,6 +117,7 @@ def _add_run(esub: Any) -> None:
     add_generation_flags(a, RunConfig)
     add_settings_flags(r.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(r.add_argument_group("retrieval (factual sets)"), RETRIEVAL_FIELDS)
+    add_settings_flags(r.add_argument_group("tools (tasks that name them)"), TOOL_FIELDS)
     j = r.add_argument_group("judge (factual accuracy; without one: exact match)")
     j.add_argument("--judge-url", help="OpenAI-compatible base URL of the LLM judge")
     j.add_argument("--judge-model", help="model name of the judge")

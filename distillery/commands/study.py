@@ -53,6 +53,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--serve", choices=["vllm", "embedded"], help="how students are served")
     r.add_argument("--concurrency", "-j", type=int, help="runs in flight")
     r.add_argument("--nice", type=int, default=0, help="niceness of the vLLM servers started")
+    r.add_argument("--mcp-config", type=Path, metavar="FILE",
+                   help="MCP servers file whose tools the agent runs get (tasks that name them); "
+                   "env DISTILLERY_MCP_CONFIG")  # fmt: skip
     r.add_argument("--harvest-from", type=Path, metavar="DIR",
                    help="start this new study with DIR's teacher records (its config may differ "
                    "only after the harvest: SFT, evaluation, repair)")  # fmt: skip
@@ -120,6 +123,9 @@ class _Backend:
     default - on a 2-core CPU one 768-token reply at 4 in flight takes about that long."""
     vllm_python: Path | None = field(default=None, kw_only=True)
     """Settings.vllm_python: the vLLM venv the study starts its servers with."""
+    mcp_config: Path | None = None
+    """--mcp-config (unset: DISTILLERY_MCP_CONFIG, read by Settings): each runtime's MCP
+    servers, started and closed with the stage that uses it."""
 
     def runtime(
         self, *, url: str | None, name: str, path: Path | None, executor: bool, search: bool
@@ -136,6 +142,8 @@ class _Backend:
             values["model_path"] = path
         if search and self.index_dir:
             values["index_dir"] = Path(self.index_dir)
+        if self.mcp_config is not None:
+            values["mcp_config"] = self.mcp_config
         settings = Settings(**values)  # type: ignore[arg-type]
         return build_components(settings, with_executor=executor, with_retriever=search)
 
@@ -189,7 +197,7 @@ def run_study_command(args: argparse.Namespace) -> int:
                     json_line=True)  # fmt: skip
     settings = Settings(**{})
     backend = _Backend(cfg.executor, cfg.index_dir, settings.cache_dir, cfg.run_timeout_s,
-                       vllm_python=settings.vllm_python)
+                       mcp_config=args.mcp_config, vllm_python=settings.vllm_python)
     try:
         summary = run_study(cfg, args.out, backend, budget_h=args.budget_h, nice=args.nice)
     except BudgetSpent as e:

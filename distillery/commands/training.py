@@ -34,7 +34,8 @@ from distillery.options import (
 )
 from distillery.settings import Settings
 
-GENERATE_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS]
+TOOL_FIELDS = ["mcp_config"]
+GENERATE_FIELDS = [*MODEL_FIELDS, *AGENT_FIELDS, *SANDBOX_FIELDS, *RETRIEVAL_FIELDS, *TOOL_FIELDS]
 # A teacher harvest samples one candidate with the teacher prompt unless a flag or a
 # DISTILLERY_* variable says otherwise.
 GENERATE_DEFAULTS: dict[str, Any] = {"samples": 1, "prompt": "teacher"}
@@ -114,7 +115,9 @@ def _add_generate(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output JSONL (appended to)")
     p.add_argument(
-        "--task", choices=["math", "factual"], help="answer checking (default: inferred)"
+        "--task",
+        help="a registered task (math, factual, shop) for every question: its grader and tools "
+        "(default: each question's own task, else math or factual from the dataset's name)",
     )
     p.add_argument("--limit", type=int, help="only the first N questions")
     add_settings_flags(
@@ -147,6 +150,7 @@ def _add_generate(sub: Any) -> None:
     )
     add_settings_flags(p.add_argument_group("sandbox"), SANDBOX_FIELDS)
     add_settings_flags(p.add_argument_group("retrieval"), RETRIEVAL_FIELDS)
+    add_settings_flags(p.add_argument_group("tools"), TOOL_FIELDS)
     g.add_argument("--no-search", action="store_true", help="do not offer web_search")
     g.add_argument("--judge-url", help="OpenAI-compatible URL of an LLM judge for factual answers")
     g.add_argument("--judge-model", help="model name of the judge")
@@ -169,7 +173,7 @@ async def _generate(
 ) -> dict[str, Any]:
     """Build the teacher's components, run the harvest, close what was built."""
     from distillery.components import build_components, build_judge
-    from training.generate import generate
+    from training.generate import generate, tools_by_task
 
     components: list[Any] = []
     try:
@@ -179,6 +183,8 @@ async def _generate(
             with_retriever=args.mode == "agent" and not args.no_search,
         )
         components.append(runtime)
+        if args.mode == "agent":
+            await runtime.tools.start()  # MCP servers: spawned / connected, closed with the job
         judge = None
         if args.judge_url:
             judge = build_judge(args.judge_url, args.judge_model)
@@ -188,7 +194,7 @@ async def _generate(
             args.out,
             model=runtime.model,
             executor=runtime.executor,
-            tools_factory=runtime.tools_for_run,
+            tools_for=tools_by_task(runtime.tools_for_run) if args.mode == "agent" else None,
             config=cfg,
             judge=judge,
         )
@@ -201,6 +207,7 @@ async def _generate(
 def run_generate(args: argparse.Namespace) -> int:
     from training.generate import GenerateConfig, GenerateError
     from training.questions import QuestionSetError, load_questions
+    from training.tasks import TaskError
 
     if args.judge_url and not args.judge_model:
         return _fail("--judge-url needs --judge-model", EXIT_CONFIG)
@@ -227,7 +234,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         summary = asyncio.run(_generate(args, settings, questions, cfg))
-    except GenerateError as e:
+    except (GenerateError, TaskError) as e:
         return _fail(str(e), EXIT_CONFIG)
     except KeyboardInterrupt:
         return _fail(
