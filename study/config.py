@@ -72,6 +72,8 @@ class SFTPlan:
     threads: int | None = None
     save_steps: int = 10
     seed: int = 42
+    precision: str = "fp32"
+    """'fp32', or 'bf16' (autocast; about 3.5x faster on a CPU with native bfloat16)."""
 
 
 @dataclass
@@ -143,6 +145,9 @@ class StudyConfig:
     leak_check: bool = False
     """build-data drops a hinted trajectory whose thoughts or code name the answer (or the
     hint) before any observation showed the answer."""
+    train_hinted: bool = True
+    """build-data-agent trains on the hinted retries' runs too; False: on the unhinted runs
+    only (the "without hinted data" row; with --harvest-from it reuses a hinted harvest)."""
     # -- training
     sft: SFTPlan = field(default_factory=SFTPlan)
     # -- evaluation
@@ -172,6 +177,8 @@ class StudyConfig:
             problems.append("hint_tasks may hold 'factual' and 'math' only")
         if self.attempts < 1:
             problems.append("attempts must be at least 1")
+        if self.sft.precision not in ("fp32", "bf16"):
+            problems.append("sft.precision must be 'fp32' or 'bf16' (the study trains on a CPU)")
         if self.concurrency < 1:
             problems.append("concurrency must be at least 1")
         unknown = sorted(set(self.rows) - set(ROWS))
@@ -253,6 +260,8 @@ _NOT_FINGERPRINT = {"concurrency", "run_timeout_s", "vllm_kv_cache_gb"}
 def fingerprint(doc: dict[str, Any]) -> str:
     """The hash of what decides the numbers (a resume must match it)."""
     kept = {k: v for k, v in doc.items() if k not in _NOT_FINGERPRINT}
-    kept["sft"] = {k: v for k, v in dict(kept.get("sft") or {}).items() if k != "threads"}
+    # threads do not change the numbers; precision at its old default keeps old fingerprints
+    kept["sft"] = {k: v for k, v in dict(kept.get("sft") or {}).items()
+                   if k != "threads" and (k, v) != ("precision", "fp32")}  # fmt: skip
     blob = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -24,7 +24,7 @@ __all__ = ["DOWNSTREAM", "HarvestError", "harvest_source", "reuse_harvest"]
 
 DOWNSTREAM = frozenset({
     "repair", "student", "sft", "serve", "rows", "eval_max_steps", "eval_max_tokens",
-    "sag_samples", "eval_limit", "resamples", "grounded", "leak_check",
+    "sag_samples", "eval_limit", "resamples", "grounded", "leak_check", "train_hinted",
     # where things are or how fast they run, not what the teacher produced
     "index_dir", "concurrency", "run_timeout_s", "vllm_kv_cache_gb",
 })  # fmt: skip

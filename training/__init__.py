@@ -25,6 +25,7 @@ from training.grading import (
     normalize_text,
     token_f1,
 )
+from training.grounding import occurs
 from training.questions import Question, QuestionSetError, load_questions, task_for_dataset
 from training.run_folder import (
     RecordAppender,
@@ -68,6 +69,7 @@ __all__ = [
     "load_records",
     "load_tokenizer",
     "normalize_text",
+    "occurs",
     "read_eval_report",
     "task_for_dataset",
     "token_f1",

@@ -52,18 +52,20 @@ def _harvest(cfg: StudyConfig) -> list[Stage]:
 
 def _training(cfg: StudyConfig) -> list[Stage]:
     hinted = ("generate-agent-hinted",) if cfg.hint_attempts > 0 else ()
+    # a study without the CoT row trains no CoT twin (one with it keeps its stage list)
+    modes = MODES if "cot" in cfg.rows else ("agent",)
     st = [
         Stage(f"build-data-{mode}", functools.partial(train.build_data, mode=mode),
               ("student-base", f"generate-{mode}", *(hinted if mode == "agent" else ())),
               (f"data/{mode}.jsonl",))  # fmt: skip
-        for mode in MODES
+        for mode in modes
     ]
     st += [Stage(f"sft-{mode}", functools.partial(train.sft, mode=mode),
                  ("student-base", f"build-data-{mode}"), (f"sft/{mode}/",))
-           for mode in MODES]  # fmt: skip
+           for mode in modes]  # fmt: skip
     st += [Stage(f"export-{mode}", functools.partial(train.export, mode=mode),
                  (f"sft-{mode}",), (f"export/{mode}/",))
-           for mode in MODES]  # fmt: skip
+           for mode in modes]  # fmt: skip
     return st
 
 

@@ -19,7 +19,7 @@ def build_data(ctx: StudyContext, mode: str) -> dict[str, Any]:
 
     # by name under this folder: the marker's absolute paths name where the study ran,
     # which differs for a study unpacked elsewhere (study.pack)
-    files = ctx.agent_files() if mode == "agent" else [
+    files = _agent_files(ctx) if mode == "agent" else [
         ctx.records_dir(mode) / Path(f).name
         for f in (ctx.marker(f"generate-{mode}") or {})["summary"]["files"]
     ]  # fmt: skip
@@ -41,6 +41,13 @@ def build_data(ctx: StudyContext, mode: str) -> dict[str, Any]:
     return {**summary, "_output": digest([out])}
 
 
+def _agent_files(ctx: StudyContext) -> list[Path]:
+    """The agent harvest's files build-data reads: without `train_hinted`, the unhinted
+    attempts only."""
+    files = ctx.agent_files()
+    return files if ctx.cfg.train_hinted else [f for f in files if not f.name.startswith("hinted-")]
+
+
 def sft(ctx: StudyContext, mode: str) -> dict[str, Any]:
     """sft/MODE: training.sft.train_sft on data/MODE.jsonl, stopping at the budget's end at
     a resumable checkpoint."""
@@ -57,7 +64,7 @@ def sft(ctx: StudyContext, mode: str) -> dict[str, Any]:
         learning_rate=p.learning_rate, epochs=p.epochs, max_steps=p.max_steps,
         batch_size=p.batch_size, effective_batch=p.effective_batch, max_length=p.max_length,
         threads=p.threads, save_steps=p.save_steps, seed=p.seed, progress=False,
-        device="cpu", stop_at=ctx.deadline,
+        device="cpu", stop_at=ctx.deadline, precision=p.precision,  # type: ignore[arg-type]
     )  # fmt: skip
 
     def log(rec: dict[str, Any]) -> None:

@@ -154,3 +154,29 @@ def test_a_negative_hint_limit_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="hint_limit must be >= 0"):
         load_config(preset_name="quick", hint_limit=-1)
+
+
+def test_without_train_hinted_the_agent_data_holds_the_unhinted_runs_only(
+    teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    cfg = load_config(
+        preset_name="quick", student={"path": str(tiny_model_dir)},
+        teacher={"url": teacher.url, "name": "teacher", "path": None},
+        data_dir=str(shared_data_dir), index_dir=str(wiki_index), search=True,
+        hint_attempts=1, hint_titles=True, train_hinted=False,
+    )  # fmt: skip
+    study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+    wanted = {"questions", "student-base", "generate-agent", "generate-agent-hinted",
+              "build-data-agent"}  # fmt: skip
+    study.stages = [s for s in study.stages if s.name in wanted]
+    study.run()
+    out = study.out
+    hinted = read_jsonl(out / "teacher" / "agent" / "hinted-0.jsonl")
+    assert hinted and all(r["correct"] for r in hinted), "the hinted runs exist and are right"
+    marker = json.loads((out / "stages" / "build-data-agent.json").read_text())["summary"]
+    attempts = [r for f in sorted((out / "teacher" / "agent").glob("attempt-*.jsonl"))
+                for r in read_jsonl(f)]  # fmt: skip
+    assert marker["records"] == len(attempts) and marker["hinted"] == 0
+    examples = read_jsonl(out / "data" / "agent.jsonl")
+    assert examples and not any(ex["hinted"] for ex in examples)

@@ -50,11 +50,11 @@ HINTED = _with_results([
     ("build-data-cot", ("student-base", "generate-cot")),
     *TRAINING, *EVALS, COMPARE,
 ])  # fmt: skip
+# without the CoT row, no CoT twin is trained (the CoT harvest stays: it is shared)
 TWO_ROWS = _with_results([
     *HARVEST, ("generate-cot", ("questions",)),
     ("build-data-agent", ("student-base", "generate-agent")),
-    ("build-data-cot", ("student-base", "generate-cot")),
-    *TRAINING, EVALS[0], EVALS[3], ("compare", ("eval-base", "eval-agent")),
+    TRAINING[0], TRAINING[2], EVALS[0], EVALS[3], ("compare", ("eval-base", "eval-agent")),
 ])  # fmt: skip
 
 
@@ -91,3 +91,28 @@ def test_inputs_and_output_digests_keep_their_format(tmp_path: Path) -> None:
     assert study.inputs_digest(()) == "44136fa355b3678a"
     assert digest([tmp_path / "questions"]) == "66e1700d89db65ff"
     assert digest([tmp_path / "questions" / "x.jsonl", tmp_path / "nothere"]) == "b9936c9b6243e1a7"
+
+
+def test_a_study_without_the_cot_row_trains_no_cot_twin_but_keeps_the_harvest(
+    tmp_path: Path,
+) -> None:
+    names = [s.name for s in _study(tmp_path, rows=["agent"]).stages]
+    assert "generate-cot" in names
+    assert [n for n in names if n.endswith("-cot")] == ["generate-cot"]
+    assert [n for n in names if n.endswith("-agent")] == [
+        "generate-agent", "build-data-agent", "sft-agent", "export-agent", "eval-agent"]
+
+
+def test_sft_precision_keeps_old_fingerprints_at_fp32_and_refuses_fp16() -> None:
+    from study.config import ConfigError, fingerprint
+
+    base = _study(Path("/nonexistent")).cfg.to_dict()
+    old = {**base, "sft": {k: v for k, v in base["sft"].items() if k != "precision"}}
+    assert base["sft"]["precision"] == "fp32"
+    assert fingerprint(base) == fingerprint(old), "a study written before the field resumes"
+    bf16 = {**base, "sft": {**base["sft"], "precision": "bf16"}}
+    assert fingerprint(bf16) != fingerprint(base), "bf16 changes the numbers: not the same study"
+    with pytest.raises(ConfigError, match="sft.precision"):
+        load_config(preset_name="quick", student={"path": "smollm2"},
+                    teacher={"url": "http://127.0.0.1:9/v1", "name": "t", "path": None},
+                    sft={"precision": "fp16"})  # fmt: skip
