@@ -60,7 +60,8 @@ AGENT_FIELDS = [
     "protocol", "observation_max_chars", "stuck_detection", "stream",
 ]
 SANDBOX_FIELDS = [
-    "executor", "sandbox_pool_size", "sandbox_fork_width", "sandbox_spare_candidates",
+    "executor", "sandbox_pool_size", "sandbox_reuse_idle", "sandbox_fork_width",
+    "sandbox_spare_candidates",
     "sandbox_memory_mb", "sandbox_pids",
     "sandbox_step_timeout_s", "sandbox_cpu_s", "sandbox_file_size_mb", "sandbox_tmpfs_mb",
     "sandbox_output_max_bytes", "sandbox_allowed_imports", "sandbox_cgroup_mode",

@@ -169,6 +169,7 @@ class Settings(BaseSettings):
         description="'sandbox' = nsjail; 'local' = the sandbox's unjailed mode, development only",
     )
     sandbox_pool_size: int = _sandbox("pool_size", ge=0)
+    sandbox_reuse_idle: int = _sandbox("reuse_idle", ge=0)
     sandbox_fork_width: int = _sandbox("fork_width", ge=1)
     sandbox_spare_candidates: int = _sandbox("spare_candidates", ge=0)
     sandbox_memory_mb: int = _sandbox("memory_mb", ge=64)

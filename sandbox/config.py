@@ -47,6 +47,13 @@ class SandboxConfig:
     """Modules imported once by each worker before it is used (forks share them)."""
     pool_size: int = 2
     """Workers started ahead of time so that a run does not wait for a jail to start."""
+    reuse_idle: int = 16
+    """Jails of finished runs kept for later runs, scrubbed: every process of the run
+    killed, /tmp emptied, a fresh state process forked from the jail's init (which never
+    runs model code). At most pool_size + reuse_idle jails wait ready at once; a run
+    then skips the jail start. Set it to about the gateway's max_concurrency: fewer, and
+    runs that end together close jails that runs starting together must start again.
+    0 = every jail serves one run and is closed."""
     fork_width: int = 8
     """Candidates of one step that run at the same time."""
     spare_candidates: int = 8
@@ -83,7 +90,9 @@ class SandboxConfig:
     real users nor overlap the host's subordinate uid ranges (/etc/subuid); gateways that
     share a kernel (pods on one node) need disjoint ranges."""
     uid_count: int = 4096
-    """Size of the uid range: at least the number of live jails (runs + pool_size)."""
+    """Size of the uid range: at least the number of live jails (runs + pool_size +
+    reuse_idle). A reused jail keeps its uid: successive runs of one jail share it, never
+    two at once."""
     tool_args_max_bytes: int = 16_384
     """JSON size of one tool call's arguments. Larger calls raise in the code (an honest
     call) or kill the process that forged them."""
@@ -110,6 +119,7 @@ class SandboxConfig:
             (self.tmpfs_mb >= 1, "tmpfs_mb must be >= 1"),
             (self.output_max_bytes >= 1024, "output_max_bytes must be >= 1024"),
             (self.pool_size >= 0, "pool_size must be >= 0"),
+            (self.reuse_idle >= 0, "reuse_idle must be >= 0"),
             (self.fork_width >= 1, "fork_width must be >= 1"),
             (self.spare_candidates >= 0, "spare_candidates must be >= 0"),
             (self.max_tool_calls >= 0, "max_tool_calls must be >= 0"),

@@ -67,7 +67,9 @@ class SandboxExecutor:
                 self.layout.executable,
                 ", ".join(self.layout.missing),
             )
-        self.pool = WorkerPool(self._start_worker, self.config.pool_size)
+        self.pool = WorkerPool(
+            self._start_worker, self.config.pool_size, self.config.reuse_idle
+        )
         self._sessions: set[SandboxSession] = set()
         self._closed = False
 
@@ -99,7 +101,12 @@ class SandboxExecutor:
             if not callable(fn):
                 raise TypeError(f"tool {name!r} is not callable")
         session = SandboxSession(
-            self.pool.acquire, self.config, tools, self._sessions.discard, self.candidates
+            self.pool.acquire,
+            self.config,
+            tools,
+            self._sessions.discard,
+            self.candidates,
+            release=self.pool.give_back,
         )
         self._sessions.add(session)
         try:
@@ -141,9 +148,9 @@ class SandboxExecutor:
 
     async def aclose(self) -> None:
         self._closed = True
+        await self.pool.close()  # first: the sessions' workers are closed, not recycled
         for session in list(self._sessions):
             await session.close()
-        await self.pool.close()
 
     async def __aenter__(self) -> SandboxExecutor:
         return self
@@ -162,6 +169,7 @@ class SandboxExecutor:
             "pool_misses": s.misses,
             "pool_hit_rate": s.hit_rate,
             "workers_started": s.started,
+            "jails_recycled": s.recycled,
             "worker_start_failures": s.start_failures,
             "open_sessions": len(self._sessions),
             "candidates_on_spares": self.candidates.on_spares,

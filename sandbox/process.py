@@ -27,16 +27,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sandbox import jail, procs
+from sandbox.accounting import JailAccounting
 from sandbox.cgroups import JailCounters, jail_cgroups
 from sandbox.channel import Channel
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxSetupError, WorkerDied
+from sandbox.fork import Fork
 from sandbox.freezer import Freezer, make_freezer
 from sandbox.probe import InterpreterLayout
 from sandbox.protocol import Message, ProtocolError
+from sandbox.spares import SPARE_DELAY_S, Spares, ignore_result
 from sandbox.uids import UidAllocator
 
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -45,15 +47,6 @@ SETTLE_S = 2.0
 """After a step, the jail is frozen once the killed processes are gone, or this much later.
 Long enough for a CPU-starved machine: a SIGKILLed process that is frozen before it died
 (cgroup v1) stays until the next thaw, a leftover that tests rightly count."""
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SPARE_DELAY_S = 0.002
-"""Spares are forked when no next step came this long after a step (a model generates for
-far longer; a caller that steps back to back gets none)."""
-SPARE_BYTES = 4 << 20
-"""Memory budgeted per spare (its warm-up copies 1-2 MiB of the state's pages): spares are
-forked only into room the jail has beyond an eighth of its limit, so that they never push
-a run near its memory limit into the OOM killer between steps."""
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +58,13 @@ class SpawnFailed(Exception):
 
 
 @dataclass
-class Fork:
-    """A candidate process inside the jail and its channel."""
-
-    cid: int
-    pid: int
-    channel: Channel
-    dead: bool = False
-    """It exited, was killed or broke the protocol: it cannot become the state."""
-    spare: bool = False
-    """Forked ahead, without code: it waits for `run` (see WorkerProcess.take_spares)."""
-    started: bool = True
-    """False for a spare given its code until it says `started` (it took the code)."""
-    host_pid: int | None = None
-    """Its pid on the host, once looked up (spares: the stray killer keeps them)."""
-
-    @property
-    def usable(self) -> bool:
-        return not self.dead and not self.channel.broken and not self.channel.closed
-
-
-@dataclass
 class _Exit:
     code: int | None
     signal: int | None
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(JailAccounting):
     config: SandboxConfig
     popen: subprocess.Popen[bytes]
     control: Channel
@@ -111,7 +83,6 @@ class WorkerProcess:
     death_reason: str | None = None
     """Why the host killed the jail (a protocol violation), if it did."""
     _fork_pids: set[int] = field(default_factory=set)
-    _spares: list[asyncio.Task[Fork]] = field(default_factory=list)
     _settle: asyncio.Future[None] | None = None
     _reader: asyncio.Task[None] | None = None
     _spawns: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
@@ -121,6 +92,19 @@ class WorkerProcess:
     _next_cid: int = 0
     _dead: bool = False
     _closed: bool = False
+    init_channel: Channel | None = None
+    """The channel to the jail's init (which forks fresh state processes); `control` is
+    the state process's."""
+    runs: int = 1
+    """Runs this jail has served, the current one included (see `recycle`)."""
+    spares: Spares = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spares = Spares(self)
+
+    def spare_forks(self) -> list[Fork]:
+        """The spares forked and announced so far (parked, waiting for a step)."""
+        return self.spares.forks()
 
     # --- start -------------------------------------------------------------------------
 
@@ -219,7 +203,6 @@ class WorkerProcess:
         hello = await self.control.recv_msg()
         if hello is None or hello.get("op") != "hello" or not isinstance(hello.get("pid"), int):
             raise WorkerDied(f"no hello from the worker (got {hello!r})")
-        self.state_pid = hello["pid"]
         if self.jailed:
             init = first_child(self.popen.pid)
             if init is None:
@@ -234,7 +217,7 @@ class WorkerProcess:
                     self.cgroups,
                 )
                 if self.freezer is not None:
-                    # only init and the state process exist now (the state waits for config)
+                    # only init exists now (it waits for its config): what it forks inherits
                     self.freezer.attach(self.cgroups.procs())
         await self.control.send(
             {
@@ -255,6 +238,35 @@ class WorkerProcess:
         self.preloaded = [str(m) for m in ready.get("preloaded", [])]
         for err in ready.get("errors", []):
             log.warning("sandbox worker could not preload %s", err)
+        self.init_channel = self.control
+        self.control = await self._new_state()
+
+    async def _new_state(self) -> Channel:
+        """Ask init for a fresh state process; its channel (checked like a candidate's
+        socket: a unix stream socket made inside this jail)."""
+        assert self.init_channel is not None
+        await self.init_channel.send({"op": "state"})
+        item = await self.init_channel.recv()
+        if item is None:
+            raise WorkerDied("the jail's init is gone")
+        msg, fd = item
+        pid = msg.get("pid")
+        if msg.get("op") != "state" or fd is None or not isinstance(pid, int) or pid < 2:
+            if fd is not None:
+                os.close(fd)
+            raise WorkerDied(f"init did not start a state process (got {msg!r})")
+        problem = self._check_candidate_socket(fd)
+        if problem is not None:
+            os.close(fd)
+            raise WorkerDied(problem)
+        self.state_pid = pid
+        self.state_host_pid = None
+        return Channel(
+            socket.socket(fileno=fd),
+            max_frame=self.config.max_frame_bytes,
+            accept_fds=True,
+            max_depth=self.config.json_depth_max + 2,
+        )
 
     # --- control channel ---------------------------------------------------------------
 
@@ -403,7 +415,7 @@ class WorkerProcess:
 
     async def spawn(self, code: str | None) -> Fork:
         """Fork a candidate that runs `code` against the current state (None: a spare that
-        waits for its code, see `take_spares`)."""
+        waits for its code, see sandbox.spares)."""
         self._next_cid += 1
         cid = self._next_cid
         fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
@@ -446,74 +458,13 @@ class WorkerProcess:
             channel.silence()  # a spare has nothing to say before it has code
         return fork
 
-    # --- spares: the next step's candidates, forked while the model generates ------------
-
-    def spares_wanted(self, n: int) -> int:
-        """How many spares to fork for a step of `n` candidates: none without a freezer
-        (a spare must not run between steps), never more than the config allows nor than
-        the pids limit leaves room for (init, the state and one more process)."""
-        if self.freezer is None or self.dead:
-            return 0
-        return max(0, min(n, self.config.spare_candidates, self.config.pids - 3))
-
-    def _request_spares(self, n: int) -> None:
-        for _ in range(n):
-            task = asyncio.ensure_future(self.spawn(None))
-            task.add_done_callback(_ignore_result)
-            self._spares.append(task)
-
-    async def take_spares(self, n: int) -> list[Fork]:
-        """Up to `n` live spares for a step's candidates; the others are killed (they
-        would only hold pids). Waits for spares still being forked (a step that follows
-        the last one at once)."""
-        tasks, self._spares = self._spares, []
-        if not tasks:
-            return []
-        if not all(t.done() for t in tasks):
-            await asyncio.wait(tasks)
-        forks = [f for f in map(_spawned, tasks) if f is not None]
-        live = [f for f in forks if f.usable]
-        for fork in forks:
-            if fork not in live[:n]:
-                self.kill(fork)
-        return live[:n]
-
-    async def run_spare(self, fork: Fork, code: str) -> bool:
-        """Hand a spare its code; False if it cannot take it (then fork a candidate)."""
-        if not fork.usable:
-            return False
-        fork.spare, fork.started = False, False
-        fork.channel.unsilence()
-        try:
-            await fork.channel.send({"op": "run", "code": code})
-        except OSError:
-            self.kill(fork)
-            return False
-        return True
-
-    def _drop_spares(self) -> None:
-        """The state they were forked from is gone or changed: they must not run."""
-        tasks, self._spares = self._spares, []
-        for task in tasks:
-            task.add_done_callback(self._kill_spare)
-
-    def _kill_spare(self, task: asyncio.Future[Fork]) -> None:
-        fork = _spawned(task)
-        if fork is not None:
-            self.kill(fork)
-
-    def spare_forks(self) -> list[Fork]:
-        """The spares forked and announced so far (parked, waiting for a step)."""
-        forks = (_spawned(t) for t in self._spares if t.done())
-        return [f for f in forks if f is not None and f.usable]
-
     def kill(self, fork: Fork) -> None:
         """SIGKILL a candidate (through the state process) and drop its channel."""
         fork.dead = True
         fork.channel.close()
         if not self.dead:
             task = asyncio.ensure_future(self._send_control({"op": "kill", "pid": fork.pid}))
-            task.add_done_callback(_ignore_result)
+            task.add_done_callback(ignore_result)
 
     async def exit_status(self, pid: int, timeout: float) -> _Exit | None:
         if pid not in self._exits and not self.dead:
@@ -530,7 +481,7 @@ class WorkerProcess:
 
     async def discard(self) -> None:
         """Kill every candidate and stray process; the state stays as it was."""
-        self._drop_spares()
+        self.spares.drop()
         self._fork_pids.clear()
         self._exits.clear()
         await self._send_control({"op": "discard"})
@@ -540,7 +491,7 @@ class WorkerProcess:
         fork.channel.accept_fds = True  # it will hand over its own candidates' sockets
         fork.channel.on_violation = None  # as the control channel, _control_loop judges
         fork.channel.unsilence()
-        self._drop_spares()
+        self.spares.drop()
         async with asyncio.timeout(self.config.control_timeout_s):
             await fork.channel.send({"op": "promote"})
         old, old_reader = self.control, self._reader
@@ -558,7 +509,7 @@ class WorkerProcess:
         old.close()
 
     async def set_tools(self, names: list[str]) -> None:
-        self._drop_spares()  # forked without these tools
+        self.spares.drop()  # forked without these tools
         await self._send_control({"op": "tools", "names": names})
 
     async def ping(self, timeout: float = 1.0) -> bool:
@@ -576,21 +527,70 @@ class WorkerProcess:
             self.quiesce()
         return not self.dead
 
+    # --- another run in the same jail ---------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """`recycle` may hand this jail to another run: jailed (init is pid 1 of its own
+        pid namespace, cgroups hold every process), alive, never caught breaking the
+        protocol."""
+        return (
+            self.jailed
+            and self.cgroups is not None
+            and self.init_channel is not None
+            and self.death_reason is None
+            and not self._closed
+            and self.popen.poll() is None
+        )
+
+    async def recycle(self) -> bool:
+        """Make this jail a fresh one for another run. init (which never ran model code)
+        kills every other process of the jail, empties /tmp and forks a new state process
+        from its own memory, as at the start; the finished run's state channel is
+        dropped. False when the jail cannot be reused (the caller closes it)."""
+        if not self.reusable:
+            return False
+        self._cancel_settle()
+        self.spares.clear()  # they die in the scrub
+        old, reader = self.control, self._reader
+        self._reader = None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader  # it marks the worker dead: reset below
+        old.close()
+        if self.freezer is not None:
+            self.freezer.thaw()  # frozen processes do not die
+        try:
+            async with asyncio.timeout(self.config.control_timeout_s + SETTLE_S):
+                self.control = await self._new_state()
+        except (OSError, TimeoutError, WorkerDied, ProtocolError) as e:
+            log.warning("sandbox: a jail could not be scrubbed for another run: %s", e)
+            self._dead = True
+            return False
+        self._fork_pids.clear()
+        self._exits.clear()
+        self._dead = False
+        self.runs += 1
+        self._reader = asyncio.create_task(self._control_loop(self.control))
+        self.quiesce()
+        return True
+
     # --- between steps -----------------------------------------------------------------
 
     def quiesce(self, spares: int = 0) -> None:
         """The step is over: kill every process but init and the state process now; then,
         in a background task that `resume` cancels: fork `spares` spares for the next step
-        (see `spares_wanted`) once SPARE_DELAY_S passed without a next step, and freeze the
+        (see `Spares.wanted`) once SPARE_DELAY_S passed without a next step, and freeze the
         jail as soon as they are parked and the killed processes are gone (at most
         SETTLE_S later). Never raises."""
         if not self.jailed or self.cgroups is None or self.dead:
             return
         self._cancel_settle()
-        if all(t.done() for t in self._spares):  # a spare being forked is no stray
+        if not self.spares.forking:  # a spare being forked is no stray
             self._kill_strays()
         if self.freezer is not None:
-            wanted = spares if not self._spares else 0
+            wanted = spares if not self.spares.tasks else 0
             self._settle = asyncio.ensure_future(self._freeze_when_settled(wanted))
 
     def _kill_strays(self) -> bool:
@@ -601,33 +601,12 @@ class WorkerProcess:
         state = self._state_host_pid(pids)
         if state is None or self.init_host_pid is None:
             return True  # cannot tell the state process apart (no NSpid): kill nothing
-        keep = {self.init_host_pid, state, *self._spare_host_pids(pids)}
+        keep = {self.init_host_pid, state, *self.spares.host_pids(pids, _ns_pid)}
         strays = [pid for pid in pids if pid not in keep]
         for pid in strays:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         return not strays
-
-    def _room_for_spares(self) -> int:
-        """How many spares fit in the jail's memory (see SPARE_BYTES)."""
-        limit = self.config.memory_mb << 20
-        free = limit - limit // 8 - self.memory_bytes()[0]
-        return max(0, free // SPARE_BYTES)
-
-    def _spare_host_pids(self, pids: list[int]) -> list[int]:
-        """Host pids of the parked spares among `pids` (the jail's processes)."""
-        spares = {f.pid: f for f in self.spare_forks()}
-        out = [f.host_pid for f in spares.values() if f.host_pid in pids]
-        missing = {ns for ns, f in spares.items() if f.host_pid not in pids}
-        if missing:
-            for pid in pids:
-                if pid in out or pid == self.init_host_pid or pid == self.state_host_pid:
-                    continue
-                ns = _ns_pid(pid)
-                if ns in missing:
-                    spares[ns].host_pid = pid
-                    out.append(pid)
-        return [p for p in out if p is not None]
 
     async def _freeze_when_settled(self, spares: int) -> None:
         if spares > 0:
@@ -640,9 +619,9 @@ class WorkerProcess:
             if self.state_host_pid is not None:  # the last step's code may have stopped it
                 with contextlib.suppress(OSError):
                     os.kill(self.state_host_pid, signal.SIGCONT)
-            self._request_spares(min(spares, self._room_for_spares()))
-        if self._spares:  # spares are parked before the jail freezes (never killed as strays)
-            await asyncio.wait(self._spares)  # (a cancelled wait leaves them running)
+            self.spares.request(min(spares, self.spares.room()))
+        if self.spares.tasks:  # parked before the jail freezes (never killed as strays)
+            await asyncio.wait(self.spares.tasks)  # (a cancelled wait leaves them running)
         await self._strays_gone()
         if self.freezer is not None and not self._closed:
             self.freezer.freeze()
@@ -693,50 +672,6 @@ class WorkerProcess:
             )
         return self.popen.poll() is not None
 
-    # --- accounting --------------------------------------------------------------------
-
-    def oom_kills(self) -> int:
-        return self.cgroups.oom_kills() if self.cgroups else 0
-
-    def pids_limit_hits(self) -> int:
-        return self.cgroups.pids_limit_hits() if self.cgroups else 0
-
-    def process_ids(self) -> list[int]:
-        """Host pids of the jail's processes (init + state at rest; nsjail excluded)."""
-        if self.cgroups is not None:
-            return self.cgroups.procs()
-        if self.popen.poll() is not None:
-            return []
-        return [self.popen.pid, *procs.descendants(self.popen.pid)]
-
-    def memory_bytes(self) -> tuple[int, int]:
-        """(current, peak) memory of the jail: cgroup accounting, or RSS when unjailed."""
-        if self.cgroups is not None:
-            return self.cgroups.memory_usage(), self.cgroups.memory_peak()
-        rss = sum(_rss(p) for p in self.process_ids())
-        return rss, rss
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the jail's live processes and of the children they reaped (utime,
-        stime, cutime, cstime from /proc, in clock ticks: a process whose reaper died
-        before it is not counted)."""
-        ticks = 0
-        for pid in self.process_ids():
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            ticks += sum(int(x) for x in fields[11:15])
-        return ticks / CLK_TCK
-
-    def log_tail(self, limit: int = 4000) -> str:
-        try:
-            return Path(self.tmpdir, "worker.log").read_text(errors="replace")[-limit:]
-        except OSError:
-            return "(no log)"
-
     # --- shutdown ----------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -748,8 +683,10 @@ class WorkerProcess:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self.control.close()
+        if self.init_channel is not None:
+            self.init_channel.close()
         self._cancel_settle()
-        self._spares.clear()  # their spawn futures failed with the worker (_mark_dead)
+        self.spares.clear()  # their spawn futures failed with the worker (_mark_dead)
         if self.freezer is not None:
             self.freezer.thaw()  # frozen processes do not die of SIGKILL before they thaw
         if self.jailed:
@@ -801,18 +738,6 @@ def _ns_pid(pid: int) -> int | None:
     return None
 
 
-def _spawned(task: asyncio.Future[Fork]) -> Fork | None:
-    """The fork a finished spawn task made (None: it failed or was cancelled)."""
-    if task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 async def _wait_exit(popen: subprocess.Popen[bytes], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = 0.001
@@ -833,13 +758,3 @@ def first_child(pid: int) -> int | None:
         pass
     kids = [p for p in procs.descendants(pid)]
     return kids[0] if kids else None
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0

@@ -22,7 +22,8 @@ from typing import Any, get_args
 
 from sandbox.config import SandboxConfig
 from sandbox.errors import WorkerDied
-from sandbox.process import Fork, SpawnFailed, WorkerProcess
+from sandbox.fork import Fork
+from sandbox.process import SpawnFailed, WorkerProcess
 from sandbox.protocol import (
     FINAL_JSON_MAX_BYTES,
     TEXT_CHUNK_CHARS,
@@ -60,8 +61,12 @@ class SandboxSession:
         tools: Mapping[str, ToolFn],
         on_close: Callable[[SandboxSession], None] | None = None,
         stats: CandidateStats | None = None,
+        release: Callable[[WorkerProcess], Awaitable[None]] | None = None,
     ) -> None:
         self._acquire = acquire
+        self._release = release
+        """Takes the worker back when the session closes (the pool may recycle it);
+        None: it is closed."""
         self.stats = stats if stats is not None else CandidateStats()
         self.config = config
         self.tools = dict(tools)
@@ -177,7 +182,7 @@ class SandboxSession:
         cache = ToolCache(self.tools)
         width = asyncio.Semaphore(self.config.fork_width)
         self._width = len(codes)
-        spares = await worker.take_spares(len(codes))  # forked while the model generated
+        spares = await worker.spares.take(len(codes))  # forked while the model generated
         # the jail's limit counters before the round: a rise explains a failure
         counters = worker.oom_kills(), worker.pids_limit_hits()
 
@@ -207,8 +212,14 @@ class SandboxSession:
         for fork in pending or []:
             if fork is not None:
                 fork.channel.close()
-        if self._worker is not None:
-            await self._worker.close()
+        worker = self._worker  # kept for inspection; a recycled jail serves another run
+        if worker is not None:
+            # a step still in progress (closed from another task) may yet touch the
+            # worker: it is closed then, never handed to another run
+            if self._release is not None and not worker.dead and not self._lock.locked():
+                await self._release(worker)
+            else:
+                await worker.close()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -244,7 +255,7 @@ class SandboxSession:
         else:
             # after a final answer the run is over: no spares for a step that will not come
             final = index < len(self._finals) and self._finals[index]
-            self._worker.quiesce(0 if final else self._worker.spares_wanted(self._width))
+            self._worker.quiesce(0 if final else self._worker.spares.wanted(self._width))
 
     async def _discard_locked(self) -> None:
         pending, self._pending = self._pending, None
@@ -257,7 +268,7 @@ class SandboxSession:
         if worker is not None and not worker.dead:
             with contextlib.suppress(WorkerDied):
                 await worker.discard()
-            worker.quiesce(worker.spares_wanted(self._width))
+            worker.quiesce(worker.spares.wanted(self._width))
 
     # --- one candidate -----------------------------------------------------------------
 
@@ -305,7 +316,7 @@ class SandboxSession:
         return result, (None if fork.dead else fork)
 
     async def _start(self, worker: WorkerProcess, code: str, spare: Fork | None) -> Fork:
-        if spare is not None and await worker.run_spare(spare, code):
+        if spare is not None and await worker.spares.run(spare, code):
             self.stats.on_spares += 1
             return spare
         fork = await worker.spawn(code)

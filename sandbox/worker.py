@@ -3,8 +3,13 @@
 Started as `python -E -s -S -B worker.py FD` with FD an AF_UNIX socket to the host. Three
 roles, all this file:
 
-- init: the first process (pid 1 of the jail's pid namespace). It forks the state
-  process and then only reaps orphans, so that the state can move between processes.
+- init: the first process (pid 1 of the jail's pid namespace). It takes the config,
+  preloads the modules once and never runs model code; on the host's `state` request it
+  forks a fresh state process (the first run's; later, a scrubbed jail's next run's:
+  before that fork it kills every other process of the jail and empties /tmp), hands
+  the host that process's socket, and reaps orphans, so that the state can move between
+  processes. Code inside the jail cannot signal it (pid 1 of a pid namespace ignores
+  what it installs no handler for, SIGKILL and SIGSTOP included).
 - state: holds the run's variables. It never runs model code itself: for every step it
   forks a candidate (copy-on-write), hands the host the candidate's own socket
   (SCM_RIGHTS), and reports candidates' exit statuses.
@@ -592,10 +597,12 @@ def close_duplicates(conn: socket.socket) -> None:
 class State:
     """The state process: owns the namespace, forks candidates, reports their exits."""
 
-    def __init__(self, conn: socket.socket, init_pid: int) -> None:
+    def __init__(
+        self, conn: socket.socket, init_pid: int, cfg: dict[str, Any], ns: dict[str, Any]
+    ) -> None:
         self.init_pid = init_pid
-        self.cfg: dict[str, Any] = {"output_max_bytes": 1_000_000, "cpu_s": 10}
-        self.ns: dict[str, Any] = {}
+        self.cfg = cfg
+        self.ns = ns
         self.children: dict[int, int] = {}
         self.conn = conn
         self.wake_r = self.wake_w = -1
@@ -729,31 +736,9 @@ class State:
             self.tmp_base, self.tmp_taken = None, False
         elif op == "ping":
             self.send({"op": "pong"})
-        elif op == "config":
-            self.configure(msg)
         elif op == "tools":
             for name in msg.get("names", []):
                 self.ns[name] = make_tool(name)
-
-    def configure(self, msg: dict[str, Any]) -> None:
-        self.cfg = msg
-        for d in msg.get("site_dirs", []):
-            if d not in sys.path:
-                sys.path.append(d)
-        safe = dict(builtins.__dict__)
-        safe["__import__"] = make_import_guard(msg.get("allowed_imports", []))
-        for name in ("breakpoint", "input", "help", "exit", "quit", "copyright", "credits"):
-            safe.pop(name, None)
-        self.ns.clear()
-        self.ns.update({"__name__": "__main__", "__builtins__": safe, "final_answer": final_answer})
-        loaded, errors = [], []
-        for mod in msg.get("preload", []):
-            try:
-                __import__(mod)
-                loaded.append(mod)
-            except Exception as e:
-                errors.append(f"{mod}: {type(e).__name__}: {e}")
-        self.send({"op": "ready", "preloaded": loaded, "errors": errors})
 
     def spawn(self, msgs: list[dict[str, Any]]) -> tuple[socket.socket, dict[str, Any]] | None:
         """Fork one candidate per spawn request. Returns (socket, request) in a candidate,
@@ -942,12 +927,135 @@ def wait_for_code(sock: socket.socket) -> str:
     return str(msg["code"])
 
 
-def state_main(conn: socket.socket, init_pid: int) -> None:
-    state = State(conn, init_pid)
-    state.send({"op": "hello", "pid": os.getpid(), "python": sys.version.split()[0]})
+def state_main(conn: socket.socket, init: Init) -> None:
+    state = State(conn, init.init_pid, init.cfg, init.ns)
     while True:
         sock, msg = state.serve()
         run_candidate(state, sock, msg)
+
+
+def configure(msg: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The namespace model code runs in (guarded imports, no interactive builtins) and
+    the preloaded modules: (namespace, loaded, errors)."""
+    for d in msg.get("site_dirs", []):
+        if d not in sys.path:
+            sys.path.append(d)
+    safe = dict(builtins.__dict__)
+    safe["__import__"] = make_import_guard(msg.get("allowed_imports", []))
+    for name in ("breakpoint", "input", "help", "exit", "quit", "copyright", "credits"):
+        safe.pop(name, None)
+    ns = {"__name__": "__main__", "__builtins__": safe, "final_answer": final_answer}
+    loaded, errors = [], []
+    for mod in msg.get("preload", []):
+        try:
+            __import__(mod)
+            loaded.append(mod)
+        except Exception as e:
+            errors.append(f"{mod}: {type(e).__name__}: {e}")
+    return ns, loaded, errors
+
+
+SCRUB_S = 2.0
+"""How long init waits for the killed processes of a finished run to be reaped."""
+
+
+class Init:
+    """pid 1 of the jail: configures once, then forks state processes on request."""
+
+    def __init__(self, conn: socket.socket, init_pid: int) -> None:
+        self.conn = conn
+        self.init_pid = init_pid
+        self.cfg: dict[str, Any] = {"output_max_bytes": 1_000_000, "cpu_s": 10}
+        self.ns: dict[str, Any] = {}
+        self.states = 0
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def send(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        try:
+            protocol.send_blocking(self.conn, msg, fds)
+        except OSError:
+            os._exit(0)  # the host is gone: the jail ends with its init
+
+    def serve(self) -> socket.socket:
+        """Serve the host; returns only in a freshly forked state process."""
+        self.send({"op": "hello", "pid": os.getpid(), "python": sys.version.split()[0]})
+        while True:
+            reap_all()
+            try:
+                watched: list[Any] = [self.conn, self.wake_r]
+                ready, _, _ = select.select(watched, [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 512)
+            if self.conn not in ready:
+                continue
+            msg = protocol.recv_blocking(self.conn)
+            if msg is None:
+                os._exit(0)
+            op = msg.get("op")
+            if op == "config":
+                self.cfg = msg
+                self.ns, loaded, errors = configure(msg)
+                gc.collect()
+                gc.freeze()  # every state shares these objects' pages
+                self.send({"op": "ready", "preloaded": loaded, "errors": errors})
+            elif op == "state":
+                child = self.new_state()
+                if child is not None:
+                    return child
+
+    def new_state(self) -> socket.socket | None:
+        """Fork a state process (after scrubbing what an earlier run left). Returns its
+        socket in the child, None in init once the host has the other end."""
+        if self.states and not self.scrub():
+            self.send({"op": "state_failed", "error": "processes of the last run survived"})
+            return None
+        parent_end, child_end = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            self.conn.close()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            return child_end
+        child_end.close()
+        self.states += 1
+        try:
+            self.send({"op": "state", "pid": pid, "fd": True}, (parent_end.fileno(),))
+        finally:
+            parent_end.close()
+        return None
+
+    def scrub(self) -> bool:
+        """Kill every other process of the jail, reap them, empty /tmp. True when none is
+        left (the host thawed the jail first: frozen processes do not die)."""
+        deadline = time.monotonic() + SCRUB_S
+        while True:
+            sweep(self.init_pid)
+            if reap_all():
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        restore_tmp({})
+        return True
+
+
+def reap_all() -> bool:
+    """Reap every exited child; True when init has no child left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
 
 
 def low_descriptor(fd: int) -> int:
@@ -972,20 +1080,12 @@ def main() -> None:
     init_pid = os.getpid()
     if init_pid != 1:
         set_subreaper()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            state_main(conn, init_pid)
-        finally:
-            os._exit(1)
-    conn.close()
-    while True:  # init: reap until no process of the jail is left
-        try:
-            os.wait()
-        except ChildProcessError:
-            os._exit(0)
-        except InterruptedError:
-            continue
+    init = Init(conn, init_pid)
+    sock = init.serve()  # returns in a new state process only
+    try:
+        state_main(sock, init)
+    finally:
+        os._exit(1)
 
 
 if __name__ == "__main__":

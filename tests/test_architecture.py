@@ -254,8 +254,9 @@ MAX_CLASS_LINES = 300
 # splitting one of these removes its entry.
 LONG_CLASSES_ALLOWED = {
     "sandbox/process.py:WorkerProcess": "the host side of one jail: its control loop, "
-    "spares and freeze/thaw share the fork bookkeeping; spares and accounting are the "
-    "seams to split along next",
+    "freeze/thaw between steps and the scrub for another run share the fork bookkeeping "
+    "(spares, accounting and Fork are split out); start-up and the between-steps rest "
+    "are the seams to split along next",
     "sandbox/session.py:SandboxSession": "one run's steps against one worker: candidates, "
     "tool calls and promotion share the step's state",
 }

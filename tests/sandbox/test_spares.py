@@ -189,8 +189,8 @@ async def test_no_spares_when_the_run_is_near_its_memory_limit(
     # than an OOM kill between steps
     # (200 MB written takes seconds of CPU under emulation: tests/cgroup2 runs this in qemu)
     s = await open_session(attack_config(memory_mb=256, cpu_s=60, step_timeout_s=120.0))
-    r = await s.run("big = b'x' * (200 << 20)\nlen(big)")
-    assert r.value_repr == str(200 << 20), r
+    r = await s.run("big = b'x' * (205 << 20)\nlen(big)")
+    assert r.value_repr == str(205 << 20), r
     worker = s.worker
     assert worker is not None
     assert await wait_until(lambda: len(worker.process_ids()) == 2)

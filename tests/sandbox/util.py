@@ -31,6 +31,7 @@ def fast_config(**overrides: object) -> SandboxConfig:
         tmpfs_mb=16,
         output_max_bytes=64_000,
         pool_size=0,
+        reuse_idle=0,  # a closed session's jail must be gone (leak checks); test_reuse reuses
         fork_width=4,
         start_timeout_s=60.0,
     )
