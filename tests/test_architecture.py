@@ -290,3 +290,108 @@ def test_every_allowed_long_class_still_exists_and_is_long() -> None:
         sizes = [(n.end_lineno or n.lineno) - n.lineno + 1 for n in ast.walk(tree)
                  if isinstance(n, ast.ClassDef) and n.name == name]
         assert sizes and sizes[0] > MAX_CLASS_LINES, f"{key} is gone or short: drop its entry"
+
+
+# Where a package module may touch os.environ / os.getenv, by "file:function" with the
+# reason. The rule (docs/design.md): only distillery/settings.py reads the environment, and
+# components get plain values; these places hand the environment on to a child process or
+# read what a launcher sets per process, which no setting can carry.
+ENVIRONMENT_ACCESS_ALLOWED = {
+    "training/sft.py:is_main_process": "torchrun's RANK: set per worker process by the "
+    "launcher (each process of one job differs), not a setting",
+    "training/sft.py:data_parallel_world": "torchrun's WORLD_SIZE, as for RANK",
+    "training/sft.py:_gradient_accumulation": "torchrun's WORLD_SIZE, as for RANK",
+    "sandbox/process.py:WorkerProcess._start": "PATH handed on to nsjail, the only variable "
+    "its environment gets",
+    "training/grading.py:_SympyWorker._start": "the sympy helper process inherits the "
+    "environment it runs in",
+    "study/serving.py:VLLMServer.start": "the vLLM server process inherits the environment "
+    "(with the offline and KV-cache variables it needs set)",
+    "agent/embedded_model.py:convert_gguf_to_hf": "HF_HUB_OFFLINE defaulted for the Hugging "
+    "Face libraries loaded in this process (the conversion reads local files only)",
+    "distillery/commands/serve.py:export_env": "writes, not reads: the flags' values as "
+    "DISTILLERY_* for the worker processes' Settings",
+}
+
+
+class _EnvironmentAccess(ast.NodeVisitor):
+    """The enclosing function (Class.method) of every os.environ / os.getenv / os.putenv
+    use, and of a `from os import environ|getenv|putenv`."""
+
+    NAMES = {"environ", "getenv", "putenv", "environb", "getenvb"}
+
+    def __init__(self) -> None:
+        self.scope: list[str] = []
+        self.found: list[tuple[str, int]] = []
+
+    def _enter(self, node: ast.AST, name: str) -> None:
+        self.scope.append(name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._enter(node, node.name)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._enter(node, node.name)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._enter(node, node.name)
+
+    def _hit(self, node: ast.AST) -> None:
+        self.found.append((".".join(self.scope) or "<module>", getattr(node, "lineno", 0)))
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in self.NAMES and isinstance(node.value, ast.Name) and node.value.id == "os":
+            self._hit(node)
+        self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.module == "os" and any(a.name in self.NAMES for a in node.names):
+            self._hit(node)
+
+
+def _environment_access(package: str, root: Path = ROOT) -> dict[str, list[int]]:
+    """The lines that touch the environment by "file:function", outside distillery/settings.py."""
+    found: dict[str, list[int]] = {}
+    for path in _modules(package, root):
+        rel = str(path.relative_to(root))
+        if rel == "distillery/settings.py":
+            continue
+        visitor = _EnvironmentAccess()
+        visitor.visit(ast.parse(path.read_text()))
+        for scope, line in visitor.found:
+            found.setdefault(f"{rel}:{scope}", []).append(line)
+    return found
+
+
+def test_only_settings_reads_the_environment() -> None:
+    found = {k: v for p in PACKAGES for k, v in _environment_access(p).items()}
+    unlisted = [f"{k} (line {', '.join(map(str, v))})" for k, v in sorted(found.items())
+                if k not in ENVIRONMENT_ACCESS_ALLOWED]  # fmt: skip
+    assert not unlisted, (
+        "only distillery/settings.py reads the environment: add a Settings field and hand "
+        "the value down, or list the place in ENVIRONMENT_ACCESS_ALLOWED with the reason:\n"
+        + "\n".join(unlisted)
+    )
+    stale = sorted(set(ENVIRONMENT_ACCESS_ALLOWED) - set(found))
+    assert not stale, f"these no longer touch the environment: drop their entries: {stale}"
+
+
+def test_the_environment_check_finds_each_form(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(
+        "import os\n"
+        "from os import getenv\n"
+        "A = os.environ.get('A')\n"
+        "class C:\n"
+        "    def f(self):\n"
+        "        return os.getenv('B'), dict(os.environ)\n"
+        "def g():\n"
+        "    os.environ['C'] = '1'\n"
+        "def h(environ):\n"
+        "    return environ.get('D'), os.path.join('a')\n"  # a parameter, not os's
+    )
+    assert _environment_access("pkg", tmp_path) == {
+        "pkg/m.py:<module>": [2, 3], "pkg/m.py:C.f": [6, 6], "pkg/m.py:g": [8],
+    }
