@@ -97,6 +97,12 @@ class StudyConfig:
     math_test_seed: int = 1_000_000
     """reasoning-gym builds item i of seed s from seed s + i: the two seeds must lie further
     apart than the set sizes, or the held-out set repeats training questions."""
+    task_sets: list[dict[str, Any]] = field(default_factory=list)
+    """Question sets of other tasks, e.g. over your own MCP tools: each `{"name": N,
+    "questions": FILE, "train": 20, "test": 10}`. FILE is any question file (its questions'
+    tasks say their graders and tools), split train/test by a stable hash of the id as
+    HotpotQA is, into questions/N_train.jsonl (asked of the teacher) and N_test.jsonl (a
+    held-out set of every row). The tools the tasks name come from `--mcp-config`."""
     # -- models
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(path="embedded", name="teacher"))
     student: ModelSpec = field(default_factory=lambda: ModelSpec(path="smollm2", name="student"))
@@ -175,6 +181,7 @@ class StudyConfig:
             problems.append("hint_limit must be >= 0 (or null for no limit)")
         if set(self.hint_tasks) - {"factual", "math"}:
             problems.append("hint_tasks may hold 'factual' and 'math' only")
+        problems += _task_set_problems(self.task_sets)
         if self.attempts < 1:
             problems.append("attempts must be at least 1")
         if self.sft.precision not in ("fp32", "bf16"):
@@ -195,6 +202,39 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_TASK_SET_KEYS = {"name", "questions", "train", "test"}
+
+
+def _task_set_problems(sets: Any) -> list[str]:
+    """What is wrong with `task_sets` (see StudyConfig.task_sets)."""
+    if not isinstance(sets, list):
+        return ["task_sets must be a list of {name, questions, train, test} objects"]
+    problems, names = [], set()
+    for i, s in enumerate(sets):
+        where = f"task_sets[{i}]"
+        if not isinstance(s, dict):
+            problems.append(f"{where} must be an object {{name, questions, train, test}}")
+            continue
+        if set(s) - _TASK_SET_KEYS:
+            problems.append(f"{where}: unknown keys {sorted(set(s) - _TASK_SET_KEYS)}; use "
+                            f"{sorted(_TASK_SET_KEYS)}")  # fmt: skip
+        name = s.get("name")
+        if not (isinstance(name, str) and name.isidentifier() and name.islower()):
+            problems.append(f"{where}: 'name' must be a lower-case identifier (it names "
+                            "questions/NAME_train.jsonl and the held-out set NAME_test)")
+        elif name in ("hotpot", "math") or name in names:
+            problems.append(f"{where}: the name {name!r} is taken (by the study's own sets or "
+                            "another task set)")  # fmt: skip
+        else:
+            names.add(name)
+        if not isinstance(s.get("questions"), str) or not s["questions"]:
+            problems.append(f"{where}: 'questions' must name a question file")
+        for key in ("train", "test"):
+            if not isinstance(s.get(key), int) or s[key] < 0:
+                problems.append(f"{where}: '{key}' must be a count >= 0")
+    return problems
 
 
 def _quick() -> StudyConfig:

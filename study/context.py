@@ -159,11 +159,12 @@ class StudyContext:
         return self.out / "teacher" / mode
 
     def train_questions(self) -> list[Any]:
-        """The questions the teacher is asked: math then HotpotQA train."""
+        """The questions the teacher is asked: math, HotpotQA train, then each task set's."""
         from training.questions import load_questions
 
-        return [*load_questions(self.qfile("math_train")),
-                *load_questions(self.qfile("hotpot_train"))]  # fmt: skip
+        sets = [f"{s['name']}_train" for s in self.cfg.task_sets]
+        return [q for name in ("math_train", "hotpot_train", *sets)
+                for q in load_questions(self.qfile(name))]  # fmt: skip
 
     def agent_files(self) -> list[Path]:
         """The agent harvest's record files, unhinted then hinted (by name under this

@@ -51,6 +51,16 @@ def _config_of(folder: Path) -> tuple[dict[str, Any], str | None]:
     return config, doc.get("fingerprint")
 
 
+def _defaults(preset_name: str) -> dict[str, Any]:
+    """The fields of the preset `preset_name` ({} for an unknown one)."""
+    from study.config import ConfigError, preset
+
+    try:
+        return preset(preset_name).to_dict()
+    except ConfigError:
+        return {}
+
+
 def harvest_source(out: Path) -> dict[str, Any] | None:
     """What DIR/HARVEST_FROM.json says (None: the study made its own harvest)."""
     try:
@@ -78,6 +88,7 @@ def reuse_harvest(src: Path, config: dict[str, Any], out: Path) -> dict[str, Any
             "new --out, or rerun without --harvest-from to continue this one)"
         )
     old, old_fp = _config_of(src)
+    old = {**_defaults(str(old.get("preset"))), **old}  # a field SRC predates: its default
     keys = (set(config) | set(old)) - DOWNSTREAM
     diffs = sorted(k for k in keys if config.get(k) != old.get(k))
     if diffs:

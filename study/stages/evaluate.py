@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import AgentConfig
-from study.context import StudyContext, digest
+from study.context import StudyContext, StudyError, digest
 
 __all__ = ["ROW_LABELS", "ROW_ORDER", "compare", "evaluate"]
 
@@ -36,14 +36,16 @@ def _agent_config(ctx: StudyContext, row: str) -> AgentConfig:
 
 
 def evaluate(ctx: StudyContext, row: str) -> dict[str, Any]:
-    """eval/ROW: ROW's model on the held-out sets (hotpot_test, math_test, gsm_hard)."""
+    """eval/ROW: ROW's model on the held-out sets (hotpot_test, math_test, gsm_hard and each
+    task set's NAME_test)."""
     from evaluation.datasets import resolve_sets
-    from evaluation.runner import EvalConfig, run_eval
+    from evaluation.runner import EvalConfig, EvalError, run_eval
 
     cfg = ctx.cfg
+    held_out = ("hotpot_test", "math_test", "gsm_hard",
+                *(f"{s['name']}_test" for s in cfg.task_sets))  # fmt: skip
     sets = resolve_sets(
-        [str(ctx.qfile(n)) for n in ("hotpot_test", "math_test", "gsm_hard")
-         if ctx.qfile(n).stat().st_size],
+        [str(ctx.qfile(n)) for n in held_out if ctx.qfile(n).stat().st_size],
         Path(cfg.data_dir), limit=cfg.eval_limit,
     )  # fmt: skip
     mode = "cot" if row == "cot" else "agent"
@@ -61,6 +63,8 @@ def evaluate(ctx: StudyContext, row: str) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         try:
             return await run_eval(sets, out, ecfg, runtime=rt, html=False)
+        except EvalError as e:  # e.g. a task's tools that no --mcp-config server has
+            raise StudyError(f"eval-{row}: {e}") from e
         finally:
             await rt.aclose()
 

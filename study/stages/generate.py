@@ -87,12 +87,18 @@ def _attempt(
 
 
 async def _generate(rt: Runtime, qs: list[Any], path: Path, cfg: Any) -> Any:
+    from training.generate import GenerateError, tools_by_task
     from training.generate import generate as run_generate
 
     try:
         await rt.tools.start()  # MCP servers of --mcp-config, closed by rt.aclose()
+        # each question gets its task's tools: math none, factual every tool of the runtime
+        # (web_search when search is on), a task over MCP tools the ones it names
         return await run_generate(qs, path, model=rt.model, executor=rt.executor,
-                                  tools_factory=rt.tools_for_run, config=cfg)  # fmt: skip
+                                  tools_for=tools_by_task(rt.tools_for_run),
+                                  config=cfg)  # fmt: skip
+    except GenerateError as e:  # e.g. a task's tools that no --mcp-config server has
+        raise StudyError(str(e)) from e
     finally:
         await rt.aclose()
 
@@ -161,7 +167,8 @@ def _correct_now(rec: dict[str, Any]) -> bool:
 
 def harvest_stats(questions: list[Any], files: list[Path]) -> dict[str, Any]:
     """Teacher success per task and the attempts spent, from the attempt files."""
-    task_of = {q.id: ("hotpotqa" if q.task == "factual" else "math") for q in questions}
+    # (the factual questions are HotpotQA's; any other task by its name)
+    task_of = {q.id: ("hotpotqa" if q.task == "factual" else q.task) for q in questions}
     by_task: dict[str, dict[str, Any]] = {}
     for name in sorted(set(task_of.values())):
         by_task[name] = {"questions": sum(1 for v in task_of.values() if v == name), "solved": 0,

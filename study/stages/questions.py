@@ -53,7 +53,8 @@ def _hotpot_halves(hotpot_file: Path, gold_file: Path) -> tuple[int, dict[str, l
 
 def make_questions(ctx: StudyContext) -> dict[str, Any]:
     """questions/*.jsonl: HotpotQA covered questions split train/test by a stable hash of the
-    id, reasoning-gym math (train and held-out seeds), GSM-Hard's first N."""
+    id, reasoning-gym math (train and held-out seeds), GSM-Hard's first N, and each of
+    `task_sets` split like HotpotQA."""
     from training.questions import load_questions
 
     cfg = ctx.cfg
@@ -74,6 +75,7 @@ def make_questions(ctx: StudyContext) -> dict[str, Any]:
         "math_train": math_train,
         "math_test": math_test,
         "gsm_hard": gsm,
+        **_task_set_files(cfg.task_sets),
     }
     for name, rows in files.items():
         write_jsonl_atomic(ctx.qfile(name), rows)
@@ -86,6 +88,28 @@ def make_questions(ctx: StudyContext) -> dict[str, Any]:
         raise StudyError(f"train and test share HotpotQA ids {sorted(overlap)[:5]}")
     ctx.say(f"questions: {counts}")
     return {**counts, "_output": digest([ctx.out / "questions"])}
+
+
+def _task_set_files(task_sets: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """NAME_train and NAME_test of each task set: its file split by `split_of(id)`, the
+    first `train` and `test` of each half, each question with its task."""
+    from training.questions import QuestionSetError, load_questions
+
+    files: dict[str, list[dict[str, Any]]] = {}
+    for ts in task_sets:
+        try:
+            qs = load_questions(ts["questions"])
+        except (QuestionSetError, OSError) as e:
+            raise StudyError(f"task set {ts['name']!r}: cannot read {ts['questions']} ({e})") from e
+        halves: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+        for q in qs:
+            task = q.task if q.task_spec is None else q.task_spec.to_json()
+            halves[split_of(q.id)].append({"id": q.id, "question": q.question,
+                                           "answer": q.answer, "task": task,
+                                           "source": ts["name"]})  # fmt: skip
+        for half in ("train", "test"):
+            files[f"{ts['name']}_{half}"] = halves[half][: ts[half]]
+    return files
 
 
 def _gym(ctx: StudyContext, n: int, seed: int) -> list[dict[str, Any]]:

@@ -67,6 +67,8 @@ def _study(tmp_path: Path, **fields: Any) -> Study:
 
 @pytest.mark.parametrize(("fields", "expected"), [
     ({}, PLAIN), ({"hint_attempts": 1}, HINTED), ({"rows": ["agent", "base"]}, TWO_ROWS),
+    # a task set adds question files, not stages
+    ({"task_sets": [{"name": "shop", "questions": "q.jsonl", "train": 1, "test": 1}]}, PLAIN),
 ])  # fmt: skip
 def test_stage_names_order_and_upstreams_are_what_study_folders_hold(
     tmp_path: Path, fields: dict[str, Any], expected: list[tuple[str, tuple[str, ...]]]
