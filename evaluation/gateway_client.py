@@ -5,8 +5,10 @@ Operators measure exactly what is served (the gateway's model, prompt, sandbox a
 refuses the key (`GatewayError`); `record(question)` returns the same record shape as
 `distillery generate` (`training.generate.run_question`), graded here with
 `training.grading`, with the response's steps as the trajectory and `gateway` holding the
-run id and the gateway's timings. A failed request (HTTP error, timeout, connection lost)
-becomes an error record; it never raises.
+run id and the gateway's timings. Each request names its question's task's tools (`tools`
+on /v1/solve: math none, a task over MCP tools those it lists), so the gateway runs those
+and not every tool it serves; a factual question's task takes them all. A failed request
+(HTTP error, timeout, connection lost) becomes an error record; it never raises.
 """
 
 from __future__ import annotations
@@ -82,8 +84,23 @@ class GatewayClient:
         self.model_name = models[0] if models else "gateway"
         return {"url": self.url, "model": self.model_name}
 
+    async def served_tools(self) -> list[str]:
+        """The names of the tools the gateway serves (GET /v1/tools)."""
+        try:
+            resp = await self._http.get("/v1/tools")
+            resp.raise_for_status()
+            return [str(t["name"]) for t in resp.json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise GatewayError(
+                f"cannot read the tools the gateway at {self.url} serves (GET /v1/tools: "
+                f"{type(e).__name__}: {e}); the questions' tasks name tools, which a gateway "
+                "of this version lists"
+            ) from e
+
     def _body(self, q: Question) -> dict[str, Any]:
         body: dict[str, Any] = {"question": q.question, "include_candidates": True}
+        if q.spec.tools is not None:  # the task's tools (None: every tool the gateway serves)
+            body["tools"] = list(q.spec.tools)
         a = self.agent
         if a is not None:
             body.update(
@@ -117,7 +134,7 @@ class GatewayClient:
             "grade": None,
             "trajectory": None,
             "cot": None,
-            "tools": [],
+            "tools": sorted(q.spec.tools or ()),
             "teacher": self.model_name,
             "error": None,
             "error_type": None,

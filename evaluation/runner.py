@@ -248,6 +248,34 @@ def _add_summary(total: dict[str, Any], part: Mapping[str, Any]) -> None:
             total.setdefault(k, v)
 
 
+def _check_args(cfg: EvalConfig, runtime: Runtime | None, gateway: GatewayClient | None) -> None:
+    if (runtime is None) == (gateway is None):
+        raise EvalError("run_eval needs either a runtime (model + executor) or a gateway")
+    if gateway is not None and cfg.mode != "agent":
+        raise EvalError(
+            "--gateway-url evaluates the served agent: --mode cot needs a model (--model-url)"
+        )
+    if cfg.concurrency < 1:
+        raise EvalError("--concurrency must be at least 1")
+
+
+async def _check_gateway_tools(gateway: GatewayClient, questions: Sequence[Question]) -> None:
+    """EvalError, before any run, when a task names tools the gateway does not serve."""
+    needed = sorted({(q.spec.name, q.spec.tools) for q in questions if q.spec.tools})
+    if not needed:
+        return
+    served = set(await gateway.served_tools())
+    for task, tools in needed:
+        missing = [t for t in tools or () if t not in served]
+        if missing:
+            raise EvalError(
+                f"task {task!r} runs with the tools {', '.join(tools or ())}; the gateway at "
+                f"{gateway.url} does not serve {', '.join(missing)} (it serves: "
+                f"{', '.join(sorted(served)) or 'no tool'}): start it with the MCP servers "
+                "that have them (`distillery serve --mcp-config FILE`)"
+            )
+
+
 async def run_eval(
     sets: Sequence[EvalSet],
     out: Path,
@@ -259,19 +287,14 @@ async def run_eval(
     html: bool = True,
 ) -> dict[str, Any]:
     """Run (or finish) the evaluation in `out`, then write the reports; returns the summary."""
-    if (runtime is None) == (gateway is None):
-        raise EvalError("run_eval needs either a runtime (model + executor) or a gateway")
-    if gateway is not None and cfg.mode != "agent":
-        raise EvalError(
-            "--gateway-url evaluates the served agent: --mode cot needs a model (--model-url)"
-        )
-    if cfg.concurrency < 1:
-        raise EvalError("--concurrency must be at least 1")
+    _check_args(cfg, runtime, gateway)
+    questions = [q for s in sets for q in s.questions]
+    if gateway is not None:
+        await _check_gateway_tools(gateway, questions)
     out = Path(out)
     doc = config_document(sets, cfg)
     write_config(out, doc)
     _write_gold(out, sets)
-    questions = [q for s in sets for q in s.questions]
     gen_cfg = GenerateConfig(
         mode=cfg.mode,
         concurrency=cfg.concurrency,
