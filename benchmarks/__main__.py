@@ -11,7 +11,10 @@ import subprocess
 import sys
 import time
 
-AREAS = ["agent", "sandbox", "retrieval", "service", "engine", "sag", "training", "eval", "tools"]
+AREAS = [
+    "agent", "sandbox", "retrieval", "service", "capacity", "engine", "sag", "training", "eval",
+    "tools",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
