@@ -169,3 +169,33 @@ async def test_llm_judge_through_an_openai_compatible_endpoint(scripted_server) 
         assert not g.correct and len(scripted_server.chat_requests) == 3
     finally:
         await judge.aclose()
+
+
+@pytest.mark.parametrize("attack", [
+    "__import__('os').system('touch {marker}')",
+    "().__class__.__base__.__subclasses__()",
+    "exec(chr(112)+chr(114))",
+    "open(1).write(2)",
+    "print(1)",
+    "exit()",
+])  # fmt: skip
+def test_model_written_answers_are_never_run_by_the_symbolic_check(
+    attack: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    text = attack.format(marker=marker)
+    assert symbolic_equal(text, "1") is False
+    assert symbolic_equal(f"\\frac{{{text}}}{{2}}", "1") is False
+    assert not marker.exists()
+    # and the worker still answers the next comparison (nothing corrupted its replies)
+    assert symbolic_equal("\\frac{2}{4}", "\\frac{1}{2}")
+    assert symbolic_equal("x^2 + 2x", "x*(x+2)")
+
+
+def test_the_plain_parser_sees_only_mathematics() -> None:
+    from training.sympy_worker import plain_math
+
+    for ok in ("2*sqrt(2)", "x^2 + 2x", "frac(1)(2)", "3.5 % 2", "pi/4", "sin(x)**2"):
+        assert plain_math(ok), ok
+    for bad in ("__import__", "a.b", "x; y", "'s'", "lambda x: x", "eval(1)", "os"):
+        assert not plain_math(bad), bad
