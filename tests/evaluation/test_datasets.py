@@ -42,6 +42,30 @@ def test_only_covered_and_limit(data_dir: Path) -> None:
         resolve_sets(["bamboogle"], data_dir, only_covered=True)
 
 
+def test_a_subset_written_elsewhere_keeps_its_gold_passages(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A question file of HotpotQA questions under another name (the study's held-out half)
+    finds each question's gold passages by its id; math questions never borrow them."""
+    import json
+
+    (hotpot,) = resolve_sets(["hotpotqa"], data_dir, only_covered=True, limit=4)
+    rows = [{"id": q.meta["qid"], "question": q.question, "answer": q.answer, "task": "factual"}
+            for q in hotpot.questions]  # fmt: skip
+    rows.append({"id": "not-a-hotpot-id", "question": "Who?", "answer": "x", "task": "factual"})
+    rows.append({"id": hotpot.questions[0].meta["qid"], "question": "1+1", "answer": "2",
+                 "task": "math"})  # fmt: skip
+    factual, math = tmp_path / "held_out.jsonl", tmp_path / "sums.jsonl"
+    factual.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    math.write_text(json.dumps(rows[-1]) + "\n")
+    sub, sums = resolve_sets([str(factual), str(math)], data_dir)
+    assert len(sub.gold) == 4 and sub.covered_total == 4
+    for q in hotpot.questions:
+        g = sub.gold[f"held_out/{q.meta['qid']}"]
+        assert g.passage_ids == hotpot.gold[q.id].passage_ids and g.contents
+    assert sums.gold == {}
+
+
 def test_unknown_names_and_bad_files_say_what_to_do(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown question set 'hotpot'.*math500"):
         resolve_sets(["hotpot"], data_dir)
