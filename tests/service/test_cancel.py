@@ -20,12 +20,14 @@ SLEEPER = reply("import time\ntime.sleep(60)\nfinal_answer('too late')")
 
 @pytest.fixture
 def slow_gateway(scripted_server: ScriptedServer, index_dir: Path) -> Iterator[GatewayServer]:
-    # No pre-started sandbox workers: every process under us during a run is that run's.
+    # No pre-started and no reused sandbox workers: every process under us during a run is
+    # that run's, and all of them must go with it (a reused jail's scrub is test_reuse's).
     base = Settings().sandbox_allowed_imports
     settings = make_settings(
         scripted_server,
         index_dir,
         sandbox_pool_size=0,
+        sandbox_reuse_idle=0,
         sandbox_step_timeout_s=120,
         sandbox_cpu_s=120,
         sandbox_allowed_imports=[*base, "time"],
