@@ -17,17 +17,18 @@ Real weights, real vLLM: slow (~2 min with the base prepared).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.committed_students import (
+    same_replies_as_the_engine,
+    served_adapter,
+    solve_cli,
+)
 from tests.helpers.tiny_model import default_test_cache_dir
-from tests.helpers.vllm_server import VLLMServer, vllm_python, vllm_server
+from tests.helpers.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +43,11 @@ QUESTIONS = [
 ]
 
 
-def solve(question: str, *model_args: str, engine: str = "transformers") -> dict[str, Any]:
-    """`distillery solve` in a subprocess: greedy, one candidate, no search, 3 steps."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", DISTILLERY_MODEL_RETRIES="1",
-               DISTILLERY_ENGINE=engine,
-               DISTILLERY_CACHE_DIR=str(default_test_cache_dir()))  # fmt: skip
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "distillery.cli", "solve", question, *model_args,
-            "--executor", "local", "--no-search", "--samples", "1", "--temperature", "0",
-            "--max-steps", "3", "--max-tokens", "128", "--json",
-        ],
-        capture_output=True, text=True, timeout=900, env=env, cwd=REPO,
-    )  # fmt: skip
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]
-    traj: dict[str, Any] = json.loads(proc.stdout)
-    assert traj["finish_reason"] != "error", traj.get("error")
-    return traj
+def solve(question: str, *model_args: str) -> dict[str, Any]:
+    """`distillery solve`: greedy, one candidate, no search, 3 steps."""
+    return solve_cli(question, *model_args, "--executor", "local", "--no-search",
+                     "--samples", "1", "--temperature", "0", "--max-steps", "3",
+                     "--max-tokens", "128")  # fmt: skip
 
 
 def follows_protocol(traj: dict[str, Any]) -> bool:
@@ -105,31 +94,15 @@ def test_the_base_alone_does_not(smollm2_model_dir: Path) -> None:
     assert not any(follows_protocol(t) for t in runs)
 
 
-@pytest.fixture(scope="module")
-def served(smollm2_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    VLLMServer
-]:
-    if vllm_python() is None:
-        pytest.skip("vLLM venv .venv-vllm is absent (`make vllm-venv`; `make test` installs it)")
-    log = tmp_path_factory.mktemp("vllm-student") / "vllm.log"
-    with vllm_server(smollm2_model_dir, "smollm2-base", log_path=log, dtype="float32",
-                     lora_modules={NAME: STUDENT}, max_lora_rank=16) as server:  # fmt: skip
-        yield server
+served = served_adapter(NAME, STUDENT)
 
 
 def test_vllm_serves_the_adapter_with_the_engines_replies(
     served: VLLMServer, local_runs: list[dict[str, Any]]
 ) -> None:
-    same = []
-    for question, local in zip(QUESTIONS, local_runs, strict=True):
-        remote = solve(question, "--model-url", served.base_url, "--model", NAME)
-        assert follows_protocol(remote), remote["steps"]  # the adapter is applied
-        assert remote["model"] == NAME
-        assert remote["messages"][0] == local["messages"][0]  # the same prompt
-        mine = [m["content"] for m in local["messages"] if m["role"] == "assistant"]
-        theirs = [m["content"] for m in remote["messages"] if m["role"] == "assistant"]
-        same.append(theirs == mine)
-    # Greedy float32 in two engines: their kernels sum in different orders, so a near-tie
-    # between two tokens may break either way (seen once in three questions); a wrong or
-    # missing adapter changes every reply.
-    assert sum(same) >= len(QUESTIONS) - 1, same
+    def remote(question: str) -> dict[str, Any]:
+        run = solve(question, "--model-url", served.base_url, "--model", NAME)
+        assert run["model"] == NAME
+        return run
+
+    same_replies_as_the_engine(QUESTIONS, local_runs, remote, follows_protocol)
