@@ -68,17 +68,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_failed_factual_questions_are_retried_with_a_hint_and_checked(
+def hinted_study(
     teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+    tmp_path: Path, **fields: Any,
+) -> Study:  # fmt: skip
+    """A quick study of the scripted teacher with search and one hinted retry (gold titles
+    in the hint), `fields` on top."""
     cfg = load_config(
         preset_name="quick", student={"path": str(tiny_model_dir)},
         teacher={"url": teacher.url, "name": "teacher", "path": None},
         data_dir=str(shared_data_dir), index_dir=str(wiki_index), search=True,
-        hint_attempts=1, hint_titles=True, grounded=True, leak_check=True,
+        hint_attempts=1, hint_titles=True, **fields,
     )  # fmt: skip
-    study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+    return Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+
+
+def test_failed_factual_questions_are_retried_with_a_hint_and_checked(
+    teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    study = hinted_study(teacher, tiny_model_dir, shared_data_dir, wiki_index, tmp_path,
+                         grounded=True, leak_check=True)
     names = [s.name for s in study.stages]
     assert names[:4] == ["questions", "student-base", "generate-agent", "generate-agent-hinted"]
     wanted = {*names[:4], "build-data-agent"}
@@ -123,13 +133,8 @@ def test_hint_limit_bounds_the_retries_and_resumes_the_started_ones_first(
     teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    cfg = load_config(
-        preset_name="quick", student={"path": str(tiny_model_dir)},
-        teacher={"url": teacher.url, "name": "teacher", "path": None},
-        data_dir=str(shared_data_dir), index_dir=str(wiki_index), search=True,
-        hint_attempts=1, hint_titles=True, hint_limit=1,
-    )  # fmt: skip
-    study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+    study = hinted_study(teacher, tiny_model_dir, shared_data_dir, wiki_index, tmp_path,
+                         hint_limit=1)
     stages = {s.name: s for s in study.stages}
     study.stages = [stages["questions"], stages["student-base"], stages["generate-agent"]]
     study.run()
@@ -160,13 +165,8 @@ def test_without_train_hinted_the_agent_data_holds_the_unhinted_runs_only(
     teacher: ScriptedServer, tiny_model_dir: Path, shared_data_dir: Path, wiki_index: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    cfg = load_config(
-        preset_name="quick", student={"path": str(tiny_model_dir)},
-        teacher={"url": teacher.url, "name": "teacher", "path": None},
-        data_dir=str(shared_data_dir), index_dir=str(wiki_index), search=True,
-        hint_attempts=1, hint_titles=True, train_hinted=False,
-    )  # fmt: skip
-    study = Study(cfg, tmp_path / "study", _Backend("local", str(wiki_index), tmp_path))
+    study = hinted_study(teacher, tiny_model_dir, shared_data_dir, wiki_index, tmp_path,
+                         train_hinted=False)
     wanted = {"questions", "student-base", "generate-agent", "generate-agent-hinted",
               "build-data-agent"}  # fmt: skip
     study.stages = [s for s in study.stages if s.name in wanted]
